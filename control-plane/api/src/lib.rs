@@ -1,0 +1,1 @@
+//! Kubernetes API machinery with no I/O.

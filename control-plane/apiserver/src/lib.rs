@@ -1,0 +1,1 @@
+//! The Kelp API server.

@@ -1,0 +1,1 @@
+//! CRI runtime for OCI-packaged WebAssembly on wasmtime.

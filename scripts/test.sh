@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine with the Rust toolchain,
+# then runs every test. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need_apt=()
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+# etcd-server's package starts a system etcd on 2379; tests start their own on other ports.
+$SUDO systemctl stop etcd >/dev/null 2>&1 || true
+
+python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install -q 'kubernetes>=30'
+
+command -v kubectl >/dev/null || { echo "kubectl is required (see README)"; exit 1; }
+
+export RUST_BACKTRACE=1
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads=2
