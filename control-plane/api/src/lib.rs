@@ -1,1 +1,11 @@
-//! Kubernetes API machinery with no I/O.
+//! Kubernetes API machinery with no I/O: the resource registry, validation and
+//! defaulting, patch strategies, selectors, protobuf request decoding, OpenAPI
+//! documents and table printing.
+//!
+//! May depend on k8s-openapi/k8s-pb types; must not depend on storage or HTTP.
+
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod registry;
+pub mod selector;
