@@ -4,8 +4,13 @@
 //!
 //! May depend on k8s-openapi/k8s-pb types; must not depend on storage or HTTP.
 
+pub mod builtin;
+pub mod defaults;
+pub mod fields;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;
+pub mod table;
+pub mod validation;
