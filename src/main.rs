@@ -1,1 +1,105 @@
-fn main() {}
+//! `kelp`: the Kelp orchestrator's one binary.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kelp", version, about = "Kelp: the Kubernetes architecture, in Rust, for WebAssembly workloads")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process on the embedded store (the single-machine default).
+    Up(ControlPlaneArgs),
+    /// The control plane without a node (API server; scheduler and controllers as they land).
+    Server(ControlPlaneArgs),
+    /// The API server alone.
+    Apiserver(ControlPlaneArgs),
+}
+
+#[derive(Args, Clone)]
+struct ControlPlaneArgs {
+    /// Where state, certificates, the kubeconfig and the node token live.
+    #[arg(long, default_value = "/var/lib/kelp", env = "KELP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// `sqlite://PATH` (default: DATA_DIR/db/state.db) or `etcd://HOST:PORT[,HOST:PORT…]`.
+    #[arg(long)]
+    datastore: Option<String>,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    https_port: u16,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// Where to write the admin kubeconfig (default: DATA_DIR/kubeconfig).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow::Result<()> {
+    let datastore = args
+        .datastore
+        .as_deref()
+        .map(kelp_control_plane::Datastore::parse)
+        .transpose()
+        .context("--datastore")?;
+    let cfg = kelp_control_plane::Config {
+        data_dir: args.data_dir,
+        datastore,
+        bind_address: args.bind_address,
+        https_port: args.https_port,
+        kubeconfig: args.kubeconfig,
+        tls_sans: args.tls_san,
+    };
+    kelp_control_plane::run(cfg, shutdown_signal(), |s| {
+        println!("kelp {what} is serving the Kubernetes API at {}", s.url);
+        println!("  admin kubeconfig: {}", s.kubeconfig.display());
+        println!("  node join token:  {}", s.token_file.display());
+        println!("  try: KUBECONFIG={} kubectl get namespaces", s.kubeconfig.display());
+    })
+    .await
+    .with_context(|| format!("kelp {what}"))?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("KELP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Up(a) => run_control_plane(a, "up").await,
+            Command::Server(a) => run_control_plane(a, "server").await,
+            Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
+        }
+    })
+}

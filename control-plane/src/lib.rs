@@ -1,4 +1,173 @@
-//! Kelp control plane: the API server on a store, and (later) scheduler and controllers.
+//! Kelp control plane: opens the datastore, starts the API server on it, and (later)
+//! the scheduler and controllers. `kelp up`, `kelp server` and `kelp apiserver` all
+//! start here.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
 pub use kelp_api as api;
 pub use kelp_apiserver as apiserver;
 pub use kelp_storage as storage;
+
+use kelp_apiserver::app::App;
+use kelp_apiserver::authn::{Authenticator, UserInfo};
+use kelp_apiserver::authz::AlwaysAllow;
+use kelp_apiserver::tls;
+use kelp_storage::Store;
+
+/// Where the cluster's state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datastore {
+    /// The embedded default: a SQLite file.
+    Sqlite(PathBuf),
+    /// A real etcd cluster (`host:port` endpoints).
+    Etcd(Vec<String>),
+}
+
+impl Datastore {
+    /// Parses `sqlite://PATH` or `etcd://HOST:PORT[,HOST:PORT…]`.
+    pub fn parse(url: &str) -> Result<Self, ControlPlaneError> {
+        if let Some(p) = url.strip_prefix("sqlite://") {
+            if p.is_empty() {
+                return Err(ControlPlaneError::Config("sqlite:// needs a path".into()));
+            }
+            return Ok(Datastore::Sqlite(PathBuf::from(p)));
+        }
+        if let Some(e) = url.strip_prefix("etcd://") {
+            let eps: Vec<String> = e.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+            if eps.is_empty() {
+                return Err(ControlPlaneError::Config("etcd:// needs at least one HOST:PORT".into()));
+            }
+            return Ok(Datastore::Etcd(eps));
+        }
+        Err(ControlPlaneError::Config(format!(
+            "unsupported datastore {url:?}: use sqlite://PATH or etcd://HOST:PORT[,HOST:PORT]"
+        )))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// `None`: SQLite under the data dir.
+    pub datastore: Option<Datastore>,
+    pub bind_address: IpAddr,
+    pub https_port: u16,
+    /// Where to write the admin kubeconfig (`None`: DATA_DIR/kubeconfig).
+    pub kubeconfig: Option<PathBuf>,
+    /// Extra names/addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("datastore: {0}")]
+    Store(#[from] kelp_storage::StoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("serving: {0}")]
+    Serve(#[from] kelp_apiserver::serve::ServeError),
+    #[error("{0}")]
+    Api(#[from] kelp_apiserver::error::ApiError),
+    #[error("i/o on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlPlaneError + '_ {
+    move |source| ControlPlaneError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a started control plane tells its caller.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub token_file: PathBuf,
+    pub addr: SocketAddr,
+}
+
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, ControlPlaneError> {
+    let ds = cfg.datastore.clone().unwrap_or_else(|| Datastore::Sqlite(cfg.data_dir.join("db").join("state.db")));
+    Ok(match ds {
+        Datastore::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            info!(path = %path.display(), "datastore: embedded sqlite");
+            Arc::new(kelp_storage::sqlite::SqliteStore::open(&path)?)
+        }
+        Datastore::Etcd(eps) => {
+            info!(endpoints = ?eps, "datastore: etcd");
+            Arc::new(kelp_storage::etcd::EtcdStore::connect(&eps).await?)
+        }
+    })
+}
+
+/// Keeps history bounded as kube-apiserver does: every interval, compact to the
+/// revision seen one interval earlier.
+fn spawn_compactor(store: Arc<dyn Store>, every: Duration) {
+    tokio::spawn(async move {
+        let mut previous: Option<i64> = None;
+        loop {
+            tokio::time::sleep(every).await;
+            if let Some(rev) = previous {
+                if let Err(e) = store.compact(rev).await {
+                    warn!(error = %e, revision = rev, "compaction failed");
+                }
+            }
+            previous = store.current_revision().await.ok();
+        }
+    });
+}
+
+/// Runs the control plane until `shutdown` resolves. `on_ready` is called once the
+/// API server is serving.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Started) + Send,
+) -> Result<(), ControlPlaneError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(io_err(&cfg.data_dir))?;
+    let store = open_store(&cfg).await?;
+    let pki = tls::Pki::load_or_create(&cfg.data_dir, &cfg.tls_sans)?;
+    let token_file = cfg.data_dir.join("node-token");
+    let token = tls::load_or_create_token(&token_file)?;
+
+    let addr = SocketAddr::new(cfg.bind_address, cfg.https_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControlPlaneError::Config(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| ControlPlaneError::Config(e.to_string()))?;
+    let host = if cfg.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let url = format!("https://{host}:{}", addr.port());
+
+    let app = App::new(store.clone(), Arc::new(AlwaysAllow), format!("{host}:{}", addr.port())).await?;
+    app.bootstrap().await?;
+    app.spawn_namespace_lifecycle();
+    spawn_compactor(store, Duration::from_secs(300));
+
+    let kubeconfig = cfg.kubeconfig.clone().unwrap_or_else(|| cfg.data_dir.join("kubeconfig"));
+    if let Some(dir) = kubeconfig.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    tls::write_kubeconfig(&kubeconfig, &url, &pki, "kelp")?;
+
+    let mut authn = Authenticator::new();
+    authn.add_token(
+        &token,
+        UserInfo { username: "kelp-node".into(), uid: String::new(), groups: vec!["system:nodes".into(), "system:authenticated".into()] },
+    );
+    let router = app.router();
+    let started = Started { url, kubeconfig, token_file, addr };
+    on_ready(&started);
+    kelp_apiserver::serve::serve_https(listener, tls::server_config(&pki)?, Arc::new(authn), router, shutdown).await?;
+    info!("control plane stopped");
+    Ok(())
+}

@@ -13,4 +13,5 @@ pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod table;
+pub mod typecheck;
 pub mod validation;

@@ -6,3 +6,17 @@ pub mod authz;
 pub mod metrics;
 pub mod serve;
 pub mod tls;
+
+pub mod app;
+pub mod discovery;
+pub mod error;
+pub mod filter;
+pub mod objects;
+pub mod request;
+pub mod rest;
+pub mod reviews;
+pub mod strategy;
+pub mod subresources;
+pub mod table;
+pub mod watch;
+pub mod watch_cache;

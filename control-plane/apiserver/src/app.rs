@@ -1,0 +1,310 @@
+//! The API server application: shared state, the router, and request dispatch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use kelp_api::builtin;
+use kelp_api::openapi::OpenApiDocs;
+use kelp_api::registry::ResourceInfo;
+use kelp_storage::{Store, StoreError};
+
+use crate::authn::UserInfo;
+use crate::authz::{Authorizer, Decision, RequestAttributes};
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::objects::{list_prefix, Registry};
+use crate::request::{parse_path, PathKind, Query, Target, MAX_BODY};
+use crate::rest::{self, json_response, DeleteOptions};
+use crate::subresources;
+use crate::watch;
+use crate::watch_cache::WatchCache;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<WatchCache>,
+    pub registry: Arc<Registry>,
+    pub authz: Arc<dyn Authorizer>,
+    pub openapi: std::sync::RwLock<Arc<OpenApiDocs>>,
+    /// `host:port` clients use to reach this server (for `/api`).
+    pub server_address: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    namespaces_changed: tokio::sync::Notify,
+}
+
+impl App {
+    /// Loads the watch cache from `store` and prepares the served API.
+    pub async fn new(store: Arc<dyn Store>, authz: Arc<dyn Authorizer>, server_address: String) -> Result<Arc<Self>, StoreError> {
+        let cache = WatchCache::start(store.clone()).await?;
+        let registry = Arc::new(Registry::with_builtins());
+        let infos: Vec<ResourceInfo> = registry.all().iter().map(|i| (**i).clone()).collect();
+        let openapi = OpenApiDocs::build(&infos);
+        Ok(Arc::new(App {
+            store,
+            cache,
+            registry,
+            authz,
+            openapi: std::sync::RwLock::new(Arc::new(openapi)),
+            server_address,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            namespaces_changed: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The HTTP routes; authentication happens before (in [`crate::serve`]).
+    pub fn router(self: &Arc<Self>) -> Router {
+        let app = self.clone();
+        Router::new()
+            .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+            .route("/version/", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+            .route("/api", get(api_root))
+            .route("/api/", get(api_root))
+            .route("/apis", get(apis_root))
+            .route("/apis/", get(apis_root))
+            .route("/api/{*rest}", axum::routing::any(dispatch))
+            .route("/apis/{*rest}", axum::routing::any(dispatch))
+            .route("/openapi/v3", get(openapi_root))
+            .route("/openapi/v3/{*rest}", get(openapi_gv))
+            .route("/livez", get(health))
+            .route("/readyz", get(health))
+            .route("/healthz", get(health))
+            .route("/metrics", get(metrics))
+            .fallback(|| async { ApiError::not_found_path().into_response() })
+            .layer(axum::middleware::from_fn_with_state(self.metrics.clone(), crate::metrics::metrics_layer))
+            .layer(DefaultBodyLimit::disable())
+            .with_state(app)
+    }
+
+    /// Creates what every cluster has: the system namespaces.
+    pub async fn bootstrap(self: &Arc<Self>) -> ApiResult<()> {
+        let ns = self.registry.get("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces not served"))?;
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match rest::create_object(self, &ns, None, obj, &Query::default(), "kelp", "Update").await {
+                Ok(_) => info!(namespace = name, "created system namespace"),
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Is any object owned by `obj` (by uid)?
+    pub async fn has_dependents(&self, _info: &ResourceInfo, obj: &Value) -> bool {
+        let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) else { return false };
+        let (all, _) = self.cache.list(crate::watch_cache::ROOT).await;
+        all.iter().any(|o| {
+            o.value
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        })
+    }
+
+    /// Wakes the namespace lifecycle loop.
+    pub fn namespace_deleting(&self) {
+        self.namespaces_changed.notify_one();
+    }
+
+    /// Namespace deletion: empties terminating namespaces, then drops their
+    /// `kubernetes` finalizer so they go. (Moves to the controller-manager with the
+    /// other controllers; here it runs beside the API server.)
+    pub fn spawn_namespace_lifecycle(self: &Arc<Self>) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = app.clean_terminating_namespaces().await {
+                    warn!(error = %e, "namespace lifecycle pass failed");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), app.namespaces_changed.notified()).await;
+            }
+        });
+    }
+
+    async fn clean_terminating_namespaces(self: &Arc<Self>) -> ApiResult<()> {
+        let Some(nsinfo) = self.registry.get("", "v1", "namespaces") else { return Ok(()) };
+        let (namespaces, _) = self.cache.list(&list_prefix(&nsinfo, None)).await;
+        for ns in namespaces {
+            if ns.value.pointer("/metadata/deletionTimestamp").is_none() {
+                continue;
+            }
+            let name = ns.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let mut remaining = 0usize;
+            for info in self.registry.all() {
+                if !info.namespaced || builtin::is_virtual(&info) {
+                    continue;
+                }
+                let (items, _) = self.cache.list(&list_prefix(&info, Some(&name))).await;
+                for item in items {
+                    remaining += 1;
+                    if item.value.pointer("/metadata/deletionTimestamp").is_some() {
+                        continue;
+                    }
+                    let obj_name = item.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                    match rest::delete_object(self, &info, Some(&name), &obj_name, &DeleteOptions::default()).await {
+                        Ok(_) => {}
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => warn!(namespace = %name, object = %obj_name, error = %e, "namespace cleanup: delete failed"),
+                    }
+                }
+            }
+            if remaining == 0 {
+                let mut mutate = |current: &Value| -> ApiResult<Value> {
+                    let mut next = current.clone();
+                    let fins: Vec<Value> = next
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .map(|f| f.iter().filter(|x| x.as_str() != Some("kubernetes")).cloned().collect())
+                        .unwrap_or_default();
+                    next["spec"]["finalizers"] = json!(fins);
+                    if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    Ok(next)
+                };
+                match rest::guaranteed_update(self, &nsinfo, None, &name, Some("finalize"), &Query::default(), None, &mut mutate).await {
+                    Ok(_) => info!(namespace = %name, "namespace emptied and finalized"),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => warn!(namespace = %name, error = %e, "namespace finalize failed"),
+                }
+            } else {
+                // Check again soon: graceful deletions take a while.
+                self.namespaces_changed.notify_one();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render();
+    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn api_root(State(app): State<Arc<App>>) -> Response {
+    json_response(StatusCode::OK, &discovery::api_versions(&app.server_address))
+}
+
+async fn apis_root(State(app): State<Arc<App>>) -> Response {
+    json_response(StatusCode::OK, &discovery::api_group_list(&app.registry))
+}
+
+async fn openapi_root(State(app): State<Arc<App>>) -> Response {
+    let docs = app.openapi.read().unwrap_or_else(|e| e.into_inner()).clone();
+    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], docs.root()).into_response()
+}
+
+async fn openapi_gv(State(app): State<Arc<App>>, req: Request) -> Response {
+    let docs = app.openapi.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let path = req.uri().path().trim_start_matches("/openapi/v3/").to_string();
+    match docs.group_version(&path) {
+        Some(body) => (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        None => ApiError::not_found_path().into_response(),
+    }
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+    }
+}
+
+async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    match handle(app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let user = parts.extensions.get::<UserInfo>().cloned().unwrap_or_else(|| UserInfo {
+        username: "system:anonymous".into(),
+        uid: String::new(),
+        groups: vec!["system:unauthenticated".into()],
+    });
+    let path = parts.uri.path().to_string();
+    let q = Query::parse(parts.uri.query());
+    let headers = parts.headers.clone();
+    let method = parts.method.clone();
+
+    let attrs = RequestAttributes::from_request(&method, &path, &q.0, user.clone());
+    let denied = match app.authz.authorize(&attrs) {
+        Decision::Allow => None,
+        Decision::Deny(reason) => Some(reason),
+        Decision::NoOpinion => Some("no authorizer allowed the request".to_string()),
+    };
+    if let Some(reason) = denied {
+        return Err(ApiError::forbidden(format!(
+            "{} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{}\": {reason}",
+            attrs.resource, attrs.name, user.username, attrs.verb, attrs.resource
+        )));
+    }
+
+    let kind = parse_path(&app.registry, &path)?;
+    let t: Target = match kind {
+        PathKind::GroupVersion { group, version } => {
+            return if method == Method::GET {
+                Ok(json_response(StatusCode::OK, &discovery::resource_list(&app.registry, &group, &version)))
+            } else {
+                Err(ApiError::method_not_allowed("only GET is allowed on discovery"))
+            };
+        }
+        PathKind::Group(g) => {
+            return discovery::api_group(&app.registry, &g)
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or_else(ApiError::not_found_path);
+        }
+        PathKind::Resource(t) => t,
+    };
+    let body = read_body(body).await?;
+    route(app, &t, &method, &q, &headers, &body, &user).await
+}
+
+async fn route(app: Arc<App>, t: &Target, method: &Method, q: &Query, headers: &HeaderMap, body: &Bytes, user: &UserInfo) -> ApiResult<Response> {
+    let is_watch = q.flag("watch");
+    let virt = builtin::is_virtual(&t.info);
+    if virt && !(*method == Method::POST && t.name.is_none()) {
+        return Err(ApiError::method_not_allowed(format!("{} only supports create", t.info.plural)));
+    }
+    match (method.clone(), t.name.is_some(), t.subresource.as_deref()) {
+        (Method::GET, false, None) if is_watch => watch::watch(app.clone(), t, q, headers).await,
+        (Method::GET, false, None) => rest::list(&app, t, q, headers).await,
+        (Method::POST, false, None) => rest::create(&app, t, q, headers, body, user).await,
+        (Method::DELETE, false, None) => rest::delete_collection(&app, t, q, headers, body).await,
+        (Method::GET, true, None) if is_watch => watch::watch(app.clone(), t, q, headers).await,
+        (Method::GET, true, None | Some("status")) => rest::get(&app, t, q, headers).await,
+        (Method::PUT, true, None | Some("status")) => rest::update(&app, t, q, headers, body).await,
+        (Method::PATCH, true, None | Some("status")) => rest::patch(&app, t, q, headers, body).await,
+        (Method::DELETE, true, None) => rest::delete(&app, t, q, headers, body).await,
+        (Method::GET, true, Some("scale")) => subresources::get_scale(&app, t).await,
+        (Method::PUT, true, Some("scale")) => subresources::write_scale(&app, t, q, headers, body, false).await,
+        (Method::PATCH, true, Some("scale")) => subresources::write_scale(&app, t, q, headers, body, true).await,
+        (Method::POST, true, Some("binding")) => subresources::bind(&app, t, q, headers, body).await,
+        (Method::PUT, true, Some("finalize")) => subresources::finalize(&app, t, q, headers, body).await,
+        (m, _, sub) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m} {}{})",
+            t.info.plural,
+            sub.map(|s| format!("/{s}")).unwrap_or_default()
+        ))),
+    }
+}
