@@ -134,6 +134,12 @@ pub async fn create(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body:
     if builtin::is_virtual(&t.info) {
         return crate::reviews::create(app, &t.info, obj, user).await;
     }
+    if t.info.namespaced && t.namespace.is_none() {
+        return Err(ApiError::method_not_allowed(format!(
+            "POST to all namespaces is not allowed: create {} in a namespace",
+            t.info.plural
+        )));
+    }
     let warnings = check_fields(&t.info, q, &obj)?;
     let created = create_object(app, &t.info, t.namespace.as_deref(), obj, q, &q.field_manager(default_manager(headers)), "Update").await?;
     Ok(with_warnings(object_response(StatusCode::CREATED, &t.info, headers, q, &created), &warnings))
@@ -470,7 +476,8 @@ pub async fn delete(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body:
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
         ));
     }
-    let code = if finished { StatusCode::OK } else { StatusCode::OK };
+    // 202: the deletion is accepted but not finished (graceful or finalizers pending).
+    let code = if finished { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok(object_response(code, &t.info, headers, q, &obj))
 }
 
