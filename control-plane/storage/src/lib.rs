@@ -7,6 +7,11 @@
 //!
 //! This crate must not depend on the API server or on any Kubernetes types.
 
+pub mod conformance;
+pub mod etcd;
+pub mod sqlite;
+pub mod testing;
+
 use std::pin::Pin;
 
 use async_trait::async_trait;
