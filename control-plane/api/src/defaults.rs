@@ -30,6 +30,7 @@ pub fn apply(gvk: &GroupVersionKind, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj_mut(obj, "spec") {
                 default_pod_spec(spec);
+                admit_pod(spec);
             }
         }
         ("", "Namespace") => {
@@ -248,14 +249,6 @@ pub fn default_pod_spec(spec: &mut Map<String, Value>) {
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
-    let sa = spec
-        .get("serviceAccountName")
-        .and_then(Value::as_str)
-        .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
-        .unwrap_or("default")
-        .to_string();
-    set_default(spec, "serviceAccountName", json!(sa));
-    set_default(spec, "serviceAccount", json!(sa));
     for field in ["initContainers", "containers"] {
         if let Some(Value::Array(cs)) = spec.get_mut(field) {
             for c in cs.iter_mut().filter_map(Value::as_object_mut) {
@@ -277,6 +270,19 @@ pub fn default_pod_spec(spec: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// What admission adds to every pod (not to templates): the service account and the
+/// DefaultTolerationSeconds tolerations.
+pub fn admit_pod(spec: &mut Map<String, Value>) {
+    let sa = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
+        .unwrap_or("default")
+        .to_string();
+    set_default(spec, "serviceAccountName", json!(sa));
+    set_default(spec, "serviceAccount", json!(sa));
     // DefaultTolerationSeconds admission: tolerate not-ready/unreachable for 300 s.
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {

@@ -12,7 +12,11 @@ pub struct GroupVersionKind {
 
 impl GroupVersionKind {
     pub fn new(group: &str, version: &str, kind: &str) -> Self {
-        Self { group: group.into(), version: version.into(), kind: kind.into() }
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+        }
     }
 
     /// `v1` for the core group, `apps/v1` otherwise.

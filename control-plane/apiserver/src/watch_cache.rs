@@ -230,8 +230,8 @@ impl WatchCache {
     /// Waits until the cache has caught up with `revision` (for consistent reads).
     pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.rev_tx.subscribe();
-        let fut = rx.wait_for(|r| *r >= revision);
-        matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(_)))
+        let ok = matches!(tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await, Ok(Ok(_)));
+        ok
     }
 
     /// Objects under `prefix`, in key order, and the revision they are current at.
