@@ -39,9 +39,16 @@ impl Datastore {
             return Ok(Datastore::Sqlite(PathBuf::from(p)));
         }
         if let Some(e) = url.strip_prefix("etcd://") {
-            let eps: Vec<String> = e.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+            let eps: Vec<String> = e
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
             if eps.is_empty() {
-                return Err(ControlPlaneError::Config("etcd:// needs at least one HOST:PORT".into()));
+                return Err(ControlPlaneError::Config(
+                    "etcd:// needs at least one HOST:PORT".into(),
+                ));
             }
             return Ok(Datastore::Etcd(eps));
         }
@@ -77,11 +84,17 @@ pub enum ControlPlaneError {
     #[error("{0}")]
     Api(#[from] kelp_apiserver::error::ApiError),
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlPlaneError + '_ {
-    move |source| ControlPlaneError::Io { path: path.to_path_buf(), source }
+    move |source| ControlPlaneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a started control plane tells its caller.
@@ -94,7 +107,10 @@ pub struct Started {
 }
 
 async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, ControlPlaneError> {
-    let ds = cfg.datastore.clone().unwrap_or_else(|| Datastore::Sqlite(cfg.data_dir.join("db").join("state.db")));
+    let ds = cfg
+        .datastore
+        .clone()
+        .unwrap_or_else(|| Datastore::Sqlite(cfg.data_dir.join("db").join("state.db")));
     Ok(match ds {
         Datastore::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -144,16 +160,30 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ControlPlaneError::Config(format!("cannot listen on {addr}: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| ControlPlaneError::Config(e.to_string()))?;
-    let host = if cfg.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ControlPlaneError::Config(e.to_string()))?;
+    let host = if cfg.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.bind_address.to_string()
+    };
     let url = format!("https://{host}:{}", addr.port());
 
-    let app = App::new(store.clone(), Arc::new(AlwaysAllow), format!("{host}:{}", addr.port())).await?;
+    let app = App::new(
+        store.clone(),
+        Arc::new(AlwaysAllow),
+        format!("{host}:{}", addr.port()),
+    )
+    .await?;
     app.bootstrap().await?;
     app.spawn_namespace_lifecycle();
     spawn_compactor(store, Duration::from_secs(300));
 
-    let kubeconfig = cfg.kubeconfig.clone().unwrap_or_else(|| cfg.data_dir.join("kubeconfig"));
+    let kubeconfig = cfg
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("kubeconfig"));
     if let Some(dir) = kubeconfig.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -162,12 +192,28 @@ pub async fn run(
     let mut authn = Authenticator::new();
     authn.add_token(
         &token,
-        UserInfo { username: "kelp-node".into(), uid: String::new(), groups: vec!["system:nodes".into(), "system:authenticated".into()] },
+        UserInfo {
+            username: "kelp-node".into(),
+            uid: String::new(),
+            groups: vec!["system:nodes".into(), "system:authenticated".into()],
+        },
     );
     let router = app.router();
-    let started = Started { url, kubeconfig, token_file, addr };
+    let started = Started {
+        url,
+        kubeconfig,
+        token_file,
+        addr,
+    };
     on_ready(&started);
-    kelp_apiserver::serve::serve_https(listener, tls::server_config(&pki)?, Arc::new(authn), router, shutdown).await?;
+    kelp_apiserver::serve::serve_https(
+        listener,
+        tls::server_config(&pki)?,
+        Arc::new(authn),
+        router,
+        shutdown,
+    )
+    .await?;
     info!("control plane stopped");
     Ok(())
 }

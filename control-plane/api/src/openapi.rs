@@ -16,21 +16,47 @@ use crate::registry::ResourceInfo;
 const REF_PREFIX: &str = "#/components/schemas/";
 
 fn generate_all() -> Map<String, Value> {
-    use k8s_openapi::api::{apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events, node, policy};
+    use k8s_openapi::api::{
+        apps, authentication, authorization, autoscaling, batch, coordination, core, discovery,
+        events, node, policy,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta;
     let mut g = schemars::generate::SchemaSettings::openapi3().into_generator();
     macro_rules! add {
         ($($t:ty),* $(,)?) => { $( let _ = g.subschema_for::<$t>(); )* };
     }
     add!(
-        core::v1::Namespace, core::v1::Pod, core::v1::Node, core::v1::Service, core::v1::Endpoints,
-        core::v1::ConfigMap, core::v1::Secret, core::v1::ServiceAccount, core::v1::Event, core::v1::Binding,
-        events::v1::Event, coordination::v1::Lease, node::v1::RuntimeClass, discovery::v1::EndpointSlice,
-        apps::v1::Deployment, apps::v1::ReplicaSet, apps::v1::DaemonSet, apps::v1::StatefulSet, apps::v1::ControllerRevision,
-        batch::v1::Job, batch::v1::CronJob, autoscaling::v1::Scale, policy::v1::Eviction, policy::v1::PodDisruptionBudget,
-        authorization::v1::SelfSubjectAccessReview, authorization::v1::SelfSubjectRulesReview, authorization::v1::SubjectAccessReview,
-        authentication::v1::SelfSubjectReview, authentication::v1::TokenReview,
-        meta::v1::DeleteOptions, meta::v1::Status,
+        core::v1::Namespace,
+        core::v1::Pod,
+        core::v1::Node,
+        core::v1::Service,
+        core::v1::Endpoints,
+        core::v1::ConfigMap,
+        core::v1::Secret,
+        core::v1::ServiceAccount,
+        core::v1::Event,
+        core::v1::Binding,
+        events::v1::Event,
+        coordination::v1::Lease,
+        node::v1::RuntimeClass,
+        discovery::v1::EndpointSlice,
+        apps::v1::Deployment,
+        apps::v1::ReplicaSet,
+        apps::v1::DaemonSet,
+        apps::v1::StatefulSet,
+        apps::v1::ControllerRevision,
+        batch::v1::Job,
+        batch::v1::CronJob,
+        autoscaling::v1::Scale,
+        policy::v1::Eviction,
+        policy::v1::PodDisruptionBudget,
+        authorization::v1::SelfSubjectAccessReview,
+        authorization::v1::SelfSubjectRulesReview,
+        authorization::v1::SubjectAccessReview,
+        authentication::v1::SelfSubjectReview,
+        authentication::v1::TokenReview,
+        meta::v1::DeleteOptions,
+        meta::v1::Status,
     );
     g.take_definitions(true)
 }
@@ -113,7 +139,13 @@ fn build_gv(group: &str, version: &str, resources: &[&ResourceInfo]) -> Value {
     let prefix = gv_prefix(group, version);
     let mut paths = Map::new();
     let write_params: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
-    let patch_params: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"];
+    let patch_params: &[&str] = &[
+        "dryRun",
+        "fieldManager",
+        "fieldValidation",
+        "force",
+        "pretty",
+    ];
     for info in resources {
         let sref = schema_ref(info);
         let kind = &info.gvk.kind;
@@ -123,26 +155,75 @@ fn build_gv(group: &str, version: &str, resources: &[&ResourceInfo]) -> Value {
                 format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", info.plural),
             )
         } else {
-            (format!("{prefix}/{}", info.plural), format!("{prefix}/{}/{{name}}", info.plural))
+            (
+                format!("{prefix}/{}", info.plural),
+                format!("{prefix}/{}/{{name}}", info.plural),
+            )
         };
         let verbs: BTreeSet<&str> = info.verbs.iter().map(String::as_str).collect();
         let mut c = Map::new();
         if verbs.contains("list") {
-            c.insert("get".into(), op(info, "list", &format!("list{kind}"), &sref, &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch"]));
+            c.insert(
+                "get".into(),
+                op(
+                    info,
+                    "list",
+                    &format!("list{kind}"),
+                    &sref,
+                    &[
+                        "labelSelector",
+                        "fieldSelector",
+                        "limit",
+                        "continue",
+                        "resourceVersion",
+                        "watch",
+                    ],
+                ),
+            );
         }
         if verbs.contains("create") {
-            c.insert("post".into(), op(info, "post", &format!("create{kind}"), &sref, write_params));
+            c.insert(
+                "post".into(),
+                op(info, "post", &format!("create{kind}"), &sref, write_params),
+            );
         }
         if verbs.contains("deletecollection") {
-            c.insert("delete".into(), op(info, "deletecollection", &format!("deleteCollection{kind}"), &sref, &["labelSelector", "fieldSelector"]));
+            c.insert(
+                "delete".into(),
+                op(
+                    info,
+                    "deletecollection",
+                    &format!("deleteCollection{kind}"),
+                    &sref,
+                    &["labelSelector", "fieldSelector"],
+                ),
+            );
         }
         paths.insert(coll, Value::Object(c));
         if verbs.contains("get") {
             let mut i = Map::new();
-            i.insert("get".into(), op(info, "get", &format!("read{kind}"), &sref, &["pretty"]));
-            i.insert("put".into(), op(info, "put", &format!("replace{kind}"), &sref, write_params));
-            i.insert("patch".into(), op(info, "patch", &format!("patch{kind}"), &sref, patch_params));
-            i.insert("delete".into(), op(info, "delete", &format!("delete{kind}"), &sref, &["dryRun", "gracePeriodSeconds", "propagationPolicy"]));
+            i.insert(
+                "get".into(),
+                op(info, "get", &format!("read{kind}"), &sref, &["pretty"]),
+            );
+            i.insert(
+                "put".into(),
+                op(info, "put", &format!("replace{kind}"), &sref, write_params),
+            );
+            i.insert(
+                "patch".into(),
+                op(info, "patch", &format!("patch{kind}"), &sref, patch_params),
+            );
+            i.insert(
+                "delete".into(),
+                op(
+                    info,
+                    "delete",
+                    &format!("delete{kind}"),
+                    &sref,
+                    &["dryRun", "gracePeriodSeconds", "propagationPolicy"],
+                ),
+            );
             paths.insert(item.clone(), Value::Object(i));
         }
         for s in &info.subresources {
@@ -160,14 +241,24 @@ fn build_gv(group: &str, version: &str, resources: &[&ResourceInfo]) -> Value {
                     "create" => ("post", "post"),
                     _ => continue,
                 };
-                let mut o = op(info, action, &format!("{action}{kind}{}", s.name), &sub_ref, patch_params);
-                o["x-kubernetes-group-version-kind"] = json!({"group": s.kind.group, "version": s.kind.version, "kind": s.kind.kind});
+                let mut o = op(
+                    info,
+                    action,
+                    &format!("{action}{kind}{}", s.name),
+                    &sub_ref,
+                    patch_params,
+                );
+                o["x-kubernetes-group-version-kind"] =
+                    json!({"group": s.kind.group, "version": s.kind.version, "kind": s.kind.kind});
                 i.insert(method.into(), o);
             }
             paths.insert(format!("{item}/{}", s.name), Value::Object(i));
         }
     }
-    let mut roots: Vec<String> = resources.iter().filter_map(|i| i.schema_name.clone()).collect();
+    let mut roots: Vec<String> = resources
+        .iter()
+        .filter_map(|i| i.schema_name.clone())
+        .collect();
     roots.push("io.k8s.api.autoscaling.v1.Scale".into());
     roots.push("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions".into());
     roots.push("io.k8s.apimachinery.pkg.apis.meta.v1.Status".into());
@@ -216,14 +307,20 @@ impl OpenApiDocs {
     pub fn build(resources: &[ResourceInfo]) -> Self {
         let mut groups: BTreeMap<(String, String), Vec<&ResourceInfo>> = BTreeMap::new();
         for r in resources {
-            groups.entry((r.gvk.group.clone(), r.gvk.version.clone())).or_default().push(r);
+            groups
+                .entry((r.gvk.group.clone(), r.gvk.version.clone()))
+                .or_default()
+                .push(r);
         }
         let mut docs = BTreeMap::new();
         let mut root_paths = Map::new();
         for ((g, v), rs) in groups {
             let key = gv_prefix(&g, &v).trim_start_matches('/').to_string();
             let body = serde_json::to_vec(&build_gv(&g, &v, &rs)).unwrap_or_default();
-            root_paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash_hex(&body))}));
+            root_paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash_hex(&body))}),
+            );
             docs.insert(key, body);
         }
         let root = serde_json::to_vec(&json!({"paths": root_paths})).unwrap_or_default();
@@ -243,7 +340,11 @@ impl OpenApiDocs {
 fn resolve<'a>(s: &'a Value) -> &'a Value {
     let mut cur = s;
     for _ in 0..16 {
-        if let Some(r) = cur.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
+        if let Some(r) = cur
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix(REF_PREFIX))
+        {
             match definitions().get(r) {
                 Some(d) => cur = d,
                 None => return cur,
@@ -280,7 +381,11 @@ fn walk(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) {
         Value::Object(m) => {
             if let Some(Value::Object(props)) = s.get("properties") {
                 for (k, child) in m {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     match props.get(k) {
                         Some(ps) => walk(ps, child, &p, out),
                         None => out.push(p),
@@ -316,27 +421,55 @@ mod tests {
 
     #[test]
     fn strict_fields() {
-        assert_eq!(unknown_fields("io.k8s.api.apps.v1.Deployment", &deploy()), Vec::<String>::new());
+        assert_eq!(
+            unknown_fields("io.k8s.api.apps.v1.Deployment", &deploy()),
+            Vec::<String>::new()
+        );
         let mut d = deploy();
         d["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x");
         d["spec"]["foo"] = json!(1);
         d["bogus"] = json!(true);
         let mut got = unknown_fields("io.k8s.api.apps.v1.Deployment", &d);
         got.sort();
-        assert_eq!(got, vec!["bogus", "spec.foo", "spec.template.spec.containers[0].imagee"]);
+        assert_eq!(
+            got,
+            vec![
+                "bogus",
+                "spec.foo",
+                "spec.template.spec.containers[0].imagee"
+            ]
+        );
     }
 
     #[test]
     fn documents_have_what_kubectl_needs() {
         let docs = OpenApiDocs::build(&crate::builtin::resources());
         let root: Value = serde_json::from_slice(&docs.root()).unwrap();
-        assert!(root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let gv: Value = serde_json::from_slice(&docs.group_version("apis/apps/v1").unwrap()).unwrap();
-        let patch = &gv["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"], json!({"group": "apps", "version": "v1", "kind": "Deployment"}));
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        assert!(root["paths"]["apis/apps/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap()
+            .starts_with("/openapi/v3/apis/apps/v1?hash="));
+        let gv: Value =
+            serde_json::from_slice(&docs.group_version("apis/apps/v1").unwrap()).unwrap();
+        let patch =
+            &gv["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"],
+            json!({"group": "apps", "version": "v1", "kind": "Deployment"})
+        );
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation"));
         let schema = &gv["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-        assert!(gv["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+        assert_eq!(
+            schema["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(
+            gv["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
+                .is_object()
+        );
     }
 }

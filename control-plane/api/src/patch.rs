@@ -30,7 +30,9 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
 
 pub fn merge_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     if !patch.is_object() {
-        return Err(PatchError::Invalid("a merge patch must be a JSON object".into()));
+        return Err(PatchError::Invalid(
+            "a merge patch must be a JSON object".into(),
+        ));
     }
     let mut doc = target.clone();
     json_patch::merge(&mut doc, patch);
@@ -75,9 +77,12 @@ pub fn list_strategy(gvk: &GroupVersionKind, path: &[String]) -> ListStrategy {
     let last = path.last().map(String::as_str).unwrap_or("");
     let parent = if n >= 2 { path[n - 2].as_str() } else { "" };
     match last {
-        "containers" | "initContainers" | "ephemeralContainers" | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => {
-            ListStrategy::MergeKey("name")
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => ListStrategy::MergeKey("name"),
         "volumes" if parent == "spec" => ListStrategy::MergeKey("name"),
         "env" => ListStrategy::MergeKey("name"),
         "volumeMounts" => ListStrategy::MergeKey("mountPath"),
@@ -88,7 +93,12 @@ pub fn list_strategy(gvk: &GroupVersionKind, path: &[String]) -> ListStrategy {
         "addresses" if parent == "status" && gvk.kind == "Node" => ListStrategy::MergeKey("type"),
         "ownerReferences" => ListStrategy::MergeKey("uid"),
         "finalizers" if parent == "metadata" => ListStrategy::MergeSet,
-        "ports" if matches!(parent, "containers" | "initContainers" | "ephemeralContainers") => {
+        "ports"
+            if matches!(
+                parent,
+                "containers" | "initContainers" | "ephemeralContainers"
+            ) =>
+        {
             ListStrategy::MergeKey("containerPort")
         }
         "ports" if parent == "spec" && gvk.kind == "Service" => ListStrategy::MergeKey("port"),
@@ -102,9 +112,15 @@ enum Merged {
 }
 
 /// Kubernetes strategic merge patch.
-pub fn strategic_merge_patch(target: &Value, patch: &Value, gvk: &GroupVersionKind) -> Result<Value, PatchError> {
+pub fn strategic_merge_patch(
+    target: &Value,
+    patch: &Value,
+    gvk: &GroupVersionKind,
+) -> Result<Value, PatchError> {
     if !patch.is_object() {
-        return Err(PatchError::Invalid("a strategic merge patch must be a JSON object".into()));
+        return Err(PatchError::Invalid(
+            "a strategic merge patch must be a JSON object".into(),
+        ));
     }
     let mut path = Vec::new();
     match smp_map(target, patch, gvk, &mut path)? {
@@ -113,8 +129,15 @@ pub fn strategic_merge_patch(target: &Value, patch: &Value, gvk: &GroupVersionKi
     }
 }
 
-fn smp_map(orig: &Value, patch: &Value, gvk: &GroupVersionKind, path: &mut Vec<String>) -> Result<Merged, PatchError> {
-    let Some(pm) = patch.as_object() else { return Ok(Merged::Value(patch.clone())) };
+fn smp_map(
+    orig: &Value,
+    patch: &Value,
+    gvk: &GroupVersionKind,
+    path: &mut Vec<String>,
+) -> Result<Merged, PatchError> {
+    let Some(pm) = patch.as_object() else {
+        return Ok(Merged::Value(patch.clone()));
+    };
     match pm.get("$patch").and_then(Value::as_str) {
         Some("delete") => return Ok(Merged::Delete),
         Some("replace") => {
@@ -134,15 +157,30 @@ fn smp_map(orig: &Value, patch: &Value, gvk: &GroupVersionKind, path: &mut Vec<S
             continue;
         }
         if let Some(field) = k.strip_prefix("$setElementOrder/") {
-            orders.push((field.to_string(), pv.as_array().cloned().unwrap_or_default()));
+            orders.push((
+                field.to_string(),
+                pv.as_array().cloned().unwrap_or_default(),
+            ));
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            deletions.push((field.to_string(), pv.as_array().cloned().unwrap_or_default()));
+            deletions.push((
+                field.to_string(),
+                pv.as_array().cloned().unwrap_or_default(),
+            ));
             continue;
         }
         if k == "$retainKeys" {
-            retain = Some(pv.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default());
+            retain = Some(
+                pv.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            );
             continue;
         }
         path.push(k.clone());
@@ -162,7 +200,11 @@ fn smp_map(orig: &Value, patch: &Value, gvk: &GroupVersionKind, path: &mut Vec<S
                 }
             }
             Value::Array(items) => {
-                let o = result.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+                let o = result
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let merged = smp_list(&o, items, list_strategy(gvk, path), gvk, path)?;
                 result.insert(k.clone(), Value::Array(merged));
             }
@@ -200,7 +242,13 @@ fn key_of<'a>(item: &'a Value, key: &str) -> Option<&'a Value> {
     item.get(key)
 }
 
-fn smp_list(orig: &[Value], patch: &[Value], strategy: ListStrategy, gvk: &GroupVersionKind, path: &mut Vec<String>) -> Result<Vec<Value>, PatchError> {
+fn smp_list(
+    orig: &[Value],
+    patch: &[Value],
+    strategy: ListStrategy,
+    gvk: &GroupVersionKind,
+    path: &mut Vec<String>,
+) -> Result<Vec<Value>, PatchError> {
     match strategy {
         ListStrategy::Replace => Ok(patch
             .iter()
@@ -220,7 +268,9 @@ fn smp_list(orig: &[Value], patch: &[Value], strategy: ListStrategy, gvk: &Group
         }
         ListStrategy::MergeKey(key) => {
             // `[{"$patch": "replace"}, …]` replaces the whole list.
-            if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace") && p.get(key).is_none()) {
+            if patch.iter().any(|p| {
+                p.get("$patch").and_then(Value::as_str) == Some("replace") && p.get(key).is_none()
+            }) {
                 return Ok(patch
                     .iter()
                     .filter(|p| p.get("$patch").is_none())
@@ -230,7 +280,9 @@ fn smp_list(orig: &[Value], patch: &[Value], strategy: ListStrategy, gvk: &Group
             let mut out = orig.to_vec();
             for p in patch {
                 let Some(kv) = key_of(p, key).cloned() else {
-                    return Err(PatchError::Invalid(format!("map in a list with merge key {key:?} has no {key:?}")));
+                    return Err(PatchError::Invalid(format!(
+                        "map in a list with merge key {key:?} has no {key:?}"
+                    )));
                 };
                 let pos = out.iter().position(|o| key_of(o, key) == Some(&kv));
                 if p.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -315,7 +367,16 @@ fn ignored(path: &[Elem]) -> bool {
         [Elem::Field(f)] if f == "apiVersion" || f == "kind" || f == "status" => true,
         [Elem::Field(m), Elem::Field(f), ..] if m == "metadata" => matches!(
             f.as_str(),
-            "name" | "namespace" | "uid" | "resourceVersion" | "generation" | "creationTimestamp" | "managedFields" | "selfLink" | "deletionTimestamp" | "deletionGracePeriodSeconds"
+            "name"
+                | "namespace"
+                | "uid"
+                | "resourceVersion"
+                | "generation"
+                | "creationTimestamp"
+                | "managedFields"
+                | "selfLink"
+                | "deletionTimestamp"
+                | "deletionGracePeriodSeconds"
         ),
         [Elem::Field(f), ..] if f == "status" => true,
         _ => false,
@@ -353,7 +414,10 @@ fn collect(gvk: &GroupVersionKind, v: &Value, path: &mut FieldPath, out: &mut BT
         Value::Array(items) => match list_strategy(gvk, &names(path)) {
             ListStrategy::MergeKey(key) if items.iter().all(|i| i.get(key).is_some()) => {
                 for item in items {
-                    let k = format!("{{\"{key}\":{}}}", item.get(key).cloned().unwrap_or(Value::Null));
+                    let k = format!(
+                        "{{\"{key}\":{}}}",
+                        item.get(key).cloned().unwrap_or(Value::Null)
+                    );
                     path.push(Elem::Key(k));
                     out.insert(path.clone());
                     collect(gvk, item, path, out);
@@ -381,7 +445,9 @@ fn value_at<'a>(gvk: &GroupVersionKind, v: &'a Value, path: &[Elem]) -> Option<&
                 names_so_far.push(f.clone());
             }
             Elem::Key(k) => {
-                let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else { return None };
+                let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else {
+                    return None;
+                };
                 let want: Value = serde_json::from_str::<Value>(k).ok()?.get(key)?.clone();
                 cur = cur.as_array()?.iter().find(|i| i.get(key) == Some(&want))?;
             }
@@ -391,7 +457,9 @@ fn value_at<'a>(gvk: &GroupVersionKind, v: &'a Value, path: &[Elem]) -> Option<&
 }
 
 fn remove_at(gvk: &GroupVersionKind, v: &mut Value, path: &[Elem]) {
-    let Some((last, parent_path)) = path.split_last() else { return };
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
     let mut names_so_far: Vec<String> = Vec::new();
     let mut cur = v;
     for e in parent_path {
@@ -401,9 +469,17 @@ fn remove_at(gvk: &GroupVersionKind, v: &mut Value, path: &[Elem]) {
                 cur.get_mut(f)
             }
             Elem::Key(k) => {
-                let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else { return };
-                let Some(want) = serde_json::from_str::<Value>(k).ok().and_then(|w| w.get(key).cloned()) else { return };
-                cur.as_array_mut().and_then(|a| a.iter_mut().find(|i| i.get(key) == Some(&want)))
+                let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else {
+                    return;
+                };
+                let Some(want) = serde_json::from_str::<Value>(k)
+                    .ok()
+                    .and_then(|w| w.get(key).cloned())
+                else {
+                    return;
+                };
+                cur.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|i| i.get(key) == Some(&want)))
             }
         };
         match next {
@@ -418,8 +494,15 @@ fn remove_at(gvk: &GroupVersionKind, v: &mut Value, path: &[Elem]) {
             }
         }
         Elem::Key(k) => {
-            let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else { return };
-            let Some(want) = serde_json::from_str::<Value>(k).ok().and_then(|w| w.get(key).cloned()) else { return };
+            let ListStrategy::MergeKey(key) = list_strategy(gvk, &names_so_far) else {
+                return;
+            };
+            let Some(want) = serde_json::from_str::<Value>(k)
+                .ok()
+                .and_then(|w| w.get(key).cloned())
+            else {
+                return;
+            };
             if let Some(a) = cur.as_array_mut() {
                 a.retain(|i| i.get(key) != Some(&want));
             }
@@ -497,12 +580,31 @@ fn read_entries(obj: &Value) -> Vec<Entry> {
         .map(|a| {
             a.iter()
                 .map(|e| Entry {
-                    manager: e.get("manager").and_then(Value::as_str).unwrap_or("").to_string(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string(),
-                    time: e.get("time").and_then(Value::as_str).unwrap_or("").to_string(),
+                    manager: e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .to_string(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    time: e
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
-                    subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 })
                 .collect()
         })
@@ -538,21 +640,33 @@ fn write_entries(obj: &mut Value, entries: &[Entry]) {
 }
 
 fn gvk_of(obj: &Value) -> GroupVersionKind {
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+    let av = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("v1");
     let (g, v) = av.split_once('/').unwrap_or(("", av));
     GroupVersionKind::new(g, v, obj.get("kind").and_then(Value::as_str).unwrap_or(""))
 }
 
 /// Records an ordinary write by `manager` (operation `Update`): the fields it changed
 /// become its own and leave other managers' sets.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, operation: &str, now: &str) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    operation: &str,
+    now: &str,
+) {
     let gvk = gvk_of(new);
     let mut entries = old.map(read_entries).unwrap_or_default();
     let new_set = field_set(&gvk, new);
     let old_set = old.map(|o| field_set(&gvk, o)).unwrap_or_default();
     let changed: BTreeSet<FieldPath> = new_set
         .iter()
-        .filter(|p| !old_set.contains(*p) || old.and_then(|o| value_at(&gvk, o, p)) != value_at(&gvk, new, p))
+        .filter(|p| {
+            !old_set.contains(*p)
+                || old.and_then(|o| value_at(&gvk, o, p)) != value_at(&gvk, new, p)
+        })
         .cloned()
         .collect();
     // Fields that no longer exist belong to nobody.
@@ -568,8 +682,15 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, operat
             e.fields.retain(|p| !changed.contains(p));
         }
     }
-    let api_version = new.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    match entries.iter_mut().find(|e| e.manager == manager && e.operation == operation && e.subresource.is_none()) {
+    let api_version = new
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match entries
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == operation && e.subresource.is_none())
+    {
         Some(e) => {
             e.fields.extend(changed);
             e.time = now.to_string();
@@ -613,9 +734,17 @@ fn apply_merge(live: &Value, applied: &Value, gvk: &GroupVersionKind) -> Value {
 }
 
 /// Server-side apply by `manager` over `live` (None: the object does not exist yet).
-pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, force: bool, now: &str) -> Result<Value, ApplyError> {
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    now: &str,
+) -> Result<Value, ApplyError> {
     if !applied.is_object() {
-        return Err(ApplyError::Invalid("the applied configuration must be an object".into()));
+        return Err(ApplyError::Invalid(
+            "the applied configuration must be an object".into(),
+        ));
     }
     let gvk = gvk_of(applied);
     let empty = json!({});
@@ -634,13 +763,17 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, force: bool, 
     for p in &applied_set {
         let live_val = value_at(&gvk, live_v, p);
         let new_val = value_at(&gvk, applied, p);
-        let differs = live_val.is_some() && live_val != new_val && !matches!(p.last(), Some(Elem::Key(_)));
+        let differs =
+            live_val.is_some() && live_val != new_val && !matches!(p.last(), Some(Elem::Key(_)));
         for e in &entries {
             if e.manager == manager || !e.fields.contains(p) {
                 continue;
             }
             if differs {
-                conflicts.push(Conflict { manager: e.manager.clone(), field: render_path(p) });
+                conflicts.push(Conflict {
+                    manager: e.manager.clone(),
+                    field: render_path(p),
+                });
             }
             if differs || force {
                 taken.insert(p.clone());
@@ -660,7 +793,10 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, force: bool, 
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
-    let mut dropped: Vec<&FieldPath> = prev_set.iter().filter(|p| !applied_set.contains(*p) && !others.contains(*p)).collect();
+    let mut dropped: Vec<&FieldPath> = prev_set
+        .iter()
+        .filter(|p| !applied_set.contains(*p) && !others.contains(*p))
+        .collect();
     // Remove deepest paths first so parents are still there when children go.
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in dropped {
@@ -673,9 +809,20 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, force: bool, 
             e.fields.retain(|p| !taken.contains(p));
         }
     }
-    let api_version = applied.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = applied
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
-    entries.push(Entry { manager: manager.to_string(), operation: "Apply".into(), api_version, time: now.to_string(), fields: applied_set, subresource: None });
+    entries.push(Entry {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        api_version,
+        time: now.to_string(),
+        fields: applied_set,
+        subresource: None,
+    });
     if result.get("metadata").is_none() {
         result["metadata"] = json!({});
     }
@@ -692,7 +839,11 @@ fn prune_empty_maps(v: &mut Value, live: &Value) {
             if let Some(child) = m.get_mut(&k) {
                 prune_empty_maps(child, live_child);
                 let was_empty_live = live_child.as_object().is_some_and(|o| o.is_empty());
-                if child.as_object().is_some_and(|o| o.is_empty()) && !was_empty_live && k != "metadata" && !live_child.is_object() {
+                if child.as_object().is_some_and(|o| o.is_empty())
+                    && !was_empty_live
+                    && k != "metadata"
+                    && !live_child.is_object()
+                {
                     m.remove(&k);
                 }
             }
@@ -702,7 +853,10 @@ fn prune_empty_maps(v: &mut Value, live: &Value) {
 
 /// The managers and their operations (for tests and describe-like output).
 pub fn managers(obj: &Value) -> BTreeMap<String, String> {
-    read_entries(obj).into_iter().map(|e| (e.manager, e.operation)).collect()
+    read_entries(obj)
+        .into_iter()
+        .map(|e| (e.manager, e.operation))
+        .collect()
 }
 
 #[cfg(test)]
@@ -731,32 +885,63 @@ mod tests {
     #[test]
     fn smp_directives() {
         let node = GroupVersionKind::new("", "v1", "Node");
-        let out = strategic_merge_patch(&json!({"spec": {"unschedulable": true}}), &json!({"spec": {"unschedulable": null}}), &node).unwrap();
+        let out = strategic_merge_patch(
+            &json!({"spec": {"unschedulable": true}}),
+            &json!({"spec": {"unschedulable": null}}),
+            &node,
+        )
+        .unwrap();
         assert_eq!(out, json!({"spec": {}}));
         let orig = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}}});
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}}});
         let out = strategic_merge_patch(&orig, &patch, &deploy()).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"], json!([{"name": "b", "image": "y"}]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "b", "image": "y"}])
+        );
         let orig = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"}]}]}}}});
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}]}}}});
         let out = strategic_merge_patch(&orig, &patch, &deploy()).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().len(), 2);
-        let out = strategic_merge_patch(&json!({"metadata": {"finalizers": ["a"]}}), &json!({"metadata": {"finalizers": ["b"]}}), &deploy()).unwrap();
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let out = strategic_merge_patch(
+            &json!({"metadata": {"finalizers": ["a"]}}),
+            &json!({"metadata": {"finalizers": ["b"]}}),
+            &deploy(),
+        )
+        .unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
     }
 
     #[test]
     fn apply_create_reapply_and_conflict() {
         let cm = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
-        let first = apply(None, &cm(json!({"a": "1", "b": "2"})), "kubectl", false, "t").unwrap();
+        let first = apply(
+            None,
+            &cm(json!({"a": "1", "b": "2"})),
+            "kubectl",
+            false,
+            "t",
+        )
+        .unwrap();
         assert_eq!(first["data"], json!({"a": "1", "b": "2"}));
-        assert_eq!(managers(&first).get("kubectl").map(String::as_str), Some("Apply"));
+        assert_eq!(
+            managers(&first).get("kubectl").map(String::as_str),
+            Some("Apply")
+        );
         // Dropping a key the manager applied removes it.
         let second = apply(Some(&first), &cm(json!({"a": "1"})), "kubectl", false, "t").unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
         // Another manager changing an owned field conflicts; force takes it over.
         let err = apply(Some(&second), &cm(json!({"a": "9"})), "other", false, "t").unwrap_err();
-        assert!(matches!(err, ApplyError::Conflict(ref c) if c[0].field == ".data.a" && c[0].manager == "kubectl"));
+        assert!(
+            matches!(err, ApplyError::Conflict(ref c) if c[0].field == ".data.a" && c[0].manager == "kubectl")
+        );
         let forced = apply(Some(&second), &cm(json!({"a": "9"})), "other", true, "t").unwrap();
         assert_eq!(forced["data"]["a"], "9");
     }
@@ -777,10 +962,18 @@ mod tests {
 
     #[test]
     fn json_and_merge() {
-        let out = json_patch(&json!({"a": 1}), &json!([{"op": "replace", "path": "/a", "value": 2}])).unwrap();
+        let out = json_patch(
+            &json!({"a": 1}),
+            &json!([{"op": "replace", "path": "/a", "value": 2}]),
+        )
+        .unwrap();
         assert_eq!(out, json!({"a": 2}));
         let out = merge_patch(&json!({"a": {"b": 1, "c": 2}}), &json!({"a": {"b": null}})).unwrap();
         assert_eq!(out, json!({"a": {"c": 2}}));
-        assert!(json_patch(&json!({}), &json!([{"op": "test", "path": "/x", "value": 1}])).is_err());
+        assert!(json_patch(
+            &json!({}),
+            &json!([{"op": "test", "path": "/x", "value": 1}])
+        )
+        .is_err());
     }
 }

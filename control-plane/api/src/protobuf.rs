@@ -25,7 +25,11 @@ pub enum ProtobufError {
     #[error("truncated or malformed protobuf")]
     Malformed,
     #[error("field {field} of {message} has wire type {wire}, expected another")]
-    WireType { message: String, field: String, wire: u8 },
+    WireType {
+        message: String,
+        field: String,
+        wire: u8,
+    },
     #[error("no protobuf message is known for {0}")]
     UnknownKind(String),
     #[error("messages nested too deeply")]
@@ -52,7 +56,9 @@ fn schema() -> &'static Schema {
     S.get_or_init(|| {
         let raw: HashMap<String, Vec<FieldDef>> =
             serde_json::from_str(include_str!("protobuf/schema.json")).unwrap_or_default();
-        raw.into_iter().map(|(k, fields)| (k, fields.into_iter().map(|f| (f.tag, f)).collect())).collect()
+        raw.into_iter()
+            .map(|(k, fields)| (k, fields.into_iter().map(|f| (f.tag, f)).collect()))
+            .collect()
     })
 }
 
@@ -96,7 +102,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtobufError> {
         let end = self.pos.checked_add(n).ok_or(ProtobufError::Malformed)?;
-        let s = self.buf.get(self.pos..end).ok_or(ProtobufError::Malformed)?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(ProtobufError::Malformed)?;
         self.pos = end;
         Ok(s)
     }
@@ -107,12 +116,20 @@ impl<'a> Reader<'a> {
         let wt = (key & 7) as u8;
         let w = match wt {
             0 => Wire::Varint(self.varint()?),
-            1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| ProtobufError::Malformed)?)),
+            1 => Wire::Fixed64(u64::from_le_bytes(
+                self.take(8)?
+                    .try_into()
+                    .map_err(|_| ProtobufError::Malformed)?,
+            )),
             2 => {
                 let n = usize::try_from(self.varint()?).map_err(|_| ProtobufError::Malformed)?;
                 Wire::Bytes(self.take(n)?)
             }
-            5 => Wire::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| ProtobufError::Malformed)?)),
+            5 => Wire::Fixed32(u32::from_le_bytes(
+                self.take(4)?
+                    .try_into()
+                    .map_err(|_| ProtobufError::Malformed)?,
+            )),
             _ => return Err(ProtobufError::Malformed),
         };
         Ok((tag, wt, w))
@@ -130,7 +147,9 @@ pub fn decode_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
                 let mut t = Reader::new(tm);
                 while !t.done() {
                     match t.field()? {
-                        (1, _, Wire::Bytes(s)) => api_version = String::from_utf8_lossy(s).into_owned(),
+                        (1, _, Wire::Bytes(s)) => {
+                            api_version = String::from_utf8_lossy(s).into_owned()
+                        }
                         (2, _, Wire::Bytes(s)) => kind = String::from_utf8_lossy(s).into_owned(),
                         _ => {}
                     }
@@ -140,7 +159,8 @@ pub fn decode_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
             _ => {}
         }
     }
-    let name = message_for(&api_version, &kind).ok_or_else(|| ProtobufError::UnknownKind(format!("{api_version}, Kind={kind}")))?;
+    let name = message_for(&api_version, &kind)
+        .ok_or_else(|| ProtobufError::UnknownKind(format!("{api_version}, Kind={kind}")))?;
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), Value::String(api_version));
     obj.insert("kind".into(), Value::String(kind));
@@ -164,13 +184,17 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<String> {
     }
     let first = group.split('.').next().unwrap_or(group);
     let suffix = format!(".{version}.{kind}");
-    let mut hits: Vec<&String> = s.keys().filter(|k| k.ends_with(&suffix) && k.contains(first)).collect();
+    let mut hits: Vec<&String> = s
+        .keys()
+        .filter(|k| k.ends_with(&suffix) && k.contains(first))
+        .collect();
     hits.sort();
     hits.first().map(|h| h.to_string())
 }
 
 fn time_json(seconds: i64, nanos: i64, micro: bool) -> Value {
-    let t = chrono::DateTime::from_timestamp(seconds, u32::try_from(nanos.max(0)).unwrap_or(0)).unwrap_or_default();
+    let t = chrono::DateTime::from_timestamp(seconds, u32::try_from(nanos.max(0)).unwrap_or(0))
+        .unwrap_or_default();
     let s = if micro {
         t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
     } else {
@@ -228,17 +252,35 @@ fn raw_json(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)))
 }
 
-fn scalar(msg: &str, f: &FieldDef, wt: u8, w: &Wire<'_>, depth: usize) -> Result<Value, ProtobufError> {
-    let mismatch = || ProtobufError::WireType { message: msg.to_string(), field: f.name.clone(), wire: wt };
+fn scalar(
+    msg: &str,
+    f: &FieldDef,
+    wt: u8,
+    w: &Wire<'_>,
+    depth: usize,
+) -> Result<Value, ProtobufError> {
+    let mismatch = || ProtobufError::WireType {
+        message: msg.to_string(),
+        field: f.name.clone(),
+        wire: wt,
+    };
     Ok(match (f.ty.as_str(), w) {
         ("string", Wire::Bytes(b)) => Value::String(String::from_utf8_lossy(b).into_owned()),
-        ("bytes", Wire::Bytes(b)) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        ("bytes", Wire::Bytes(b)) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
         ("bool", Wire::Varint(v)) => Value::Bool(*v != 0),
         ("int32", Wire::Varint(v)) => Value::from(*v as i64 as i32),
         ("int64", Wire::Varint(v)) => Value::from(*v as i64),
-        ("double", Wire::Fixed64(v)) => serde_json::Number::from_f64(f64::from_bits(*v)).map(Value::Number).unwrap_or(Value::Null),
-        ("float", Wire::Fixed32(v)) => serde_json::Number::from_f64(f64::from(f32::from_bits(*v))).map(Value::Number).unwrap_or(Value::Null),
-        ("message", Wire::Bytes(b)) => decode_message(f.message.as_deref().unwrap_or(""), b, depth + 1)?,
+        ("double", Wire::Fixed64(v)) => serde_json::Number::from_f64(f64::from_bits(*v))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        ("float", Wire::Fixed32(v)) => serde_json::Number::from_f64(f64::from(f32::from_bits(*v)))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        ("message", Wire::Bytes(b)) => {
+            decode_message(f.message.as_deref().unwrap_or(""), b, depth + 1)?
+        }
         _ => return Err(mismatch()),
     })
 }
@@ -286,7 +328,11 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Proto
                     _ => {}
                 }
             }
-            return Ok(if t == 1 { Value::String(s) } else { Value::from(i) });
+            return Ok(if t == 1 {
+                Value::String(s)
+            } else {
+                Value::from(i)
+            });
         }
         "apimachinery.pkg.api.resource.Quantity" => {
             let mut s = String::new();
@@ -312,7 +358,9 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Proto
         }
         _ => {}
     }
-    let fields = schema().get(name).ok_or_else(|| ProtobufError::UnknownKind(name.to_string()))?;
+    let fields = schema()
+        .get(name)
+        .ok_or_else(|| ProtobufError::UnknownKind(name.to_string()))?;
     let mut out = Map::new();
     let mut r = Reader::new(bytes);
     while !r.done() {
@@ -320,7 +368,11 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Proto
         let Some(f) = fields.get(&tag) else { continue };
         if f.map {
             let Wire::Bytes(entry) = w else {
-                return Err(ProtobufError::WireType { message: name.into(), field: f.name.clone(), wire: wt });
+                return Err(ProtobufError::WireType {
+                    message: name.into(),
+                    field: f.name.clone(),
+                    wire: wt,
+                });
             };
             let (mut k, mut v) = (String::new(), Value::Null);
             let mut er = Reader::new(entry);
@@ -333,17 +385,25 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Proto
             }
             if v.is_null() {
                 v = match f.ty.as_str() {
-                    "message" => decode_message(f.message.as_deref().unwrap_or(""), &[], depth + 1)?,
+                    "message" => {
+                        decode_message(f.message.as_deref().unwrap_or(""), &[], depth + 1)?
+                    }
                     _ => Value::String(String::new()),
                 };
             }
-            let m = out.entry(f.name.clone()).or_insert_with(|| Value::Object(Map::new()));
+            let m = out
+                .entry(f.name.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
             if let Some(m) = m.as_object_mut() {
                 m.insert(k, v);
             }
         } else if f.repeated {
-            let arr = out.entry(f.name.clone()).or_insert_with(|| Value::Array(Vec::new()));
-            let Some(arr) = arr.as_array_mut() else { continue };
+            let arr = out
+                .entry(f.name.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let Some(arr) = arr.as_array_mut() else {
+                continue;
+            };
             match (&w, f.ty.as_str()) {
                 // Packed numeric lists.
                 (Wire::Bytes(b), "int32" | "int64" | "bool") => {
@@ -398,7 +458,10 @@ mod tests {
         Some(meta::ObjectMeta {
             name: Some(name.into()),
             labels: [("app".to_string(), "web".to_string())].into(),
-            creation_timestamp: Some(meta::Time { seconds: Some(1_700_000_000), nanos: Some(0) }),
+            creation_timestamp: Some(meta::Time {
+                seconds: Some(1_700_000_000),
+                nanos: Some(0),
+            }),
             ..Default::default()
         })
     }
@@ -409,16 +472,28 @@ mod tests {
             metadata: meta("web"),
             spec: Some(apps::DeploymentSpec {
                 replicas: Some(3),
-                selector: Some(meta::LabelSelector { match_labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() }),
+                selector: Some(meta::LabelSelector {
+                    match_labels: [("app".to_string(), "web".to_string())].into(),
+                    ..Default::default()
+                }),
                 template: Some(core::PodTemplateSpec {
                     metadata: meta("x"),
                     spec: Some(core::PodSpec {
                         containers: vec![core::Container {
                             name: Some("web".into()),
                             image: Some("nginx:1.25".into()),
-                            ports: vec![core::ContainerPort { container_port: Some(80), ..Default::default() }],
+                            ports: vec![core::ContainerPort {
+                                container_port: Some(80),
+                                ..Default::default()
+                            }],
                             resources: Some(core::ResourceRequirements {
-                                limits: [("memory".to_string(), k8s_pb::apimachinery::pkg::api::resource::Quantity { string: Some("64Mi".into()) })].into(),
+                                limits: [(
+                                    "memory".to_string(),
+                                    k8s_pb::apimachinery::pkg::api::resource::Quantity {
+                                        string: Some("64Mi".into()),
+                                    },
+                                )]
+                                .into(),
                                 ..Default::default()
                             }),
                             ..Default::default()
@@ -429,8 +504,18 @@ mod tests {
                 strategy: Some(apps::DeploymentStrategy {
                     r#type: Some("RollingUpdate".into()),
                     rolling_update: Some(apps::RollingUpdateDeployment {
-                        max_surge: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString { r#type: Some(1), int_val: None, str_val: Some("25%".into()) }),
-                        max_unavailable: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString { r#type: Some(0), int_val: Some(1), str_val: None }),
+                        max_surge: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+                            r#type: Some(1),
+                            int_val: None,
+                            str_val: Some("25%".into()),
+                        }),
+                        max_unavailable: Some(
+                            k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+                                r#type: Some(0),
+                                int_val: Some(1),
+                                str_val: None,
+                            },
+                        ),
                     }),
                 }),
                 ..Default::default()
@@ -442,16 +527,30 @@ mod tests {
         assert_eq!(v["metadata"]["creationTimestamp"], "2023-11-14T22:13:20Z");
         assert_eq!(v["spec"]["replicas"], 3);
         assert_eq!(v["spec"]["selector"]["matchLabels"], json!({"app": "web"}));
-        assert_eq!(v["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
-        assert_eq!(v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"], "64Mi");
-        assert_eq!(v["spec"]["strategy"]["rollingUpdate"], json!({"maxSurge": "25%", "maxUnavailable": 1}));
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+            80
+        );
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "64Mi"
+        );
+        assert_eq!(
+            v["spec"]["strategy"]["rollingUpdate"],
+            json!({"maxSurge": "25%", "maxUnavailable": 1})
+        );
         let typed: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(v).unwrap();
         assert_eq!(typed.spec.unwrap().replicas, Some(3));
     }
 
     #[test]
     fn secret_bytes_and_pod_status_names() {
-        let s = core::Secret { metadata: meta("s"), data: [("k".to_string(), b"v\x00".to_vec())].into(), r#type: Some("Opaque".into()), ..Default::default() };
+        let s = core::Secret {
+            metadata: meta("s"),
+            data: [("k".to_string(), b"v\x00".to_vec())].into(),
+            r#type: Some("Opaque".into()),
+            ..Default::default()
+        };
         let v = decode_to_json(&envelope("v1", "Secret", s.encode_to_vec())).unwrap();
         assert_eq!(v["data"]["k"], "dgA=");
         let p = core::Pod {
@@ -459,7 +558,9 @@ mod tests {
             spec: None,
             status: Some(core::PodStatus {
                 host_ip: Some("10.0.0.1".into()),
-                pod_ips: vec![core::PodIp { ip: Some("10.1.0.5".into()) }],
+                pod_ips: vec![core::PodIp {
+                    ip: Some("10.1.0.5".into()),
+                }],
                 ..Default::default()
             }),
         };
@@ -472,27 +573,40 @@ mod tests {
     fn access_review_and_unknown_kinds() {
         let r = k8s_pb::api::authorization::v1::SelfSubjectAccessReview {
             metadata: None,
-            spec: Some(k8s_pb::api::authorization::v1::SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(k8s_pb::api::authorization::v1::ResourceAttributes {
-                    namespace: Some("default".into()),
-                    verb: Some("create".into()),
-                    group: Some("apps".into()),
-                    resource: Some("deployments".into()),
+            spec: Some(
+                k8s_pb::api::authorization::v1::SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(k8s_pb::api::authorization::v1::ResourceAttributes {
+                        namespace: Some("default".into()),
+                        verb: Some("create".into()),
+                        group: Some("apps".into()),
+                        resource: Some("deployments".into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                },
+            ),
             status: None,
         };
-        let v = decode_to_json(&envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", r.encode_to_vec())).unwrap();
+        let v = decode_to_json(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            r.encode_to_vec(),
+        ))
+        .unwrap();
         assert_eq!(v["spec"]["resourceAttributes"]["resource"], "deployments");
-        assert!(matches!(decode_to_json(&envelope("x.io/v1", "Nope", vec![])), Err(ProtobufError::UnknownKind(_))));
+        assert!(matches!(
+            decode_to_json(&envelope("x.io/v1", "Nope", vec![])),
+            Err(ProtobufError::UnknownKind(_))
+        ));
         assert_eq!(decode_to_json(b"{}"), Err(ProtobufError::BadMagic));
     }
 
     #[test]
     fn hostile_input_never_panics() {
-        let d = apps::Deployment { metadata: meta("web"), ..Default::default() };
+        let d = apps::Deployment {
+            metadata: meta("web"),
+            ..Default::default()
+        };
         let good = envelope("apps/v1", "Deployment", d.encode_to_vec());
         for cut in 0..good.len() {
             let _ = decode_to_json(&good[..cut]);

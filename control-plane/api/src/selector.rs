@@ -48,7 +48,10 @@ fn validate_key(k: &str) -> Result<(), SelectorError> {
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(SelectorError(format!("invalid label key \"{k}\": {}", errs.join("; "))))
+        Err(SelectorError(format!(
+            "invalid label key \"{k}\": {}",
+            errs.join("; ")
+        )))
     }
 }
 
@@ -57,7 +60,10 @@ fn validate_value(v: &str) -> Result<(), SelectorError> {
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(SelectorError(format!("invalid label value: \"{v}\": at key: {}", errs.join("; "))))
+        Err(SelectorError(format!(
+            "invalid label value: \"{v}\": at key: {}",
+            errs.join("; ")
+        )))
     }
 }
 
@@ -83,7 +89,9 @@ fn split_top(s: &str) -> Result<Vec<&str>, SelectorError> {
         }
     }
     if depth != 0 {
-        return Err(SelectorError(format!("unbalanced parentheses in selector {s:?}")));
+        return Err(SelectorError(format!(
+            "unbalanced parentheses in selector {s:?}"
+        )));
     }
     parts.push(&s[start..]);
     Ok(parts)
@@ -94,7 +102,9 @@ fn parse_set(s: &str) -> Result<BTreeSet<String>, SelectorError> {
         .trim()
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| SelectorError(format!("expected a parenthesized set of values, got {s:?}")))?;
+        .ok_or_else(|| {
+            SelectorError(format!("expected a parenthesized set of values, got {s:?}"))
+        })?;
     let mut set = BTreeSet::new();
     for v in inner.split(',') {
         let v = v.trim();
@@ -114,36 +124,62 @@ impl LabelSelector {
         for part in split_top(s)? {
             let p = part.trim();
             if p.is_empty() {
-                return Err(SelectorError(format!("found '', expected: identifier in selector {s:?}")));
+                return Err(SelectorError(format!(
+                    "found '', expected: identifier in selector {s:?}"
+                )));
             }
             let req = if let Some(k) = p.strip_prefix('!') {
                 let k = k.trim();
                 validate_key(k)?;
-                Requirement { key: k.into(), op: Op::DoesNotExist, values: BTreeSet::new() }
+                Requirement {
+                    key: k.into(),
+                    op: Op::DoesNotExist,
+                    values: BTreeSet::new(),
+                }
             } else if let Some((k, v)) = p.split_once("!=") {
                 let (k, v) = (k.trim(), v.trim());
                 validate_key(k)?;
                 validate_value(v)?;
-                Requirement { key: k.into(), op: Op::NotEquals, values: [v.to_string()].into() }
+                Requirement {
+                    key: k.into(),
+                    op: Op::NotEquals,
+                    values: [v.to_string()].into(),
+                }
             } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
                 let (k, v) = (k.trim(), v.trim());
                 validate_key(k)?;
                 validate_value(v)?;
-                Requirement { key: k.into(), op: Op::Equals, values: [v.to_string()].into() }
+                Requirement {
+                    key: k.into(),
+                    op: Op::Equals,
+                    values: [v.to_string()].into(),
+                }
             } else if let Some(idx) = p.find(" notin ").or_else(|| p.find(" notin(")) {
                 let k = p[..idx].trim();
                 validate_key(k)?;
-                Requirement { key: k.into(), op: Op::NotIn, values: parse_set(&p[idx + 7..])? }
+                Requirement {
+                    key: k.into(),
+                    op: Op::NotIn,
+                    values: parse_set(&p[idx + 7..])?,
+                }
             } else if let Some(idx) = p.find(" in ").or_else(|| p.find(" in(")) {
                 let k = p[..idx].trim();
                 validate_key(k)?;
-                Requirement { key: k.into(), op: Op::In, values: parse_set(&p[idx + 4..])? }
+                Requirement {
+                    key: k.into(),
+                    op: Op::In,
+                    values: parse_set(&p[idx + 4..])?,
+                }
             } else {
                 if p.contains(char::is_whitespace) || p.contains('(') {
                     return Err(SelectorError(format!("unable to parse requirement: {p:?}")));
                 }
                 validate_key(p)?;
-                Requirement { key: p.into(), op: Op::Exists, values: BTreeSet::new() }
+                Requirement {
+                    key: p.into(),
+                    op: Op::Exists,
+                    values: BTreeSet::new(),
+                }
             };
             requirements.push(req);
         }
@@ -156,23 +192,40 @@ impl LabelSelector {
         if let Some(Value::Object(ml)) = v.get("matchLabels") {
             for (k, val) in ml {
                 let val = val.as_str().unwrap_or("").to_string();
-                requirements.push(Requirement { key: k.clone(), op: Op::Equals, values: [val].into() });
+                requirements.push(Requirement {
+                    key: k.clone(),
+                    op: Op::Equals,
+                    values: [val].into(),
+                });
             }
         }
         if let Some(Value::Array(exprs)) = v.get("matchExpressions") {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or("").to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let values: BTreeSet<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let op = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
                     "In" => Op::In,
                     "NotIn" => Op::NotIn,
                     "Exists" => Op::Exists,
                     "DoesNotExist" => Op::DoesNotExist,
-                    other => return Err(SelectorError(format!("\"{other}\" is not a valid label selector operator"))),
+                    other => {
+                        return Err(SelectorError(format!(
+                            "\"{other}\" is not a valid label selector operator"
+                        )))
+                    }
                 };
                 requirements.push(Requirement { key, op, values });
             }
@@ -190,7 +243,12 @@ impl LabelSelector {
 
     /// Matches an object's `metadata.labels` map.
     pub fn matches_value(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string);
+        let get = |k: &str| {
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         self.matches_with(&get)
     }
 }
@@ -214,7 +272,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(SelectorError(format!("invalid selector: '{s}'; can't understand '{p}'")));
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{p}'"
+                )));
             };
             requirements.push((field.trim().to_string(), equal, value.trim().to_string()));
         }
@@ -280,14 +340,19 @@ mod tests {
 
     #[test]
     fn fields() {
-        let fs = FieldSelector::parse("metadata.name=x,status.phase!=Failed,involvedObject.namespace=").unwrap();
+        let fs =
+            FieldSelector::parse("metadata.name=x,status.phase!=Failed,involvedObject.namespace=")
+                .unwrap();
         let get = |f: &str| match f {
             "metadata.name" => Some("x".to_string()),
             "status.phase" => Some("Running".to_string()),
             _ => None,
         };
         assert!(fs.matches(&get));
-        assert_eq!(fs.fields().collect::<Vec<_>>(), vec!["metadata.name", "status.phase", "involvedObject.namespace"]);
+        assert_eq!(
+            fs.fields().collect::<Vec<_>>(),
+            vec!["metadata.name", "status.phase", "involvedObject.namespace"]
+        );
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

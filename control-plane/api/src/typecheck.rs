@@ -66,6 +66,9 @@ mod tests {
         let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"},
             "spec": {"replicas": "two", "selector": {}, "template": {}}});
         let e = check_type(&gvk, &bad).unwrap_err();
-        assert!(e.starts_with("Deployment in version \"v1\" cannot be handled as a Deployment"), "{e}");
+        assert!(
+            e.starts_with("Deployment in version \"v1\" cannot be handled as a Deployment"),
+            "{e}"
+        );
     }
 }

@@ -45,7 +45,11 @@ pub struct App {
 
 impl App {
     /// Loads the watch cache from `store` and prepares the served API.
-    pub async fn new(store: Arc<dyn Store>, authz: Arc<dyn Authorizer>, server_address: String) -> Result<Arc<Self>, StoreError> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        authz: Arc<dyn Authorizer>,
+        server_address: String,
+    ) -> Result<Arc<Self>, StoreError> {
         let cache = WatchCache::start(store.clone()).await?;
         let registry = Arc::new(Registry::with_builtins());
         let infos: Vec<ResourceInfo> = registry.all().iter().map(|i| (**i).clone()).collect();
@@ -66,8 +70,14 @@ impl App {
     pub fn router(self: &Arc<Self>) -> Router {
         let app = self.clone();
         Router::new()
-            .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
-            .route("/version/", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+            .route(
+                "/version",
+                get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+            )
+            .route(
+                "/version/",
+                get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+            )
             .route("/api", get(api_root))
             .route("/api/", get(api_root))
             .route("/apis", get(apis_root))
@@ -81,17 +91,25 @@ impl App {
             .route("/healthz", get(health))
             .route("/metrics", get(metrics))
             .fallback(|| async { ApiError::not_found_path().into_response() })
-            .layer(axum::middleware::from_fn_with_state(self.metrics.clone(), crate::metrics::metrics_layer))
+            .layer(axum::middleware::from_fn_with_state(
+                self.metrics.clone(),
+                crate::metrics::metrics_layer,
+            ))
             .layer(DefaultBodyLimit::disable())
             .with_state(app)
     }
 
     /// Creates what every cluster has: the system namespaces.
     pub async fn bootstrap(self: &Arc<Self>) -> ApiResult<()> {
-        let ns = self.registry.get("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces not served"))?;
+        let ns = self
+            .registry
+            .get("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces not served"))?;
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match rest::create_object(self, &ns, None, obj, &Query::default(), "kelp", "Update").await {
+            match rest::create_object(self, &ns, None, obj, &Query::default(), "kelp", "Update")
+                .await
+            {
                 Ok(_) => info!(namespace = name, "created system namespace"),
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e),
@@ -102,13 +120,18 @@ impl App {
 
     /// Is any object owned by `obj` (by uid)?
     pub async fn has_dependents(&self, _info: &ResourceInfo, obj: &Value) -> bool {
-        let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) else { return false };
+        let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) else {
+            return false;
+        };
         let (all, _) = self.cache.list(crate::watch_cache::ROOT).await;
         all.iter().any(|o| {
             o.value
                 .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
-                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+                .is_some_and(|refs| {
+                    refs.iter()
+                        .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                })
         })
     }
 
@@ -127,19 +150,28 @@ impl App {
                 if let Err(e) = app.clean_terminating_namespaces().await {
                     warn!(error = %e, "namespace lifecycle pass failed");
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(2), app.namespaces_changed.notified()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), app.namespaces_changed.notified())
+                        .await;
             }
         });
     }
 
     async fn clean_terminating_namespaces(self: &Arc<Self>) -> ApiResult<()> {
-        let Some(nsinfo) = self.registry.get("", "v1", "namespaces") else { return Ok(()) };
+        let Some(nsinfo) = self.registry.get("", "v1", "namespaces") else {
+            return Ok(());
+        };
         let (namespaces, _) = self.cache.list(&list_prefix(&nsinfo, None)).await;
         for ns in namespaces {
             if ns.value.pointer("/metadata/deletionTimestamp").is_none() {
                 continue;
             }
-            let name = ns.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = ns
+                .value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let mut remaining = 0usize;
             for info in self.registry.all() {
                 if !info.namespaced || builtin::is_virtual(&info) {
@@ -151,11 +183,26 @@ impl App {
                     if item.value.pointer("/metadata/deletionTimestamp").is_some() {
                         continue;
                     }
-                    let obj_name = item.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-                    match rest::delete_object(self, &info, Some(&name), &obj_name, &DeleteOptions::default()).await {
+                    let obj_name = item
+                        .value
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    match rest::delete_object(
+                        self,
+                        &info,
+                        Some(&name),
+                        &obj_name,
+                        &DeleteOptions::default(),
+                    )
+                    .await
+                    {
                         Ok(_) => {}
                         Err(e) if e.code == 404 => {}
-                        Err(e) => warn!(namespace = %name, object = %obj_name, error = %e, "namespace cleanup: delete failed"),
+                        Err(e) => {
+                            warn!(namespace = %name, object = %obj_name, error = %e, "namespace cleanup: delete failed")
+                        }
                     }
                 }
             }
@@ -165,7 +212,12 @@ impl App {
                     let fins: Vec<Value> = next
                         .pointer("/spec/finalizers")
                         .and_then(Value::as_array)
-                        .map(|f| f.iter().filter(|x| x.as_str() != Some("kubernetes")).cloned().collect())
+                        .map(|f| {
+                            f.iter()
+                                .filter(|x| x.as_str() != Some("kubernetes"))
+                                .cloned()
+                                .collect()
+                        })
                         .unwrap_or_default();
                     next["spec"]["finalizers"] = json!(fins);
                     if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -173,7 +225,18 @@ impl App {
                     }
                     Ok(next)
                 };
-                match rest::guaranteed_update(self, &nsinfo, None, &name, Some("finalize"), &Query::default(), None, &mut mutate).await {
+                match rest::guaranteed_update(
+                    self,
+                    &nsinfo,
+                    None,
+                    &name,
+                    Some("finalize"),
+                    &Query::default(),
+                    None,
+                    &mut mutate,
+                )
+                .await
+                {
                     Ok(_) => info!(namespace = %name, "namespace emptied and finalized"),
                     Err(e) if e.code == 404 => {}
                     Err(e) => warn!(namespace = %name, error = %e, "namespace finalize failed"),
@@ -194,11 +257,22 @@ async fn health() -> &'static str {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.metrics.render();
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn api_root(State(app): State<Arc<App>>) -> Response {
-    json_response(StatusCode::OK, &discovery::api_versions(&app.server_address))
+    json_response(
+        StatusCode::OK,
+        &discovery::api_versions(&app.server_address),
+    )
 }
 
 async fn apis_root(State(app): State<Arc<App>>) -> Response {
@@ -206,15 +280,37 @@ async fn apis_root(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn openapi_root(State(app): State<Arc<App>>) -> Response {
-    let docs = app.openapi.read().unwrap_or_else(|e| e.into_inner()).clone();
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], docs.root()).into_response()
+    let docs = app
+        .openapi
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        docs.root(),
+    )
+        .into_response()
 }
 
 async fn openapi_gv(State(app): State<Arc<App>>, req: Request) -> Response {
-    let docs = app.openapi.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let path = req.uri().path().trim_start_matches("/openapi/v3/").to_string();
+    let docs = app
+        .openapi
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/openapi/v3/")
+        .to_string();
     match docs.group_version(&path) {
-        Some(body) => (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(body) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
         None => ApiError::not_found_path().into_response(),
     }
 }
@@ -223,8 +319,15 @@ async fn read_body(body: Body) -> ApiResult<Bytes> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large())
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -237,11 +340,15 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let user = parts.extensions.get::<UserInfo>().cloned().unwrap_or_else(|| UserInfo {
-        username: "system:anonymous".into(),
-        uid: String::new(),
-        groups: vec!["system:unauthenticated".into()],
-    });
+    let user = parts
+        .extensions
+        .get::<UserInfo>()
+        .cloned()
+        .unwrap_or_else(|| UserInfo {
+            username: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        });
     let path = parts.uri.path().to_string();
     let q = Query::parse(parts.uri.query());
     let headers = parts.headers.clone();
@@ -264,9 +371,14 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
     let t: Target = match kind {
         PathKind::GroupVersion { group, version } => {
             return if method == Method::GET {
-                Ok(json_response(StatusCode::OK, &discovery::resource_list(&app.registry, &group, &version)))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &discovery::resource_list(&app.registry, &group, &version),
+                ))
             } else {
-                Err(ApiError::method_not_allowed("only GET is allowed on discovery"))
+                Err(ApiError::method_not_allowed(
+                    "only GET is allowed on discovery",
+                ))
             };
         }
         PathKind::Group(g) => {
@@ -280,11 +392,22 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
     route(app, &t, &method, &q, &headers, &body, &user).await
 }
 
-async fn route(app: Arc<App>, t: &Target, method: &Method, q: &Query, headers: &HeaderMap, body: &Bytes, user: &UserInfo) -> ApiResult<Response> {
+async fn route(
+    app: Arc<App>,
+    t: &Target,
+    method: &Method,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+    user: &UserInfo,
+) -> ApiResult<Response> {
     let is_watch = q.flag("watch");
     let virt = builtin::is_virtual(&t.info);
     if virt && !(*method == Method::POST && t.name.is_none()) {
-        return Err(ApiError::method_not_allowed(format!("{} only supports create", t.info.plural)));
+        return Err(ApiError::method_not_allowed(format!(
+            "{} only supports create",
+            t.info.plural
+        )));
     }
     match (method.clone(), t.name.is_some(), t.subresource.as_deref()) {
         (Method::GET, false, None) if is_watch => watch::watch(app.clone(), t, q, headers).await,
@@ -294,13 +417,23 @@ async fn route(app: Arc<App>, t: &Target, method: &Method, q: &Query, headers: &
         (Method::GET, true, None) if is_watch => watch::watch(app.clone(), t, q, headers).await,
         (Method::GET, true, None | Some("status")) => rest::get(&app, t, q, headers).await,
         (Method::PUT, true, None | Some("status")) => rest::update(&app, t, q, headers, body).await,
-        (Method::PATCH, true, None | Some("status")) => rest::patch(&app, t, q, headers, body).await,
+        (Method::PATCH, true, None | Some("status")) => {
+            rest::patch(&app, t, q, headers, body).await
+        }
         (Method::DELETE, true, None) => rest::delete(&app, t, q, headers, body).await,
         (Method::GET, true, Some("scale")) => subresources::get_scale(&app, t).await,
-        (Method::PUT, true, Some("scale")) => subresources::write_scale(&app, t, q, headers, body, false).await,
-        (Method::PATCH, true, Some("scale")) => subresources::write_scale(&app, t, q, headers, body, true).await,
-        (Method::POST, true, Some("binding")) => subresources::bind(&app, t, q, headers, body).await,
-        (Method::PUT, true, Some("finalize")) => subresources::finalize(&app, t, q, headers, body).await,
+        (Method::PUT, true, Some("scale")) => {
+            subresources::write_scale(&app, t, q, headers, body, false).await
+        }
+        (Method::PATCH, true, Some("scale")) => {
+            subresources::write_scale(&app, t, q, headers, body, true).await
+        }
+        (Method::POST, true, Some("binding")) => {
+            subresources::bind(&app, t, q, headers, body).await
+        }
+        (Method::PUT, true, Some("finalize")) => {
+            subresources::finalize(&app, t, q, headers, body).await
+        }
         (m, _, sub) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m} {}{})",
             t.info.plural,

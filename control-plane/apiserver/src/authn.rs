@@ -32,18 +32,30 @@ impl Authenticator {
     pub fn from_certificate(&self, der: &[u8]) -> Option<UserInfo> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let subject = cert.subject();
-        let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+        let cn = subject
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string();
         let mut groups: Vec<String> = subject
             .iter_organization()
             .filter_map(|o| o.as_str().ok().map(str::to_string))
             .collect();
         groups.push("system:authenticated".into());
-        Some(UserInfo { username: cn, uid: String::new(), groups })
+        Some(UserInfo {
+            username: cn,
+            uid: String::new(),
+            groups,
+        })
     }
 
     /// The user of an `Authorization: Bearer` token, if known.
     pub fn from_bearer(&self, header: &str) -> Option<UserInfo> {
-        let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer "))?.trim();
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))?
+            .trim();
         self.tokens.get(token).cloned()
     }
 }

@@ -30,7 +30,12 @@ pub struct RequestAttributes {
 
 impl RequestAttributes {
     /// Parses the Kubernetes URL grammar (upstream `RequestInfoFactory`).
-    pub fn from_request(method: &Method, path: &str, query: &HashMap<String, String>, user: UserInfo) -> Self {
+    pub fn from_request(
+        method: &Method,
+        path: &str,
+        query: &HashMap<String, String>,
+        user: UserInfo,
+    ) -> Self {
         let mut a = RequestAttributes {
             user,
             verb: method.as_str().to_ascii_lowercase(),
@@ -42,7 +47,11 @@ impl RequestAttributes {
             path: path.to_string(),
             resource_request: false,
         };
-        let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let segs: Vec<&str> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let rest: &[&str] = match segs.as_slice() {
             ["api", _v, rest @ ..] => rest,
             ["apis", g, _v, rest @ ..] => {
@@ -56,7 +65,9 @@ impl RequestAttributes {
         }
         a.resource_request = true;
         let rest: Vec<&str> = match rest {
-            ["namespaces", ns, tail @ ..] if !tail.is_empty() && !matches!(tail, ["status"] | ["finalize"]) => {
+            ["namespaces", ns, tail @ ..]
+                if !tail.is_empty() && !matches!(tail, ["status"] | ["finalize"]) =>
+            {
                 a.namespace = ns.to_string();
                 tail.to_vec()
             }
@@ -107,20 +118,54 @@ mod tests {
     use super::*;
 
     fn attrs(method: Method, path: &str, q: &[(&str, &str)]) -> RequestAttributes {
-        let q = q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        RequestAttributes::from_request(&method, path, &q, UserInfo { username: "u".into(), uid: String::new(), groups: vec![] })
+        let q = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RequestAttributes::from_request(
+            &method,
+            path,
+            &q,
+            UserInfo {
+                username: "u".into(),
+                uid: String::new(),
+                groups: vec![],
+            },
+        )
     }
 
     #[test]
     fn parses_paths() {
         let a = attrs(Method::GET, "/api/v1/namespaces/default/pods/x/log", &[]);
-        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.name.as_str(), a.subresource.as_str(), a.namespace.as_str()), ("get", "pods", "x", "log", "default"));
-        let a = attrs(Method::GET, "/apis/apps/v1/deployments", &[("watch", "true")]);
-        assert_eq!((a.verb.as_str(), a.api_group.as_str(), a.resource.as_str()), ("watch", "apps", "deployments"));
+        assert_eq!(
+            (
+                a.verb.as_str(),
+                a.resource.as_str(),
+                a.name.as_str(),
+                a.subresource.as_str(),
+                a.namespace.as_str()
+            ),
+            ("get", "pods", "x", "log", "default")
+        );
+        let a = attrs(
+            Method::GET,
+            "/apis/apps/v1/deployments",
+            &[("watch", "true")],
+        );
+        assert_eq!(
+            (a.verb.as_str(), a.api_group.as_str(), a.resource.as_str()),
+            ("watch", "apps", "deployments")
+        );
         let a = attrs(Method::GET, "/api/v1/namespaces/kube-system", &[]);
-        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.name.as_str()), ("get", "namespaces", "kube-system"));
+        assert_eq!(
+            (a.verb.as_str(), a.resource.as_str(), a.name.as_str()),
+            ("get", "namespaces", "kube-system")
+        );
         let a = attrs(Method::PUT, "/api/v1/namespaces/x/finalize", &[]);
-        assert_eq!((a.resource.as_str(), a.name.as_str(), a.subresource.as_str()), ("namespaces", "x", "finalize"));
+        assert_eq!(
+            (a.resource.as_str(), a.name.as_str(), a.subresource.as_str()),
+            ("namespaces", "x", "finalize")
+        );
         let a = attrs(Method::DELETE, "/api/v1/namespaces/d/configmaps", &[]);
         assert_eq!(a.verb, "deletecollection");
         let a = attrs(Method::GET, "/version", &[]);

@@ -26,7 +26,10 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
 }
 
@@ -41,12 +44,16 @@ pub fn api_group_list(registry: &Registry) -> Value {
 }
 
 pub fn api_group(registry: &Registry, group: &str) -> Option<Value> {
-    registry.groups().into_iter().find(|(g, _)| g == group).map(|(g, vs)| {
-        let mut v = group_json(&g, &vs);
-        v["kind"] = json!("APIGroup");
-        v["apiVersion"] = json!("v1");
-        v
-    })
+    registry
+        .groups()
+        .into_iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut v = group_json(&g, &vs);
+            v["kind"] = json!("APIGroup");
+            v["apiVersion"] = json!("v1");
+            v
+        })
 }
 
 fn resource_json(info: &ResourceInfo) -> Vec<Value> {
@@ -88,6 +95,10 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
         .filter(|i| i.gvk.group == group && i.gvk.version == version)
         .flat_map(|i| resource_json(i))
         .collect();
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }

@@ -17,16 +17,17 @@ pub struct Filter {
 
 impl Filter {
     pub fn from_query(info: &ResourceInfo, q: &Query) -> ApiResult<Self> {
-        let labels = match q.get("labelSelector") {
-            Some(s) => Some(
-                LabelSelector::parse(s)
-                    .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
-            ),
-            None => None,
-        };
+        let labels =
+            match q.get("labelSelector") {
+                Some(s) => Some(LabelSelector::parse(s).map_err(|e| {
+                    ApiError::bad_request(format!("unable to parse requirement: {e}"))
+                })?),
+                None => None,
+            };
         let fields = match q.get("fieldSelector") {
             Some(s) => {
-                let fs = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let fs =
+                    FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
                 for field in fs.fields() {
                     if field_value(&info.gvk, &Value::Null, field).is_err() {
                         return Err(ApiError::bad_request(format!(

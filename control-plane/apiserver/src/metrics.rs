@@ -15,8 +15,8 @@ use crate::authz::RequestAttributes;
 
 /// Upstream `apiserver_request_duration_seconds` buckets.
 const BUCKETS: &[f64] = &[
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0,
-    45.0, 60.0,
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
 ];
 
 #[derive(Default)]
@@ -40,9 +40,14 @@ pub struct Metrics {
 impl Metrics {
     pub fn observe(&self, verb: &str, resource: &str, code: u16, seconds: Option<f64>) {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *i.requests.entry((verb.to_string(), resource.to_string(), code)).or_default() += 1;
+        *i.requests
+            .entry((verb.to_string(), resource.to_string(), code))
+            .or_default() += 1;
         if let Some(s) = seconds {
-            let h = i.durations.entry((verb.to_string(), resource.to_string())).or_default();
+            let h = i
+                .durations
+                .entry((verb.to_string(), resource.to_string()))
+                .or_default();
             if h.counts.is_empty() {
                 h.counts = vec![0; BUCKETS.len()];
             }
@@ -90,10 +95,18 @@ pub async fn metrics_layer(State(m): State<Arc<Metrics>>, req: Request, next: Ne
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let user = UserInfo { username: String::new(), uid: String::new(), groups: vec![] };
+    let user = UserInfo {
+        username: String::new(),
+        uid: String::new(),
+        groups: vec![],
+    };
     let a = RequestAttributes::from_request(req.method(), req.uri().path(), &q, user);
     let (verb, resource) = if a.resource_request {
-        let r = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+        let r = if a.subresource.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}/{}", a.resource, a.subresource)
+        };
         (a.verb.to_ascii_uppercase(), r)
     } else {
         (req.method().as_str().to_string(), String::new())

@@ -14,7 +14,10 @@ use kelp_storage::KeyValue;
 pub fn decode(kv: &KeyValue) -> Result<Value, serde_json::Error> {
     let mut v: Value = serde_json::from_slice(&kv.value)?;
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+        m.insert(
+            "resourceVersion".into(),
+            Value::String(kv.mod_revision.to_string()),
+        );
     }
     Ok(v)
 }
@@ -71,24 +74,43 @@ impl Registry {
     pub fn add(&self, info: ResourceInfo) {
         let info = Arc::new(info);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let k = (info.gvk.group.clone(), info.gvk.version.clone(), info.plural.clone());
-        inner.all.retain(|i| (i.gvk.group.as_str(), i.gvk.version.as_str(), i.plural.as_str()) != (k.0.as_str(), k.1.as_str(), k.2.as_str()));
+        let k = (
+            info.gvk.group.clone(),
+            info.gvk.version.clone(),
+            info.plural.clone(),
+        );
+        inner.all.retain(|i| {
+            (
+                i.gvk.group.as_str(),
+                i.gvk.version.as_str(),
+                i.plural.as_str(),
+            ) != (k.0.as_str(), k.1.as_str(), k.2.as_str())
+        });
         inner.all.push(info.clone());
         inner.by_path.insert(k, info);
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).cloned()
+        inner
+            .by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<ResourceInfo>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).all.clone()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .clone()
     }
 
     /// The resource holding objects of `kind` in `group`.
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
-        self.all().into_iter().find(|i| i.gvk.group == group && i.gvk.kind == kind && !builtin::is_virtual(i))
+        self.all()
+            .into_iter()
+            .find(|i| i.gvk.group == group && i.gvk.kind == kind && !builtin::is_virtual(i))
     }
 
     /// Groups with their versions, in registration order (core group `""` included).

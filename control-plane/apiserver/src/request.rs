@@ -61,7 +61,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -78,13 +84,22 @@ pub fn decode_as(ct: &str, body: &Bytes) -> ApiResult<Value> {
     match ct {
         "application/vnd.kubernetes.protobuf" => kelp_api::protobuf::decode_to_json(body)
             .map_err(|e| ApiError::bad_request(format!("unable to decode protobuf body: {e}"))),
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            let v: Value = serde_yaml::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
+        "application/yaml"
+        | "application/x-yaml"
+        | "text/yaml"
+        | "application/apply-patch+yaml" => {
+            let v: Value = serde_yaml::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("error converting YAML to JSON: {e}"))
+            })?;
             Ok(v)
         }
-        "" | "application/json" | "application/merge-patch+json" | "application/strategic-merge-patch+json"
-        | "application/json-patch+json" | "*/*" | "text/plain" => serde_json::from_slice(body).map_err(|e| {
+        ""
+        | "application/json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/json-patch+json"
+        | "*/*"
+        | "text/plain" => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "couldn't get version/kind; json parse error: {}",
                 e.to_string().trim_end_matches('.')
@@ -99,7 +114,11 @@ pub fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
 }
 
 /// A request for a resource: which one, where, and which subresource.
@@ -114,7 +133,10 @@ pub struct Target {
 /// What a path under `/api` or `/apis` names.
 pub enum PathKind {
     /// `/api/v1` or `/apis/g/v`: the resource list of a group version.
-    GroupVersion { group: String, version: String },
+    GroupVersion {
+        group: String,
+        version: String,
+    },
     /// `/apis/g`: the group.
     Group(String),
     Resource(Target),
@@ -122,7 +144,11 @@ pub enum PathKind {
 
 /// Parses `/api/v1/...` or `/apis/{g}/{v}/...` (the leading part given split).
 pub fn parse_path(registry: &Registry, path: &str) -> ApiResult<PathKind> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", v, rest),
         ["apis", g] => return Ok(PathKind::Group(g.to_string())),
@@ -148,13 +174,22 @@ pub fn parse_path(registry: &Registry, path: &str) -> ApiResult<PathKind> {
     };
     match rest {
         [] => {
-            if registry.all().iter().any(|i| i.gvk.group == group && i.gvk.version == version) {
-                Ok(PathKind::GroupVersion { group: group.into(), version: version.into() })
+            if registry
+                .all()
+                .iter()
+                .any(|i| i.gvk.group == group && i.gvk.version == version)
+            {
+                Ok(PathKind::GroupVersion {
+                    group: group.into(),
+                    version: version.into(),
+                })
             } else {
                 Err(ApiError::not_found_path())
             }
         }
-        ["namespaces", ns, plural, tail @ ..] if group.is_empty() || find(plural).is_some_and(|i| i.namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if group.is_empty() || find(plural).is_some_and(|i| i.namespaced) =>
+        {
             // `/api/v1/namespaces/{ns}/{x}`: a namespaced resource `x`, or a subresource
             // of the namespace itself (`status`, `finalize`).
             match find(plural) {
@@ -171,21 +206,30 @@ pub fn parse_path(registry: &Registry, path: &str) -> ApiResult<PathKind> {
                 _ => Err(ApiError::not_found_path()),
             }
         }
-        [plural] => find(plural).map_or_else(|| Err(ApiError::not_found_path()), |i| res(i, None, None, None)),
-        [plural, name] => find(plural).map_or_else(|| Err(ApiError::not_found_path()), |i| {
-            if i.namespaced {
-                Err(ApiError::not_found_path())
-            } else {
-                res(i, None, Some(name), None)
-            }
-        }),
-        [plural, name, sub] => find(plural).map_or_else(|| Err(ApiError::not_found_path()), |i| {
-            if i.namespaced {
-                Err(ApiError::not_found_path())
-            } else {
-                res(i, None, Some(name), Some(sub))
-            }
-        }),
+        [plural] => find(plural).map_or_else(
+            || Err(ApiError::not_found_path()),
+            |i| res(i, None, None, None),
+        ),
+        [plural, name] => find(plural).map_or_else(
+            || Err(ApiError::not_found_path()),
+            |i| {
+                if i.namespaced {
+                    Err(ApiError::not_found_path())
+                } else {
+                    res(i, None, Some(name), None)
+                }
+            },
+        ),
+        [plural, name, sub] => find(plural).map_or_else(
+            || Err(ApiError::not_found_path()),
+            |i| {
+                if i.namespaced {
+                    Err(ApiError::not_found_path())
+                } else {
+                    res(i, None, Some(name), Some(sub))
+                }
+            },
+        ),
         _ => Err(ApiError::not_found_path()),
     }
 }
@@ -198,9 +242,15 @@ pub fn encode_continue(revision: i64, last_key: &str) -> String {
 
 pub fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
-    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
     Ok((rv, start))
 }

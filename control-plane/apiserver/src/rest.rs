@@ -26,15 +26,31 @@ use crate::table;
 /// A JSON response with `code`.
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn bytes_response(code: StatusCode, body: Vec<u8>) -> Response {
-    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// An object response, as a Table when the client asked for one.
-pub fn object_response(code: StatusCode, info: &ResourceInfo, headers: &HeaderMap, q: &Query, obj: &Value) -> Response {
+pub fn object_response(
+    code: StatusCode,
+    info: &ResourceInfo,
+    headers: &HeaderMap,
+    q: &Query,
+    obj: &Value,
+) -> Response {
     if wants_table(headers) {
         let t = table::table(info, std::slice::from_ref(obj), q, None, None);
         return json_response(code, &t);
@@ -53,7 +69,9 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 }
 
 fn name_of(t: &Target) -> ApiResult<&str> {
-    t.name.as_deref().ok_or_else(|| ApiError::method_not_allowed("a resource name is required"))
+    t.name
+        .as_deref()
+        .ok_or_else(|| ApiError::method_not_allowed("a resource name is required"))
 }
 
 fn group(info: &ResourceInfo) -> &str {
@@ -61,11 +79,17 @@ fn group(info: &ResourceInfo) -> &str {
 }
 
 /// Reads one object from the store (a consistent read).
-pub async fn read(app: &App, info: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<(Value, i64)> {
+pub async fn read(
+    app: &App,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<(Value, i64)> {
     let k = key(info, ns, name);
     match app.store.get(&k).await? {
         Some(kv) => {
-            let v = decode(&kv).map_err(|e| ApiError::internal(format!("stored object is corrupt: {e}")))?;
+            let v = decode(&kv)
+                .map_err(|e| ApiError::internal(format!("stored object is corrupt: {e}")))?;
             Ok((v, kv.mod_revision))
         }
         None => Err(ApiError::not_found(group(info), &info.plural, name)),
@@ -80,6 +104,7 @@ pub async fn get(app: &App, t: &Target, q: &Query, headers: &HeaderMap) -> ApiRe
 
 /// Strict/Warn field validation and type checking of a body before it is used.
 fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<String>> {
+    strategy::check_type(info, &mut obj.clone())?;
     if let Err(msg) = typecheck::check_type(&info.gvk, obj) {
         return Err(ApiError::bad_request(msg));
     }
@@ -87,12 +112,17 @@ fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<St
     if mode == "Ignore" {
         return Ok(vec![]);
     }
-    let Some(schema) = info.schema_name.as_deref() else { return Ok(vec![]) };
+    let Some(schema) = info.schema_name.as_deref() else {
+        return Ok(vec![]);
+    };
     let unknown = kelp_api::openapi::unknown_fields(schema, obj);
     if unknown.is_empty() {
         return Ok(vec![]);
     }
-    let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let msgs: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     if mode == "Strict" {
         let kind = &info.gvk.kind;
         return Err(ApiError::bad_request(format!(
@@ -106,8 +136,13 @@ fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<St
 
 /// Namespace lifecycle admission: no new objects in a missing or terminating namespace.
 async fn check_namespace(app: &App, info: &ResourceInfo, ns: Option<&str>) -> ApiResult<()> {
-    let Some(ns) = ns.filter(|_| info.namespaced) else { return Ok(()) };
-    let nsinfo = app.registry.get("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
+    let Some(ns) = ns.filter(|_| info.namespaced) else {
+        return Ok(());
+    };
+    let nsinfo = app
+        .registry
+        .get("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("no namespaces"))?;
     let k = key(&nsinfo, None, ns);
     let obj = match app.cache.get(&k).await {
         Some(o) => Some(o.value.clone()),
@@ -128,7 +163,14 @@ async fn check_namespace(app: &App, info: &ResourceInfo, ns: Option<&str>) -> Ap
 }
 
 /// Creates an object (POST to a collection).
-pub async fn create(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes, user: &UserInfo) -> ApiResult<Response> {
+pub async fn create(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+    user: &UserInfo,
+) -> ApiResult<Response> {
     let ct = crate::request::content_type(headers);
     let obj = decode_as(&ct, body)?;
     if builtin::is_virtual(&t.info) {
@@ -141,8 +183,20 @@ pub async fn create(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body:
         )));
     }
     let warnings = check_fields(&t.info, q, &obj)?;
-    let created = create_object(app, &t.info, t.namespace.as_deref(), obj, q, &q.field_manager(default_manager(headers)), "Update").await?;
-    Ok(with_warnings(object_response(StatusCode::CREATED, &t.info, headers, q, &created), &warnings))
+    let created = create_object(
+        app,
+        &t.info,
+        t.namespace.as_deref(),
+        obj,
+        q,
+        &q.field_manager(default_manager(headers)),
+        "Update",
+    )
+    .await?;
+    Ok(with_warnings(
+        object_response(StatusCode::CREATED, &t.info, headers, q, &created),
+        &warnings,
+    ))
 }
 
 fn default_manager(headers: &HeaderMap) -> &str {
@@ -178,7 +232,9 @@ pub async fn create_object(
             debug!(key = %k, revision = kv.mod_revision, "created");
             decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
         }
-        WriteOutcome::Conflict(_) => Err(ApiError::already_exists(group(info), &info.plural, &name)),
+        WriteOutcome::Conflict(_) => {
+            Err(ApiError::already_exists(group(info), &info.plural, &name))
+        }
     }
 }
 
@@ -224,35 +280,64 @@ pub async fn guaranteed_update(
         if q.dry_run() {
             return Ok(new);
         }
-        let empty = |p: &str| new.pointer(p).and_then(Value::as_array).is_none_or(|f| f.is_empty());
-        let finalizers_empty = empty("/metadata/finalizers") && (!is_namespace(info) || empty("/spec/finalizers"));
+        let empty = |p: &str| {
+            new.pointer(p)
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty())
+        };
+        let finalizers_empty =
+            empty("/metadata/finalizers") && (!is_namespace(info) || empty("/spec/finalizers"));
         let k = key(info, ns, name);
-        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && !graceful_pending(info, &new) {
+        if new.pointer("/metadata/deletionTimestamp").is_some()
+            && finalizers_empty
+            && !graceful_pending(info, &new)
+        {
             match app.store.delete(&k, Some(rev)).await? {
                 WriteOutcome::Done(kv) => {
                     let mut gone = new;
-                    strategy::meta_mut(&mut gone).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                    strategy::meta_mut(&mut gone)
+                        .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                     return Ok(gone);
                 }
                 WriteOutcome::Conflict(_) if pinned.is_none() => continue,
-                WriteOutcome::Conflict(_) => return Err(ApiError::conflict(group(info), &info.plural, name)),
+                WriteOutcome::Conflict(_) => {
+                    return Err(ApiError::conflict(group(info), &info.plural, name))
+                }
             }
         }
         match app.store.update(&k, encode(&new), rev).await? {
-            WriteOutcome::Done(kv) => return decode(&kv).map_err(|e| ApiError::internal(e.to_string())),
-            WriteOutcome::Conflict(None) => return Err(ApiError::not_found(group(info), &info.plural, name)),
+            WriteOutcome::Done(kv) => {
+                return decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
+            }
+            WriteOutcome::Conflict(None) => {
+                return Err(ApiError::not_found(group(info), &info.plural, name))
+            }
             WriteOutcome::Conflict(Some(_)) if pinned.is_none() => continue,
-            WriteOutcome::Conflict(Some(_)) => return Err(ApiError::conflict(group(info), &info.plural, name)),
+            WriteOutcome::Conflict(Some(_)) => {
+                return Err(ApiError::conflict(group(info), &info.plural, name))
+            }
         }
     }
-    Err(ApiError::conflict_msg(group(info), &info.plural, name, "too many concurrent updates"))
+    Err(ApiError::conflict_msg(
+        group(info),
+        &info.plural,
+        name,
+        "too many concurrent updates",
+    ))
 }
 
 /// A pod being deleted gracefully stays until its kubelet confirms (grace 0).
 fn graceful_pending(info: &ResourceInfo, obj: &Value) -> bool {
     is_pod(info)
-        && obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
-        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
+        && obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
 }
 
 fn is_namespace(info: &ResourceInfo) -> bool {
@@ -264,7 +349,13 @@ fn is_pod(info: &ResourceInfo) -> bool {
 }
 
 /// PUT: replace an object (or its status).
-pub async fn update(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn update(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = name_of(t)?.to_string();
     let ct = crate::request::content_type(headers);
     let obj = decode_as(&ct, body)?;
@@ -276,13 +367,32 @@ pub async fn update(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body:
         Ok(body_obj.clone().unwrap_or(Value::Null))
     };
     let sub = t.subresource.as_deref();
-    let out = guaranteed_update(app, &t.info, t.namespace.as_deref(), &name, sub, q, Some(&manager), &mut mutate).await?;
+    let out = guaranteed_update(
+        app,
+        &t.info,
+        t.namespace.as_deref(),
+        &name,
+        sub,
+        q,
+        Some(&manager),
+        &mut mutate,
+    )
+    .await?;
     body_obj.take();
-    Ok(with_warnings(object_response(StatusCode::OK, &t.info, headers, q, &out), &warnings))
+    Ok(with_warnings(
+        object_response(StatusCode::OK, &t.info, headers, q, &out),
+        &warnings,
+    ))
 }
 
 /// PATCH: JSON patch, merge patch, strategic merge patch or server-side apply.
-pub async fn patch(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn patch(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = name_of(t)?.to_string();
     let ct = crate::request::content_type(headers);
     if body.len() > crate::request::MAX_BODY {
@@ -295,10 +405,14 @@ pub async fn patch(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: 
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             return apply(app, t, q, headers, body).await;
         }
-        "application/json-patch+json" | "application/merge-patch+json" | "application/strategic-merge-patch+json" => {}
+        "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json" => {}
         other => return Err(ApiError::unsupported_media_type(other)),
     }
-    if ct == "application/strategic-merge-patch+json" && !kelp_api::patch::supports_strategic(&info.gvk) {
+    if ct == "application/strategic-merge-patch+json"
+        && !kelp_api::patch::supports_strategic(&info.gvk)
+    {
         return Err(ApiError::unsupported_media_type(&ct));
     }
     let patch_value: Value = serde_json::from_slice(body)
@@ -314,17 +428,39 @@ pub async fn patch(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: 
             "application/merge-patch+json" => patch::merge_patch(&base, &patch_value),
             _ => patch::strategic_merge_patch(&base, &patch_value, &info.gvk),
         }
-        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()).with_details(json!({"name": name, "kind": info.gvk.kind})))?;
+        .map_err(|e| {
+            ApiError::new(422, "Invalid", e.to_string())
+                .with_details(json!({"name": name, "kind": info.gvk.kind}))
+        })?;
         warnings = check_fields(&info, q, &out)?;
         Ok(out)
     };
-    let out = guaranteed_update(app, &info, ns.as_deref(), &name, sub.as_deref(), q, Some(&manager), &mut mutate).await?;
-    Ok(with_warnings(object_response(StatusCode::OK, &t.info, headers, q, &out), &warnings))
+    let out = guaranteed_update(
+        app,
+        &info,
+        ns.as_deref(),
+        &name,
+        sub.as_deref(),
+        q,
+        Some(&manager),
+        &mut mutate,
+    )
+    .await?;
+    Ok(with_warnings(
+        object_response(StatusCode::OK, &t.info, headers, q, &out),
+        &warnings,
+    ))
 }
 
 /// Server-side apply: creates the object when missing (201), else merges with field
 /// ownership; conflicts with other managers are 409 unless `force=true`.
-async fn apply(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+async fn apply(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = name_of(t)?.to_string();
     let Some(manager) = q.get("fieldManager").map(str::to_string) else {
         return Err(ApiError::bad_request(
@@ -344,7 +480,8 @@ async fn apply(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Byt
         Err(e) => return Err(e),
     };
     if current.is_none() {
-        let outcome = patch::apply(None, &applied, &manager, force, &now_rfc3339()).map_err(|e| apply_error(&info, &name, e))?;
+        let outcome = patch::apply(None, &applied, &manager, force, &now_rfc3339())
+            .map_err(|e| apply_error(&info, &name, e))?;
         let mut obj = outcome;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("name".into(), json!(name));
@@ -356,13 +493,19 @@ async fn apply(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Byt
         }
         check_namespace(app, &info, ns.as_deref()).await?;
         if q.dry_run() {
-            return Ok(with_warnings(object_response(StatusCode::CREATED, &info, headers, q, &obj), &warnings));
+            return Ok(with_warnings(
+                object_response(StatusCode::CREATED, &info, headers, q, &obj),
+                &warnings,
+            ));
         }
         let k = key(&info, ns.as_deref(), &name);
         return match app.store.create(&k, encode(&obj)).await? {
             WriteOutcome::Done(kv) => {
                 let v = decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?;
-                Ok(with_warnings(object_response(StatusCode::CREATED, &info, headers, q, &v), &warnings))
+                Ok(with_warnings(
+                    object_response(StatusCode::CREATED, &info, headers, q, &v),
+                    &warnings,
+                ))
             }
             // Lost a race with a create: apply again over it.
             WriteOutcome::Conflict(_) => Err(ApiError::conflict(group(&info), &info.plural, &name)),
@@ -371,11 +514,25 @@ async fn apply(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Byt
     let mut mutate = |current: &Value| -> ApiResult<Value> {
         let mut base = current.clone();
         strategy::meta_mut(&mut base).remove("resourceVersion");
-        patch::apply(Some(&base), &applied, &manager, force, &now_rfc3339()).map_err(|e| apply_error(&info, &name, e))
+        patch::apply(Some(&base), &applied, &manager, force, &now_rfc3339())
+            .map_err(|e| apply_error(&info, &name, e))
     };
     // Apply records its own managedFields entry.
-    let out = guaranteed_update(app, &info, ns.as_deref(), &name, t.subresource.as_deref(), q, None, &mut mutate).await?;
-    Ok(with_warnings(object_response(StatusCode::OK, &info, headers, q, &out), &warnings))
+    let out = guaranteed_update(
+        app,
+        &info,
+        ns.as_deref(),
+        &name,
+        t.subresource.as_deref(),
+        q,
+        None,
+        &mut mutate,
+    )
+    .await?;
+    Ok(with_warnings(
+        object_response(StatusCode::OK, &info, headers, q, &out),
+        &warnings,
+    ))
 }
 
 fn apply_error(info: &ResourceInfo, name: &str, e: patch::ApplyError) -> ApiError {
@@ -440,7 +597,10 @@ impl DeleteOptions {
             if let Some(u) = v.pointer("/preconditions/uid").and_then(Value::as_str) {
                 o.precondition_uid = Some(u.to_string());
             }
-            if let Some(r) = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            if let Some(r) = v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 o.precondition_rv = Some(r.to_string());
             }
             if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
@@ -458,10 +618,20 @@ impl DeleteOptions {
 
 /// Whether the server answers a delete with the object (true) or a Status.
 fn returns_deleted_object(info: &ResourceInfo) -> bool {
-    info.gvk.group.is_empty() && matches!(info.gvk.kind.as_str(), "Pod" | "Service" | "Namespace" | "Node")
+    info.gvk.group.is_empty()
+        && matches!(
+            info.gvk.kind.as_str(),
+            "Pod" | "Service" | "Namespace" | "Node"
+        )
 }
 
-pub async fn delete(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn delete(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = name_of(t)?.to_string();
     let opts = DeleteOptions::parse(q, body)?;
     let (obj, finished) = delete_object(app, &t.info, t.namespace.as_deref(), &name, &opts).await?;
@@ -477,13 +647,23 @@ pub async fn delete(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body:
         ));
     }
     // 202: the deletion is accepted but not finished (graceful or finalizers pending).
-    let code = if finished { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let code = if finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok(object_response(code, &t.info, headers, q, &obj))
 }
 
 /// Deletes an object, honouring preconditions, graceful deletion (pods), finalizers
 /// and the propagation policy. Returns the last state and whether it is gone.
-pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<(Value, bool)> {
+pub async fn delete_object(
+    app: &App,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<(Value, bool)> {
     for _ in 0..64 {
         let (current, rev) = read(app, info, ns, name).await?;
         if let Some(uid) = &opts.precondition_uid {
@@ -515,7 +695,10 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let policy = opts.propagation.clone().unwrap_or_else(|| default_propagation(info));
+        let policy = opts
+            .propagation
+            .clone()
+            .unwrap_or_else(|| default_propagation(info));
         let add = match policy.as_str() {
             "Foreground" => Some("foregroundDeletion"),
             "Orphan" => Some("orphan"),
@@ -531,19 +714,37 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
             }
         }
         // Graceful deletion of pods bound to a node: the kubelet finishes it.
-        let pod_grace = if is_pod(info) && current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-            let spec_grace = current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+        let pod_grace = if is_pod(info)
+            && current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+        {
+            let spec_grace = current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30);
             let g = opts.grace_period.unwrap_or(spec_grace).max(0);
             // A pod that never started can go at once.
-            let phase = current.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-            if phase == "Succeeded" || phase == "Failed" { 0 } else { g }
+            let phase = current
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if phase == "Succeeded" || phase == "Failed" {
+                0
+            } else {
+                g
+            }
         } else {
             0
         };
         if pod_grace > 0 || !finalizers.is_empty() {
             if already && !finalizers_changed {
                 // Shortening the grace period is allowed (a force delete), nothing else.
-                let cur_grace = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+                let cur_grace = current
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 if !(pod_grace < cur_grace) {
                     return Ok((current, false));
                 }
@@ -551,7 +752,10 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
             let m = strategy::meta_mut(&mut next);
             let deadline = chrono::Utc::now() + chrono::Duration::seconds(pod_grace);
             if !already || pod_grace > 0 {
-                m.insert("deletionTimestamp".into(), json!(deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                );
             }
             m.insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
             if !finalizers.is_empty() {
@@ -567,14 +771,22 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
             }
             let k = key(info, ns, name);
             match app.store.update(&k, encode(&next), rev).await? {
-                WriteOutcome::Done(kv) => return Ok((decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?, false)),
+                WriteOutcome::Done(kv) => {
+                    return Ok((
+                        decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?,
+                        false,
+                    ))
+                }
                 WriteOutcome::Conflict(_) => continue,
             }
         }
         if info.gvk.group.is_empty() && info.gvk.kind == "Namespace" {
             // Namespaces always go through Terminating: spec.finalizers ("kubernetes")
             // hold them until their content is gone.
-            let spec_fin = current.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            let spec_fin = current
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
             if spec_fin {
                 if already {
                     return Ok((current, false));
@@ -592,7 +804,10 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
                 match app.store.update(&k, encode(&next), rev).await? {
                     WriteOutcome::Done(kv) => {
                         app.namespace_deleting();
-                        return Ok((decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?, false));
+                        return Ok((
+                            decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?,
+                            false,
+                        ));
                     }
                     WriteOutcome::Conflict(_) => continue,
                 }
@@ -605,14 +820,22 @@ pub async fn delete_object(app: &App, info: &ResourceInfo, ns: Option<&str>, nam
         match app.store.delete(&k, Some(rev)).await? {
             WriteOutcome::Done(kv) => {
                 let mut gone = current;
-                strategy::meta_mut(&mut gone).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                strategy::meta_mut(&mut gone)
+                    .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 return Ok((gone, true));
             }
-            WriteOutcome::Conflict(None) => return Err(ApiError::not_found(group(info), &info.plural, name)),
+            WriteOutcome::Conflict(None) => {
+                return Err(ApiError::not_found(group(info), &info.plural, name))
+            }
             WriteOutcome::Conflict(Some(_)) => continue,
         }
     }
-    Err(ApiError::conflict_msg(group(info), &info.plural, name, "too many concurrent updates"))
+    Err(ApiError::conflict_msg(
+        group(info),
+        &info.plural,
+        name,
+        "too many concurrent updates",
+    ))
 }
 
 fn default_propagation(_info: &ResourceInfo) -> String {
@@ -620,10 +843,19 @@ fn default_propagation(_info: &ResourceInfo) -> String {
 }
 
 /// DELETE on a collection: deletes every matching object.
-pub async fn delete_collection(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn delete_collection(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let opts = DeleteOptions::parse(q, body)?;
     let filter = Filter::from_query(&t.info, q)?;
-    let (items, rev) = app.cache.list(&list_prefix(&t.info, t.namespace.as_deref())).await;
+    let (items, rev) = app
+        .cache
+        .list(&list_prefix(&t.info, t.namespace.as_deref()))
+        .await;
     let mut deleted = Vec::new();
     for item in items {
         if !filter.matches(&t.info, &item.value) {
@@ -647,29 +879,49 @@ pub async fn list(app: &App, t: &Target, q: &Query, headers: &HeaderMap) -> ApiR
     let info = &t.info;
     let filter = Filter::from_query(info, q)?;
     let prefix = list_prefix(info, t.namespace.as_deref());
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let rv = q.get("resourceVersion");
     let cont = q.get("continue");
     let table = wants_table(headers);
     // Served from the store when paging (exact revision semantics), else from the
     // watch cache after it has caught up with the store (a consistent read).
-    let (items, revision, next, remaining): (Vec<Arc<crate::watch_cache::CachedObject>>, i64, Option<String>, Option<i64>) =
-        if cont.is_some() || (limit.is_some() && rv != Some("0")) || q.get("resourceVersionMatch") == Some("Exact") {
-            let (start_after, at) = match cont {
-                Some(c) => {
-                    let (r, s) = decode_continue(c)?;
-                    (Some(s), Some(r))
-                }
-                None => (None, rv.and_then(|r| r.parse::<i64>().ok()).filter(|r| *r > 0 && q.get("resourceVersionMatch") == Some("Exact"))),
-            };
-            let mut out = Vec::new();
-            let mut start_after = start_after;
-            let mut at = at;
-            let want = limit.unwrap_or(usize::MAX);
-            let mut next = None;
-            let mut remaining = None;
-            loop {
-                let page = app
+    let mut from_store = cont.is_some()
+        || (limit.is_some() && rv != Some("0"))
+        || q.get("resourceVersionMatch") == Some("Exact");
+    if !from_store && rv.is_none() {
+        // A consistent read: the cache must have caught up with the store, else the
+        // store answers.
+        let current = app.store.current_revision().await?;
+        from_store = !app.cache.wait_for(current, Duration::from_secs(3)).await;
+    }
+    let (items, revision, next, remaining): (
+        Vec<Arc<crate::watch_cache::CachedObject>>,
+        i64,
+        Option<String>,
+        Option<i64>,
+    ) = if from_store {
+        let (start_after, at) = match cont {
+            Some(c) => {
+                let (r, s) = decode_continue(c)?;
+                (Some(s), Some(r))
+            }
+            None => (
+                None,
+                rv.and_then(|r| r.parse::<i64>().ok())
+                    .filter(|r| *r > 0 && q.get("resourceVersionMatch") == Some("Exact")),
+            ),
+        };
+        let mut out = Vec::new();
+        let mut start_after = start_after;
+        let mut at = at;
+        let want = limit.unwrap_or(usize::MAX);
+        let mut next = None;
+        let mut remaining = None;
+        loop {
+            let page = app
                     .store
                     .list(ListRequest { prefix: prefix.clone(), revision: at, limit: Some(want.saturating_sub(out.len()).clamp(1, 10_000)), start_after: start_after.clone() })
                     .await
@@ -679,39 +931,41 @@ pub async fn list(app: &App, t: &Target, q: &Query, headers: &HeaderMap) -> ApiR
                         ),
                         other => other.into(),
                     })?;
-                at = Some(page.revision);
-                let last = page.items.last().map(|kv| kv.key.clone());
-                for kv in &page.items {
-                    if let Ok(v) = decode(kv) {
-                        if filter.matches(info, &v) {
-                            out.push(Arc::new(crate::watch_cache::CachedObject::new(v, kv.mod_revision)));
-                        }
+            at = Some(page.revision);
+            let last = page.items.last().map(|kv| kv.key.clone());
+            for kv in &page.items {
+                if let Ok(v) = decode(kv) {
+                    if filter.matches(info, &v) {
+                        out.push(Arc::new(crate::watch_cache::CachedObject::new(
+                            v,
+                            kv.mod_revision,
+                        )));
                     }
                 }
-                if page.remaining == 0 || last.is_none() {
-                    break;
-                }
-                start_after = last;
-                if out.len() >= want {
-                    next = start_after.clone().map(|k| encode_continue(page.revision, &k));
-                    if filter.is_empty() {
-                        remaining = Some(page.remaining);
-                    }
-                    break;
-                }
             }
-            (out, at.unwrap_or(0), next, remaining)
-        } else {
-            if rv.is_none() {
-                let current = app.store.current_revision().await?;
-                if !app.cache.wait_for(current, Duration::from_secs(3)).await {
-                    return Err(ApiError::unavailable("the watch cache is not ready"));
-                }
+            if page.remaining == 0 || last.is_none() {
+                break;
             }
-            let (all, revision) = app.cache.list(&prefix).await;
-            let items = all.into_iter().filter(|o| filter.matches(info, &o.value)).collect();
-            (items, revision, None, None)
-        };
+            start_after = last;
+            if out.len() >= want {
+                next = start_after
+                    .clone()
+                    .map(|k| encode_continue(page.revision, &k));
+                if filter.is_empty() {
+                    remaining = Some(page.remaining);
+                }
+                break;
+            }
+        }
+        (out, at.unwrap_or(0), next, remaining)
+    } else {
+        let (all, revision) = app.cache.list(&prefix).await;
+        let items = all
+            .into_iter()
+            .filter(|o| filter.matches(info, &o.value))
+            .collect();
+        (items, revision, None, None)
+    };
     if table {
         let values: Vec<Value> = items.iter().map(|o| o.value.clone()).collect();
         let t = table::table(info, &values, q, Some(revision), next.as_deref());
@@ -726,9 +980,17 @@ pub async fn list(app: &App, t: &Target, q: &Query, headers: &HeaderMap) -> ApiR
     }
     let mut body = Vec::with_capacity(64 + items.len() * 512);
     body.extend_from_slice(b"{\"kind\":");
-    body.extend_from_slice(serde_json::to_string(&info.list_kind()).unwrap_or_default().as_bytes());
+    body.extend_from_slice(
+        serde_json::to_string(&info.list_kind())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     body.extend_from_slice(b",\"apiVersion\":");
-    body.extend_from_slice(serde_json::to_string(&info.gvk.api_version()).unwrap_or_default().as_bytes());
+    body.extend_from_slice(
+        serde_json::to_string(&info.gvk.api_version())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     body.extend_from_slice(b",\"metadata\":");
     body.extend_from_slice(meta.to_string().as_bytes());
     body.extend_from_slice(b",\"items\":[");

@@ -14,11 +14,21 @@ use crate::error::{ApiError, ApiResult};
 use crate::rest::json_response;
 
 fn s(v: &Value, p: &str) -> String {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string()
+    v.pointer(p)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
-pub async fn create(app: &App, info: &ResourceInfo, mut obj: Value, user: &UserInfo) -> ApiResult<Response> {
-    let o = obj.as_object_mut().ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+pub async fn create(
+    app: &App,
+    info: &ResourceInfo,
+    mut obj: Value,
+    user: &UserInfo,
+) -> ApiResult<Response> {
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
     o.insert("apiVersion".into(), json!(info.gvk.api_version()));
     o.insert("kind".into(), json!(info.gvk.kind));
     o.entry("metadata").or_insert_with(|| json!({}));
@@ -31,7 +41,12 @@ pub async fn create(app: &App, info: &ResourceInfo, mut obj: Value, user: &UserI
                     groups: obj
                         .pointer("/spec/groups")
                         .and_then(Value::as_array)
-                        .map(|g| g.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .map(|g| {
+                            g.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 }
             } else {
@@ -50,7 +65,10 @@ pub async fn create(app: &App, info: &ResourceInfo, mut obj: Value, user: &UserI
                     resource_request: true,
                 }
             } else {
-                let nra = obj.pointer("/spec/nonResourceAttributes").cloned().unwrap_or(Value::Null);
+                let nra = obj
+                    .pointer("/spec/nonResourceAttributes")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 RequestAttributes {
                     user: subject,
                     verb: s(&nra, "/verb"),
@@ -64,9 +82,15 @@ pub async fn create(app: &App, info: &ResourceInfo, mut obj: Value, user: &UserI
                 }
             };
             let status = match app.authz.authorize(&attrs) {
-                Decision::Allow => json!({"allowed": true, "reason": "allowed by the Kelp authorizer"}),
-                Decision::Deny(reason) => json!({"allowed": false, "denied": true, "reason": reason}),
-                Decision::NoOpinion => json!({"allowed": false, "reason": "no authorizer allowed it"}),
+                Decision::Allow => {
+                    json!({"allowed": true, "reason": "allowed by the Kelp authorizer"})
+                }
+                Decision::Deny(reason) => {
+                    json!({"allowed": false, "denied": true, "reason": reason})
+                }
+                Decision::NoOpinion => {
+                    json!({"allowed": false, "reason": "no authorizer allowed it"})
+                }
             };
             obj["status"] = status;
         }

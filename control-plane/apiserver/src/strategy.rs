@@ -27,7 +27,9 @@ pub fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
             o.insert("metadata".into(), json!({}));
         }
     }
-    v.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata is an object")
+    v.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata is an object")
 }
 
 pub fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
@@ -38,7 +40,13 @@ pub fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 fn has_generation(info: &ResourceInfo) -> bool {
     !matches!(
         info.gvk.kind.as_str(),
-        "ConfigMap" | "Secret" | "ServiceAccount" | "Endpoints" | "EndpointSlice" | "Event" | "Lease"
+        "ConfigMap"
+            | "Secret"
+            | "ServiceAccount"
+            | "Endpoints"
+            | "EndpointSlice"
+            | "Event"
+            | "Lease"
     )
 }
 
@@ -46,13 +54,17 @@ const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn generated_suffix() -> String {
     let mut rng = rand::rng();
-    (0..5).map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char)
+        .collect()
 }
 
 /// Checks that the body's kind/apiVersion (if given) are the resource's, and sets them.
 pub fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
     let Some(o) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     let want_av = info.gvk.api_version();
     let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -75,7 +87,11 @@ pub fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
 
 /// Server-set fields and defaults for a new object (upstream `PrepareForCreate` +
 /// `BeforeCreate` + defaulting), then validation.
-pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+pub fn prepare_create(
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    obj: &mut Value,
+) -> ApiResult<()> {
     check_type(info, obj)?;
     {
         let m = meta_mut(obj);
@@ -94,10 +110,22 @@ pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, obj: &mut Va
         } else {
             m.remove("namespace");
         }
-        let name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
-            if let Some(prefix) = m.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
-                let prefix = if prefix.len() > 58 { &prefix[..58] } else { prefix };
+            if let Some(prefix) = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
+                let prefix = if prefix.len() > 58 {
+                    &prefix[..58]
+                } else {
+                    prefix
+                };
                 let generated = format!("{prefix}{}", generated_suffix());
                 m.insert("name".into(), json!(generated));
             }
@@ -118,7 +146,10 @@ pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, obj: &mut Va
     normalize(info, obj)?;
     defaults::apply(&info.gvk, obj);
     if info.gvk.group.is_empty() && info.gvk.kind == "Pod" {
-        let qos = obj.get("spec").map(defaults::pod_qos_class).unwrap_or("BestEffort");
+        let qos = obj
+            .get("spec")
+            .map(defaults::pod_qos_class)
+            .unwrap_or("BestEffort");
         if let Some(s) = obj.get_mut("status").and_then(Value::as_object_mut) {
             s.insert("qosClass".into(), json!(qos));
         }
@@ -160,7 +191,10 @@ fn normalize(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
             if let Some(data) = data.as_object_mut() {
                 for (k, v) in sd {
                     let s = v.as_str().unwrap_or("").to_string();
-                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                    data.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                    );
                 }
             }
         }
@@ -182,7 +216,12 @@ fn normalize(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
 
 /// Upstream's update rules: immutable metadata, status/spec separation between the
 /// main resource and `/status`, generation bumps on spec changes, then validation.
-pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: Value) -> ApiResult<Value> {
+pub fn prepare_update(
+    info: &ResourceInfo,
+    sub: Option<&str>,
+    old: &Value,
+    new: Value,
+) -> ApiResult<Value> {
     let mut new = new;
     check_type(info, &mut new)?;
     let mut result = match sub {
@@ -197,7 +236,10 @@ pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: 
         Some("binding") => {
             // The node, the PodScheduled condition and binding annotations only.
             let mut r = old.clone();
-            r["spec"]["nodeName"] = new.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null);
+            r["spec"]["nodeName"] = new
+                .pointer("/spec/nodeName")
+                .cloned()
+                .unwrap_or(Value::Null);
             r["status"] = new.get("status").cloned().unwrap_or(json!({}));
             if let Some(a) = new.pointer("/metadata/annotations") {
                 r["metadata"]["annotations"] = a.clone();
@@ -206,7 +248,10 @@ pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: 
         }
         Some("finalize") => {
             let mut r = old.clone();
-            r["spec"]["finalizers"] = new.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+            r["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
             r
         }
         _ => {
@@ -226,8 +271,18 @@ pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: 
         }
     };
     // Immutable metadata.
-    if let (Some(om), Some(nm)) = (meta(old).cloned(), result.get_mut("metadata").and_then(Value::as_object_mut)) {
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+    if let (Some(om), Some(nm)) = (
+        meta(old).cloned(),
+        result.get_mut("metadata").and_then(Value::as_object_mut),
+    ) {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+        ] {
             match om.get(f) {
                 Some(v) => {
                     nm.insert(f.into(), v.clone());
@@ -247,7 +302,10 @@ pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: 
     normalize(info, &mut result)?;
     defaults::apply(&info.gvk, &mut result);
     if has_generation(info) && sub.is_none() && old.get("spec") != result.get("spec") {
-        let gen = meta(old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+        let gen = meta(old)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         meta_mut(&mut result).insert("generation".into(), json!(gen + 1));
     }
     validate(info, &result, Some(old))?;
@@ -257,7 +315,11 @@ pub fn prepare_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: 
 fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     let mut errs: Vec<FieldError> = Vec::new();
     if let Some(m) = meta(obj) {
-        errs.extend(validation::validate_object_meta(&info.gvk, m, info.namespaced));
+        errs.extend(validation::validate_object_meta(
+            &info.gvk,
+            m,
+            info.namespaced,
+        ));
     } else {
         errs.push(FieldError::required("metadata.name"));
     }
@@ -269,15 +331,26 @@ fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> ApiResult<
         Ok(())
     } else {
         let name = meta_str(obj, "name").unwrap_or("").to_string();
-        Err(ApiError::invalid(&info.gvk.group, &info.gvk.kind, &name, &errs))
+        Err(ApiError::invalid(
+            &info.gvk.group,
+            &info.gvk.kind,
+            &name,
+            &errs,
+        ))
     }
 }
 
 fn immutable_fields(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match (info.gvk.group.as_str(), info.gvk.kind.as_str()) {
-        ("apps", _) if old.pointer("/spec/selector") != new.pointer("/spec/selector") && info.gvk.kind != "ControllerRevision" => {
-            errs.push(FieldError::immutable("spec.selector", new.pointer("/spec/selector").unwrap_or(&Value::Null)));
+        ("apps", _)
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector")
+                && info.gvk.kind != "ControllerRevision" =>
+        {
+            errs.push(FieldError::immutable(
+                "spec.selector",
+                new.pointer("/spec/selector").unwrap_or(&Value::Null),
+            ));
         }
         ("", "Pod") => {
             // Only images, activeDeadlineSeconds, tolerations (additions) and the
@@ -310,11 +383,20 @@ fn immutable_fields(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldE
             }
         }
         ("batch", "Job") if old.pointer("/spec/template") != new.pointer("/spec/template") => {
-            errs.push(FieldError::immutable("spec.template", new.pointer("/spec/template").unwrap_or(&Value::Null)));
+            errs.push(FieldError::immutable(
+                "spec.template",
+                new.pointer("/spec/template").unwrap_or(&Value::Null),
+            ));
         }
         ("", "Service") => {
-            let oc = old.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
-            let nc = new.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+            let oc = old
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let nc = new
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !oc.is_empty() && oc != nc {
                 errs.push(FieldError::immutable("spec.clusterIP", &json!(nc)));
             }

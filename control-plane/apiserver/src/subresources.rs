@@ -20,7 +20,13 @@ use crate::strategy::now_rfc3339;
 pub fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
     let m = obj.get("metadata").cloned().unwrap_or(json!({}));
     let mut meta = json!({});
-    for f in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for f in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(v) = m.get(f) {
             meta[f] = v.clone();
         }
@@ -45,11 +51,19 @@ pub async fn get_scale(app: &App, t: &Target) -> ApiResult<Response> {
 }
 
 /// PUT or PATCH of `/scale`: the new Scale's `spec.replicas` goes to the workload.
-pub async fn write_scale(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes, is_patch: bool) -> ApiResult<Response> {
+pub async fn write_scale(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+    is_patch: bool,
+) -> ApiResult<Response> {
     let name = t.name.clone().unwrap_or_default();
     let ct = content_type(headers);
     let patch_value: Value = if is_patch {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
     } else {
         decode_as(&ct, body)?
     };
@@ -69,19 +83,29 @@ pub async fn write_scale(app: &App, t: &Target, q: &Query, headers: &HeaderMap, 
         } else {
             patch_value.clone()
         };
-        let replicas = new_scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = new_scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if replicas < 0 {
             return Err(ApiError::invalid(
                 "autoscaling",
                 "Scale",
                 &name,
-                &[kelp_api::validation::FieldError::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+                &[kelp_api::validation::FieldError::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
             ));
         }
         let mut next = current.clone();
         next["spec"]["replicas"] = json!(replicas);
         // A Scale's resourceVersion is the workload's: a precondition when set.
-        match new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        match new_scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
             Some(rv) if !rv.is_empty() => next["metadata"]["resourceVersion"] = json!(rv),
             _ => {
                 if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -92,24 +116,63 @@ pub async fn write_scale(app: &App, t: &Target, q: &Query, headers: &HeaderMap, 
         Ok(next)
     };
     let manager = q.field_manager("kubectl");
-    let out = guaranteed_update(app, &t.info, t.namespace.as_deref(), &name, None, q, Some(&manager), &mut mutate).await?;
+    let out = guaranteed_update(
+        app,
+        &t.info,
+        t.namespace.as_deref(),
+        &name,
+        None,
+        q,
+        Some(&manager),
+        &mut mutate,
+    )
+    .await?;
     Ok(json_response(StatusCode::OK, &scale_of(&t.info, &out)))
 }
 
 /// POST `pods/{name}/binding`: assign the pod to a node, once.
-pub async fn bind(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn bind(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = t.name.clone().unwrap_or_default();
     let binding = decode_as(&content_type(headers), body)?;
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid("", "Binding", &name, &[kelp_api::validation::FieldError::required("target.name")]));
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            &name,
+            &[kelp_api::validation::FieldError::required("target.name")],
+        ));
     }
     let mut mutate = |current: &Value| -> ApiResult<Value> {
         if current.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::conflict_msg("", "pods", &name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict_msg(
+                "",
+                "pods",
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
-        if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict_msg("", "pods", &name, &format!("pod {name} is already assigned to node \"{existing}\"")));
+        if let Some(existing) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict_msg(
+                "",
+                "pods",
+                &name,
+                &format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
         }
         let mut next = current.clone();
         next["spec"]["nodeName"] = json!(node);
@@ -125,13 +188,29 @@ pub async fn bind(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &
             }
         }
         // PodScheduled=True, set together with the node as upstream's binding does.
-        let conds = next["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
+        let conds = next["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conds: Vec<Value> = conds
+            .into_iter()
+            .filter(|c| c.get("type") != Some(&json!("PodScheduled")))
+            .collect();
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
         next["status"]["conditions"] = json!(conds);
         Ok(next)
     };
-    guaranteed_update(app, &t.info, t.namespace.as_deref(), &name, Some("binding"), q, Some("kube-scheduler"), &mut mutate).await?;
+    guaranteed_update(
+        app,
+        &t.info,
+        t.namespace.as_deref(),
+        &name,
+        Some("binding"),
+        q,
+        Some("kube-scheduler"),
+        &mut mutate,
+    )
+    .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -139,10 +218,19 @@ pub async fn bind(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &
 }
 
 /// PUT `namespaces/{name}/finalize`: only `spec.finalizers` changes.
-pub async fn finalize(app: &App, t: &Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+pub async fn finalize(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let name = t.name.clone().unwrap_or_default();
     let new = decode_as(&content_type(headers), body)?;
-    let fins = new.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+    let fins = new
+        .pointer("/spec/finalizers")
+        .cloned()
+        .unwrap_or(json!([]));
     let mut mutate = |current: &Value| -> ApiResult<Value> {
         let mut next = current.clone();
         next["spec"]["finalizers"] = fins.clone();
@@ -151,6 +239,16 @@ pub async fn finalize(app: &App, t: &Target, q: &Query, headers: &HeaderMap, bod
         }
         Ok(next)
     };
-    let out = guaranteed_update(app, &t.info, None, &name, Some("finalize"), q, Some("kelp"), &mut mutate).await?;
+    let out = guaranteed_update(
+        app,
+        &t.info,
+        None,
+        &name,
+        Some("finalize"),
+        q,
+        Some("kelp"),
+        &mut mutate,
+    )
+    .await?;
     Ok(json_response(StatusCode::OK, &out))
 }

@@ -9,7 +9,13 @@ use kelp_api::table::{columns, row};
 use crate::request::Query;
 
 /// A Table of `objects`; `includeObject` picks what each row carries.
-pub fn table(info: &ResourceInfo, objects: &[Value], q: &Query, revision: Option<i64>, next: Option<&str>) -> Value {
+pub fn table(
+    info: &ResourceInfo,
+    objects: &[Value],
+    q: &Query,
+    revision: Option<i64>,
+    next: Option<&str>,
+) -> Value {
     let now = Utc::now();
     let cols: Vec<Value> = columns(&info.gvk).iter().map(|c| c.to_json()).collect();
     let include = q.get("includeObject").unwrap_or("Metadata");

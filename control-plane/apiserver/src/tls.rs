@@ -9,15 +9,18 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("invalid PEM in {0}")]
@@ -27,7 +30,10 @@ pub enum TlsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_private(path: &Path, data: &str) -> Result<(), TlsError> {
@@ -53,7 +59,11 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
     dn.push(DnType::CommonName, "kelp-ca");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = time_now();
     p.not_before = now - time::Duration::days(1);
     p.not_after = now + time::Duration::days(3650);
@@ -77,7 +87,9 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +120,10 @@ fn server_sans(extra: &[String]) -> Vec<String> {
 fn san(s: &str) -> Result<SanType, TlsError> {
     Ok(match s.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
-        Err(_) => SanType::DnsName(s.try_into().map_err(|_| TlsError::Config(format!("invalid DNS name {s:?}")))?),
+        Err(_) => SanType::DnsName(
+            s.try_into()
+                .map_err(|_| TlsError::Config(format!("invalid DNS name {s:?}")))?,
+        ),
     })
 }
 
@@ -122,7 +137,8 @@ impl Pki {
         let ca_key_path = tls.join("ca.key");
         let (ca_pem, ca_key) = if ca_crt.exists() && ca_key_path.exists() {
             let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|_| TlsError::Pem(ca_key_path.clone()))?;
+            let key =
+                KeyPair::from_pem(&key_pem).map_err(|_| TlsError::Pem(ca_key_path.clone()))?;
             (std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?, key)
         } else {
             let key = KeyPair::generate()?;
@@ -142,7 +158,8 @@ impl Pki {
         };
         let sans = server_sans(extra_sans);
         let sans_file = tls.join("server.sans");
-        let same_sans = std::fs::read_to_string(&sans_file).ok().as_deref() == Some(sans.join("\n").as_str());
+        let same_sans =
+            std::fs::read_to_string(&sans_file).ok().as_deref() == Some(sans.join("\n").as_str());
         let (crt, key) = (tls.join("server.crt"), tls.join("server.key"));
         if same_sans && crt.exists() && key.exists() {
             pki.server_cert_pem = std::fs::read_to_string(&crt).map_err(io(&crt))?;
@@ -169,7 +186,13 @@ impl Pki {
         Ok(pki)
     }
 
-    fn issue(&self, cn: &str, groups: &[String], sans: &[String], server: bool) -> Result<(String, String), TlsError> {
+    fn issue(
+        &self,
+        cn: &str,
+        groups: &[String],
+        sans: &[String],
+        server: bool,
+    ) -> Result<(String, String), TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
         let mut dn = DistinguishedName::new();
@@ -178,7 +201,10 @@ impl Pki {
         }
         dn.push(DnType::CommonName, cn);
         p.distinguished_name = dn;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = if server {
             vec![ExtendedKeyUsagePurpose::ServerAuth]
         } else {
@@ -194,7 +220,11 @@ impl Pki {
     }
 
     /// A client certificate for `cn` in `groups` (user name and groups in Kubernetes).
-    pub fn issue_client_cert(&self, cn: &str, groups: &[String]) -> Result<(String, String), TlsError> {
+    pub fn issue_client_cert(
+        &self,
+        cn: &str,
+        groups: &[String],
+    ) -> Result<(String, String), TlsError> {
         self.issue(cn, groups, &[], false)
     }
 }
@@ -204,7 +234,12 @@ fn b64(s: &str) -> String {
 }
 
 /// Writes an admin kubeconfig (mode 0600) for `server_url`.
-pub fn write_kubeconfig(path: &Path, server_url: &str, pki: &Pki, name: &str) -> Result<(), TlsError> {
+pub fn write_kubeconfig(
+    path: &Path,
+    server_url: &str,
+    pki: &Pki,
+    name: &str,
+) -> Result<(), TlsError> {
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}-admin\n    namespace: default\ncurrent-context: {name}\npreferences: {{}}\n",
         ca = b64(&pki.ca_pem),
@@ -223,7 +258,10 @@ pub fn load_or_create_token(path: &Path) -> Result<String, TlsError> {
         }
     }
     let bytes: [u8; 32] = rand::random();
-    let token = format!("K10{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!(
+        "K10{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     write_private(path, &format!("{token}\n"))?;
     Ok(token)
 }
@@ -248,10 +286,13 @@ pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     for c in certs(&pki.ca_pem)? {
         roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -35,7 +35,13 @@ struct Encoder {
 impl Encoder {
     fn event(&self, typ: EventType, obj: &CachedObject) -> Bytes {
         if self.table {
-            let t = crate::table::table(&self.info, std::slice::from_ref(&obj.value), &self.q, None, None);
+            let t = crate::table::table(
+                &self.info,
+                std::slice::from_ref(&obj.value),
+                &self.q,
+                None,
+                None,
+            );
             let line = json!({"type": typ.as_str(), "object": t});
             let mut b = serde_json::to_vec(&line).unwrap_or_default();
             b.push(b'\n');
@@ -74,7 +80,10 @@ fn error_event(e: &ApiError) -> Bytes {
 /// matching become ADDED or DELETED, as upstream does.
 fn visible(filter: &Filter, info: &ResourceInfo, ev: &CacheEvent) -> Option<EventType> {
     let now = filter.matches(info, &ev.object.value);
-    let before = ev.prev.as_ref().is_some_and(|p| filter.matches(info, &p.value));
+    let before = ev
+        .prev
+        .as_ref()
+        .is_some_and(|p| filter.matches(info, &p.value));
     match ev.kind {
         EventType::Added => now.then_some(EventType::Added),
         EventType::Deleted => (before || now).then_some(EventType::Deleted),
@@ -87,7 +96,12 @@ fn visible(filter: &Filter, info: &ResourceInfo, ev: &CacheEvent) -> Option<Even
     }
 }
 
-pub async fn watch(app: Arc<App>, t: &Target, q: &Query, headers: &HeaderMap) -> ApiResult<Response> {
+pub async fn watch(
+    app: Arc<App>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let info = t.info.clone();
     let mut q = q.clone();
     if let Some(name) = &t.name {
@@ -113,7 +127,11 @@ pub async fn watch(app: Arc<App>, t: &Target, q: &Query, headers: &HeaderMap) ->
         Some(s) => Duration::from_secs(s),
         None => Duration::from_secs(rand::rng().random_range(1800..3600)),
     };
-    let enc = Encoder { info: info.clone(), table: wants_table(headers), q: q.clone() };
+    let enc = Encoder {
+        info: info.clone(),
+        table: wants_table(headers),
+        q: q.clone(),
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let start_from = if send_initial { 0 } else { from };
     let sub = app.cache.subscribe(&prefix, start_from).await;
@@ -129,7 +147,9 @@ pub async fn watch(app: Arc<App>, t: &Target, q: &Query, headers: &HeaderMap) ->
                 match sub.start {
                     Start::Snapshot { objects, revision } => {
                         for o in objects {
-                            if filter.matches(&enc.info, &o.value) && tx.send(enc.event(EventType::Added, &o)).await.is_err() {
+                            if filter.matches(&enc.info, &o.value)
+                                && tx.send(enc.event(EventType::Added, &o)).await.is_err()
+                            {
                                 return;
                             }
                         }
@@ -182,6 +202,10 @@ pub async fn watch(app: Arc<App>, t: &Target, q: &Query, headers: &HeaderMap) ->
     }
     let stream = ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>);
     let body = Body::from_stream(stream);
-    Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
-

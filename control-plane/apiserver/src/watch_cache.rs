@@ -52,12 +52,17 @@ pub struct CachedObject {
 
 impl CachedObject {
     pub fn new(value: Value, revision: Revision) -> Self {
-        Self { value, revision, json: OnceLock::new() }
+        Self {
+            value,
+            revision,
+            json: OnceLock::new(),
+        }
     }
 
     /// The object's JSON, serialized on first use and shared by every watcher.
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default()))
+        self.json
+            .get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default()))
     }
 }
 
@@ -88,7 +93,10 @@ pub struct WatchCache {
 /// What a new watcher starts from.
 pub enum Start {
     /// Current objects (for `resourceVersion` unset/0), at `revision`.
-    Snapshot { objects: Vec<Arc<CachedObject>>, revision: Revision },
+    Snapshot {
+        objects: Vec<Arc<CachedObject>>,
+        revision: Revision,
+    },
     /// Past events after the requested revision.
     Replay(Vec<Arc<CacheEvent>>),
 }
@@ -101,7 +109,10 @@ pub struct Subscription {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("too old resource version: {requested} ({oldest})")]
-    TooOld { requested: Revision, oldest: Revision },
+    TooOld {
+        requested: Revision,
+        oldest: Revision,
+    },
 }
 
 impl WatchCache {
@@ -111,7 +122,12 @@ impl WatchCache {
         let (tx, _) = broadcast::channel(16 * 1024);
         let (rev_tx, _) = watch::channel(revision);
         let cache = Arc::new(Self {
-            state: RwLock::new(State { objects, events: VecDeque::new(), revision, oldest: revision }),
+            state: RwLock::new(State {
+                objects,
+                events: VecDeque::new(),
+                revision,
+                oldest: revision,
+            }),
             tx,
             rev_tx,
             store,
@@ -165,7 +181,7 @@ impl WatchCache {
                 st.events.clear();
                 st.revision = revision;
                 st.oldest = revision;
-                let _ = self.rev_tx.send(revision);
+                self.rev_tx.send_replace(revision);
             }
             Err(e) => warn!(error = %e, "watch cache: reload failed"),
         }
@@ -193,8 +209,18 @@ impl WatchCache {
                 };
                 let obj = Arc::new(CachedObject::new(value, revision));
                 st.objects.insert(key.clone(), obj.clone());
-                let kind = if prev_obj.is_some() { EventType::Modified } else { EventType::Added };
-                CacheEvent { kind, key, object: obj, prev: prev_obj, revision }
+                let kind = if prev_obj.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
+                CacheEvent {
+                    kind,
+                    key,
+                    object: obj,
+                    prev: prev_obj,
+                    revision,
+                }
             }
             EventKind::Delete => {
                 st.objects.remove(&key);
@@ -204,10 +230,19 @@ impl WatchCache {
                     None => decode(&kv).unwrap_or(Value::Null),
                 };
                 if let Some(m) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+                    m.insert(
+                        "resourceVersion".into(),
+                        Value::String(revision.to_string()),
+                    );
                 }
                 let obj = Arc::new(CachedObject::new(value, revision));
-                CacheEvent { kind: EventType::Deleted, key, object: obj, prev: prev_obj, revision }
+                CacheEvent {
+                    kind: EventType::Deleted,
+                    key,
+                    object: obj,
+                    prev: prev_obj,
+                    revision,
+                }
             }
         };
         let event = Arc::new(event);
@@ -219,7 +254,7 @@ impl WatchCache {
         }
         st.revision = revision;
         let _ = self.tx.send(event);
-        let _ = self.rev_tx.send(revision);
+        self.rev_tx.send_replace(revision);
         debug!(revision, "watch cache applied event");
     }
 
@@ -230,7 +265,10 @@ impl WatchCache {
     /// Waits until the cache has caught up with `revision` (for consistent reads).
     pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.rev_tx.subscribe();
-        let ok = matches!(tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await, Ok(Ok(_)));
+        let ok = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await,
+            Ok(Ok(_))
+        );
         ok
     }
 
@@ -252,7 +290,11 @@ impl WatchCache {
     }
 
     /// Starts a watch under `prefix` after `from` (0 = a snapshot of now first).
-    pub async fn subscribe(&self, prefix: &str, from: Revision) -> Result<Subscription, CacheError> {
+    pub async fn subscribe(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> Result<Subscription, CacheError> {
         let st = self.state.read().await;
         let rx = self.tx.subscribe();
         if from == 0 {
@@ -262,32 +304,62 @@ impl WatchCache {
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(_, v)| v.clone())
                 .collect();
-            return Ok(Subscription { start: Start::Snapshot { objects, revision: st.revision }, rx });
+            return Ok(Subscription {
+                start: Start::Snapshot {
+                    objects,
+                    revision: st.revision,
+                },
+                rx,
+            });
         }
         if from < st.oldest {
-            return Err(CacheError::TooOld { requested: from, oldest: st.oldest });
+            return Err(CacheError::TooOld {
+                requested: from,
+                oldest: st.oldest,
+            });
         }
         let idx = st.events.partition_point(|e| e.revision <= from);
-        let replay = st.events.iter().skip(idx).filter(|e| e.key.starts_with(prefix)).cloned().collect();
-        Ok(Subscription { start: Start::Replay(replay), rx })
+        let replay = st
+            .events
+            .iter()
+            .skip(idx)
+            .filter(|e| e.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        Ok(Subscription {
+            start: Start::Replay(replay),
+            rx,
+        })
     }
 }
 
-async fn load(store: &dyn Store) -> Result<(BTreeMap<String, Arc<CachedObject>>, Revision), StoreError> {
+async fn load(
+    store: &dyn Store,
+) -> Result<(BTreeMap<String, Arc<CachedObject>>, Revision), StoreError> {
     let mut objects = BTreeMap::new();
     let mut start_after = None;
     let mut revision = None;
     loop {
         let page = store
-            .list(ListRequest { prefix: ROOT.into(), revision, limit: Some(10_000), start_after: start_after.clone() })
+            .list(ListRequest {
+                prefix: ROOT.into(),
+                revision,
+                limit: Some(10_000),
+                start_after: start_after.clone(),
+            })
             .await?;
         revision = Some(page.revision);
         for kv in &page.items {
             match decode(kv) {
                 Ok(v) => {
-                    objects.insert(kv.key.clone(), Arc::new(CachedObject::new(v, kv.mod_revision)));
+                    objects.insert(
+                        kv.key.clone(),
+                        Arc::new(CachedObject::new(v, kv.mod_revision)),
+                    );
                 }
-                Err(e) => warn!(key = %kv.key, error = %e, "watch cache: undecodable value skipped"),
+                Err(e) => {
+                    warn!(key = %kv.key, error = %e, "watch cache: undecodable value skipped")
+                }
             }
         }
         start_after = page.items.last().map(|kv| kv.key.clone());

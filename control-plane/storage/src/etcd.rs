@@ -18,12 +18,15 @@ use generated::etcdserverpb::response_op::Response as OpResponse;
 use generated::etcdserverpb::watch_client::WatchClient;
 use generated::etcdserverpb::watch_request::RequestUnion;
 use generated::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use generated::mvccpb;
 
-use crate::{EventKind, KeyValue, ListRequest, ListResponse, Revision, Store, StoreError, WatchEvent, WatchStream, WriteOutcome};
+use crate::{
+    EventKind, KeyValue, ListRequest, ListResponse, Revision, Store, StoreError, WatchEvent,
+    WatchStream, WriteOutcome,
+};
 
 pub struct EtcdStore {
     kv: KvClient<Channel>,
@@ -34,13 +37,21 @@ pub struct EtcdStore {
 fn status_err(s: tonic::Status) -> StoreError {
     let msg = s.message().to_string();
     if msg.contains("required revision has been compacted") {
-        return StoreError::Compacted { requested: 0, compacted: 0 };
+        return StoreError::Compacted {
+            requested: 0,
+            compacted: 0,
+        };
     }
     if msg.contains("required revision is a future revision") {
-        return StoreError::FutureRevision { requested: 0, current: 0 };
+        return StoreError::FutureRevision {
+            requested: 0,
+            current: 0,
+        };
     }
     match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => StoreError::Unavailable(msg),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            StoreError::Unavailable(msg)
+        }
         _ => StoreError::Internal(format!("{:?}: {msg}", s.code())),
     }
 }
@@ -66,7 +77,12 @@ fn to_kv(kv: mvccpb::KeyValue) -> KeyValue {
 }
 
 fn range_op(key: &str) -> RequestOp {
-    RequestOp { request: Some(OpRequest::RequestRange(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })) }
+    RequestOp {
+        request: Some(OpRequest::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
 }
 
 fn compare(key: &str, target: CompareTarget, result: CompareResult, union: TargetUnion) -> Compare {
@@ -85,7 +101,11 @@ impl EtcdStore {
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
         let mut eps = Vec::new();
         for e in endpoints {
-            let url = if e.starts_with("http://") || e.starts_with("https://") { e.clone() } else { format!("http://{e}") };
+            let url = if e.starts_with("http://") || e.starts_with("https://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
             let ep = Endpoint::from_shared(url)
                 .map_err(|err| StoreError::Unavailable(format!("bad etcd endpoint {e:?}: {err}")))?
                 .connect_timeout(std::time::Duration::from_secs(5))
@@ -97,17 +117,32 @@ impl EtcdStore {
             return Err(StoreError::Unavailable("no etcd endpoints".into()));
         }
         let channel = if eps.len() == 1 {
-            eps.remove(0).connect().await.map_err(|e| StoreError::Unavailable(format!("connecting to etcd: {e}")))?
+            eps.remove(0)
+                .connect()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("connecting to etcd: {e}")))?
         } else {
             Channel::balance_list(eps.into_iter())
         };
-        let store = EtcdStore { kv: KvClient::new(channel.clone()), watch: WatchClient::new(channel), compacted: AtomicI64::new(0) };
+        let store = EtcdStore {
+            kv: KvClient::new(channel.clone()),
+            watch: WatchClient::new(channel),
+            compacted: AtomicI64::new(0),
+        };
         store.current_revision().await?;
         Ok(store)
     }
 
-    async fn txn(&self, req: TxnRequest) -> Result<generated::etcdserverpb::TxnResponse, StoreError> {
-        self.kv.clone().txn(req).await.map(|r| r.into_inner()).map_err(status_err)
+    async fn txn(
+        &self,
+        req: TxnRequest,
+    ) -> Result<generated::etcdserverpb::TxnResponse, StoreError> {
+        self.kv
+            .clone()
+            .txn(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(status_err)
     }
 
     fn failure_current(resp: &generated::etcdserverpb::TxnResponse) -> Option<KeyValue> {
@@ -124,7 +159,10 @@ impl Store for EtcdStore {
         let r = self
             .kv
             .clone()
-            .range(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -157,21 +195,33 @@ impl Store for EtcdStore {
                     requested: req.revision.unwrap_or(0),
                     compacted: self.compacted.load(Ordering::Relaxed),
                 },
-                StoreError::FutureRevision { .. } => StoreError::FutureRevision { requested: req.revision.unwrap_or(0), current: 0 },
+                StoreError::FutureRevision { .. } => StoreError::FutureRevision {
+                    requested: req.revision.unwrap_or(0),
+                    current: 0,
+                },
                 other => other,
             })?
             .into_inner();
         let header_rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
         let items: Vec<KeyValue> = r.kvs.into_iter().map(to_kv).collect();
         let remaining = (r.count - items.len() as i64).max(0);
-        Ok(ListResponse { items, revision: req.revision.unwrap_or(header_rev), remaining })
+        Ok(ListResponse {
+            items,
+            revision: req.revision.unwrap_or(header_rev),
+            remaining,
+        })
     }
 
     async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
         let r = self
             .kv
             .clone()
-            .range(RangeRequest { key: prefix.as_bytes().to_vec(), range_end: prefix_end(prefix.as_bytes()), count_only: true, ..Default::default() })
+            .range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                count_only: true,
+                ..Default::default()
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -181,25 +231,49 @@ impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<WriteOutcome, StoreError> {
         let resp = self
             .txn(TxnRequest {
-                compare: vec![compare(key, CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))],
+                compare: vec![compare(
+                    key,
+                    CompareTarget::Create,
+                    CompareResult::Equal,
+                    TargetUnion::CreateRevision(0),
+                )],
                 success: vec![RequestOp {
-                    request: Some(OpRequest::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: value.clone(), ..Default::default() })),
+                    request: Some(OpRequest::RequestPut(PutRequest {
+                        key: key.as_bytes().to_vec(),
+                        value: value.clone(),
+                        ..Default::default()
+                    })),
                 }],
                 failure: vec![range_op(key)],
             })
             .await?;
         if resp.succeeded {
             let rev = resp.header.map(|h| h.revision).unwrap_or(0);
-            Ok(WriteOutcome::Done(KeyValue { key: key.to_string(), value, create_revision: rev, mod_revision: rev }))
+            Ok(WriteOutcome::Done(KeyValue {
+                key: key.to_string(),
+                value,
+                create_revision: rev,
+                mod_revision: rev,
+            }))
         } else {
             Ok(WriteOutcome::Conflict(Self::failure_current(&resp)))
         }
     }
 
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<WriteOutcome, StoreError> {
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<WriteOutcome, StoreError> {
         let resp = self
             .txn(TxnRequest {
-                compare: vec![compare(key, CompareTarget::Mod, CompareResult::Equal, TargetUnion::ModRevision(expected))],
+                compare: vec![compare(
+                    key,
+                    CompareTarget::Mod,
+                    CompareResult::Equal,
+                    TargetUnion::ModRevision(expected),
+                )],
                 success: vec![RequestOp {
                     request: Some(OpRequest::RequestPut(PutRequest {
                         key: key.as_bytes().to_vec(),
@@ -217,20 +291,41 @@ impl Store for EtcdStore {
                 .responses
                 .iter()
                 .find_map(|r| match &r.response {
-                    Some(OpResponse::ResponsePut(p)) => p.prev_kv.as_ref().map(|kv| kv.create_revision),
+                    Some(OpResponse::ResponsePut(p)) => {
+                        p.prev_kv.as_ref().map(|kv| kv.create_revision)
+                    }
                     _ => None,
                 })
                 .unwrap_or(rev);
-            Ok(WriteOutcome::Done(KeyValue { key: key.to_string(), value, create_revision, mod_revision: rev }))
+            Ok(WriteOutcome::Done(KeyValue {
+                key: key.to_string(),
+                value,
+                create_revision,
+                mod_revision: rev,
+            }))
         } else {
             Ok(WriteOutcome::Conflict(Self::failure_current(&resp)))
         }
     }
 
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<WriteOutcome, StoreError> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<WriteOutcome, StoreError> {
         let cmp = match expected {
-            Some(rev) => compare(key, CompareTarget::Mod, CompareResult::Equal, TargetUnion::ModRevision(rev)),
-            None => compare(key, CompareTarget::Create, CompareResult::Greater, TargetUnion::CreateRevision(0)),
+            Some(rev) => compare(
+                key,
+                CompareTarget::Mod,
+                CompareResult::Equal,
+                TargetUnion::ModRevision(rev),
+            ),
+            None => compare(
+                key,
+                CompareTarget::Create,
+                CompareResult::Greater,
+                TargetUnion::CreateRevision(0),
+            ),
         };
         let resp = self
             .txn(TxnRequest {
@@ -344,7 +439,11 @@ impl Store for EtcdStore {
         let r = self
             .kv
             .clone()
-            .range(RangeRequest { key: b"/".to_vec(), count_only: true, ..Default::default() })
+            .range(RangeRequest {
+                key: b"/".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -352,7 +451,15 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self.kv.clone().compact(CompactionRequest { revision, physical: true }).await {
+        match self
+            .kv
+            .clone()
+            .compact(CompactionRequest {
+                revision,
+                physical: true,
+            })
+            .await
+        {
             Ok(_) => {}
             // Already compacted past this point: nothing to do.
             Err(s) if s.message().contains("compacted") => {}

@@ -89,9 +89,15 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>>
 pub enum StoreError {
     /// The requested revision is below the compaction point.
     #[error("required revision {requested} has been compacted (compacted up to {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("required revision {requested} is a future revision (current {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The backend could not be reached or failed; the write may or may not have happened.
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),

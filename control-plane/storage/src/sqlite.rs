@@ -16,7 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, warn};
 
-use crate::{EventKind, KeyValue, ListRequest, ListResponse, Revision, Store, StoreError, WatchEvent, WatchStream, WriteOutcome};
+use crate::{
+    EventKind, KeyValue, ListRequest, ListResponse, Revision, Store, StoreError, WatchEvent,
+    WatchStream, WriteOutcome,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
@@ -40,10 +43,22 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 }
 
 enum Op {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
 }
 
 struct Request {
@@ -62,10 +77,13 @@ pub struct SqliteStore {
 
 fn open_conn(path: &Path, write: bool) -> Result<Connection, StoreError> {
     let c = Connection::open(path).map_err(db_err)?;
-    c.busy_timeout(std::time::Duration::from_secs(30)).map_err(db_err)?;
-    c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(db_err)?;
+    c.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
     // FULL: a commit is on disk (WAL fsynced) before the caller hears of it.
-    c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+    c.pragma_update(None, "synchronous", "FULL")
+        .map_err(db_err)?;
     if !write {
         c.pragma_update(None, "query_only", true).map_err(db_err)?;
     }
@@ -84,7 +102,12 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 fn row_kv(name: String, value: Vec<u8>, create_revision: i64, id: i64) -> KeyValue {
-    KeyValue { key: name, value, create_revision, mod_revision: id }
+    KeyValue {
+        key: name,
+        value,
+        create_revision,
+        mod_revision: id,
+    }
 }
 
 impl SqliteStore {
@@ -92,11 +115,18 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_conn(path, true)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        let rev: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'revision'", [], |r| r.get(0)).map_err(db_err)?;
+        let rev: i64 = conn
+            .query_row("SELECT v FROM meta WHERE k = 'revision'", [], |r| r.get(0))
+            .map_err(db_err)?;
         let revision = Arc::new(AtomicI64::new(rev));
         let (events, _) = broadcast::channel(64 * 1024);
         let (tx, rx) = mpsc::channel::<Request>();
-        let writer = Writer { conn, rev, events: events.clone(), revision: revision.clone() };
+        let writer = Writer {
+            conn,
+            rev,
+            events: events.clone(),
+            revision: revision.clone(),
+        };
         std::thread::Builder::new()
             .name("kelp-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -121,7 +151,8 @@ impl SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .send(Request { op, reply })
             .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
 
     /// Runs `f` on a pooled read connection off the async runtime.
@@ -147,11 +178,17 @@ impl SqliteStore {
 }
 
 fn meta(conn: &Connection, k: &str) -> Result<i64, StoreError> {
-    conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0)).map_err(db_err)
+    conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+        .map_err(db_err)
 }
 
 /// Rows with revision > `from` under `prefix`, as watch events, oldest first.
-fn history(conn: &Connection, prefix: &str, from: Revision, limit: i64) -> Result<Vec<WatchEvent>, StoreError> {
+fn history(
+    conn: &Connection,
+    prefix: &str,
+    from: Revision,
+    limit: i64,
+) -> Result<Vec<WatchEvent>, StoreError> {
     let end = prefix_end(prefix);
     let mut stmt = conn
         .prepare_cached(
@@ -176,7 +213,11 @@ fn history(conn: &Connection, prefix: &str, from: Revision, limit: i64) -> Resul
                 mod_revision: prev_revision,
             });
             Ok(WatchEvent {
-                kind: if deleted { EventKind::Delete } else { EventKind::Put },
+                kind: if deleted {
+                    EventKind::Delete
+                } else {
+                    EventKind::Put
+                },
                 kv: row_kv(name, value, create_revision, id),
                 prev,
             })
@@ -213,7 +254,10 @@ impl Writer {
         debug!("sqlite writer: all senders gone, stopping");
     }
 
-    fn current(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Option<Current>, rusqlite::Error> {
+    fn current(
+        tx: &rusqlite::Transaction<'_>,
+        key: &str,
+    ) -> Result<Option<Current>, rusqlite::Error> {
         tx.prepare_cached(
             "SELECT kv.id, kv.create_revision, kv.value FROM current JOIN kv ON kv.id = current.id WHERE current.name = ?1",
         )?
@@ -223,7 +267,10 @@ impl Writer {
 
     fn commit(&mut self, batch: Vec<Request>) {
         let start_rev = self.rev;
-        let mut answers: Vec<(oneshot::Sender<Result<WriteOutcome, StoreError>>, Result<WriteOutcome, StoreError>)> = Vec::new();
+        let mut answers: Vec<(
+            oneshot::Sender<Result<WriteOutcome, StoreError>>,
+            Result<WriteOutcome, StoreError>,
+        )> = Vec::new();
         let mut published: Vec<WatchEvent> = Vec::new();
         let result = (|| -> Result<(), rusqlite::Error> {
             let tx = self.conn.transaction()?;
@@ -236,29 +283,57 @@ impl Writer {
                         continue;
                     }
                     Op::Create { key, value } => match Self::current(&tx, &key)? {
-                        Some(c) => WriteOutcome::Conflict(Some(row_kv(key, c.value, c.create_revision, c.id))),
+                        Some(c) => WriteOutcome::Conflict(Some(row_kv(
+                            key,
+                            c.value,
+                            c.create_revision,
+                            c.id,
+                        ))),
                         None => {
                             rev += 1;
                             tx.prepare_cached("INSERT INTO kv (id, name, created, deleted, create_revision, prev_revision, value, old_value) VALUES (?1, ?2, 1, 0, ?1, 0, ?3, NULL)")?
                                 .execute(params![rev, key, value])?;
-                            tx.prepare_cached("INSERT OR REPLACE INTO current (name, id) VALUES (?1, ?2)")?.execute(params![key, rev])?;
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO current (name, id) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![key, rev])?;
                             let kv = row_kv(key, value, rev, rev);
-                            published.push(WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev: None });
+                            published.push(WatchEvent {
+                                kind: EventKind::Put,
+                                kv: kv.clone(),
+                                prev: None,
+                            });
                             WriteOutcome::Done(kv)
                         }
                     },
-                    Op::Update { key, value, expected } => match Self::current(&tx, &key)? {
+                    Op::Update {
+                        key,
+                        value,
+                        expected,
+                    } => match Self::current(&tx, &key)? {
                         Some(c) if c.id == expected => {
                             rev += 1;
                             tx.prepare_cached("INSERT INTO kv (id, name, created, deleted, create_revision, prev_revision, value, old_value) VALUES (?1, ?2, 0, 0, ?3, ?4, ?5, ?6)")?
                                 .execute(params![rev, key, c.create_revision, c.id, value, c.value])?;
-                            tx.prepare_cached("INSERT OR REPLACE INTO current (name, id) VALUES (?1, ?2)")?.execute(params![key, rev])?;
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO current (name, id) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![key, rev])?;
                             let kv = row_kv(key.clone(), value, c.create_revision, rev);
                             let prev = row_kv(key, c.value, c.create_revision, c.id);
-                            published.push(WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev: Some(prev) });
+                            published.push(WatchEvent {
+                                kind: EventKind::Put,
+                                kv: kv.clone(),
+                                prev: Some(prev),
+                            });
                             WriteOutcome::Done(kv)
                         }
-                        Some(c) => WriteOutcome::Conflict(Some(row_kv(key, c.value, c.create_revision, c.id))),
+                        Some(c) => WriteOutcome::Conflict(Some(row_kv(
+                            key,
+                            c.value,
+                            c.create_revision,
+                            c.id,
+                        ))),
                         None => WriteOutcome::Conflict(None),
                     },
                     Op::Delete { key, expected } => match Self::current(&tx, &key)? {
@@ -266,20 +341,31 @@ impl Writer {
                             rev += 1;
                             tx.prepare_cached("INSERT INTO kv (id, name, created, deleted, create_revision, prev_revision, value, old_value) VALUES (?1, ?2, 0, 1, ?3, ?4, ?5, ?5)")?
                                 .execute(params![rev, key, c.create_revision, c.id, c.value])?;
-                            tx.prepare_cached("DELETE FROM current WHERE name = ?1")?.execute([&key])?;
+                            tx.prepare_cached("DELETE FROM current WHERE name = ?1")?
+                                .execute([&key])?;
                             let kv = row_kv(key.clone(), c.value.clone(), c.create_revision, rev);
                             let prev = row_kv(key, c.value, c.create_revision, c.id);
-                            published.push(WatchEvent { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) });
+                            published.push(WatchEvent {
+                                kind: EventKind::Delete,
+                                kv: kv.clone(),
+                                prev: Some(prev),
+                            });
                             WriteOutcome::Done(kv)
                         }
-                        Some(c) => WriteOutcome::Conflict(Some(row_kv(key, c.value, c.create_revision, c.id))),
+                        Some(c) => WriteOutcome::Conflict(Some(row_kv(
+                            key,
+                            c.value,
+                            c.create_revision,
+                            c.id,
+                        ))),
                         None => WriteOutcome::Conflict(None),
                     },
                 };
                 answers.push((req.reply, Ok(outcome)));
             }
             if rev != start_rev {
-                tx.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'revision'")?.execute([rev])?;
+                tx.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'revision'")?
+                    .execute([rev])?;
             }
             tx.commit()?;
             self.rev = rev;
@@ -402,22 +488,48 @@ impl Store for SqliteStore {
     async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
         let prefix = prefix.to_string();
         self.read(move |c| {
-            c.query_row("SELECT COUNT(*) FROM current WHERE name >= ?1 AND name < ?2", params![prefix, prefix_end(&prefix)], |r| r.get(0))
-                .map_err(db_err)
+            c.query_row(
+                "SELECT COUNT(*) FROM current WHERE name >= ?1 AND name < ?2",
+                params![prefix, prefix_end(&prefix)],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
         })
         .await
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<WriteOutcome, StoreError> {
-        self.write(Op::Create { key: key.to_string(), value }).await
+        self.write(Op::Create {
+            key: key.to_string(),
+            value,
+        })
+        .await
     }
 
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<WriteOutcome, StoreError> {
-        self.write(Op::Update { key: key.to_string(), value, expected }).await
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write(Op::Update {
+            key: key.to_string(),
+            value,
+            expected,
+        })
+        .await
     }
 
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<WriteOutcome, StoreError> {
-        self.write(Op::Delete { key: key.to_string(), expected }).await
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write(Op::Delete {
+            key: key.to_string(),
+            expected,
+        })
+        .await
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
@@ -427,7 +539,10 @@ impl Store for SqliteStore {
         let from = if from == 0 { current } else { from };
         let compacted = self.read(|c| meta(c, "compacted")).await?;
         if from < compacted {
-            return Err(StoreError::Compacted { requested: from, compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, StoreError>>(1024);
         let prefix = prefix.to_string();
@@ -519,7 +634,10 @@ impl Store for SqliteStore {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let current = self.revision.load(Ordering::Acquire);
         if revision > current {
-            return Err(StoreError::FutureRevision { requested: revision, current });
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
         }
         self.write(Op::Compact { revision }).await.map(|_| ())
     }

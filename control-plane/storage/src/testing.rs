@@ -26,14 +26,18 @@ mod tempfile_dir {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 impl EtcdProcess {
     /// Starts etcd on free ports and waits until it serves. Panics with a clear
     /// message when the `etcd` binary is missing (scripts/test.sh installs it).
     pub fn start() -> EtcdProcess {
-        let dir = std::env::temp_dir().join(format!("kelp-etcd-{}-{}", std::process::id(), free_port()));
+        let dir =
+            std::env::temp_dir().join(format!("kelp-etcd-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("etcd temp dir");
         let mut e = EtcdProcess {
             child: None,
@@ -82,14 +86,25 @@ impl EtcdProcess {
                     panic!("etcd exited early ({status}); log: {}", self.log_tail());
                 }
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy; log: {}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; log: {}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        s.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        s.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `127.0.0.1:PORT`.

@@ -20,14 +20,20 @@ async fn etcd_watch_resumes_after_restart() {
     let mut etcd = EtcdProcess::start();
     let rev = {
         let s = EtcdStore::connect(&[etcd.endpoint()]).await.unwrap();
-        let WriteOutcome::Done(kv) = s.create("/registry/x/a", b"1".to_vec()).await.unwrap() else { panic!("create") };
+        let WriteOutcome::Done(kv) = s.create("/registry/x/a", b"1".to_vec()).await.unwrap() else {
+            panic!("create")
+        };
         kv.mod_revision
     };
     etcd.restart();
     let s = EtcdStore::connect(&[etcd.endpoint()]).await.unwrap();
     let mut w = s.watch("/registry/x/", rev).await.unwrap();
     s.create("/registry/x/b", b"2".to_vec()).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.kv.key, "/registry/x/b");
     assert_eq!(ev.kv.mod_revision, rev + 1);
 }
@@ -49,6 +55,9 @@ async fn etcd_acknowledged_writes_survive_kill_9() {
     etcd.restart();
     let s = EtcdStore::connect(&[etcd.endpoint()]).await.unwrap();
     for k in &acked {
-        assert!(s.get(k).await.unwrap().is_some(), "acknowledged write {k} was lost");
+        assert!(
+            s.get(k).await.unwrap().is_some(),
+            "acknowledged write {k} was lost"
+        );
     }
 }

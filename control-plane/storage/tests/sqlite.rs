@@ -20,14 +20,24 @@ async fn sqlite_watch_resumes_after_restart() {
     let path = dir.path().join("state.db");
     let rev = {
         let s = SqliteStore::open(&path).unwrap();
-        let WriteOutcome::Done(kv) = s.create("/registry/x/a", b"1".to_vec()).await.unwrap() else { panic!("create") };
+        let WriteOutcome::Done(kv) = s.create("/registry/x/a", b"1".to_vec()).await.unwrap() else {
+            panic!("create")
+        };
         kv.mod_revision
     };
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.current_revision().await.unwrap(), rev, "the revision survives a restart");
+    assert_eq!(
+        s.current_revision().await.unwrap(),
+        rev,
+        "the revision survives a restart"
+    );
     let mut w = s.watch("/registry/x/", rev).await.unwrap();
     s.create("/registry/x/b", b"2".to_vec()).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.kv.key, "/registry/x/b");
     assert_eq!(ev.kv.mod_revision, rev + 1);
 }
@@ -41,7 +51,11 @@ fn sqlite_acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let exe = env!("CARGO_BIN_EXE_store-writer");
-    let mut child = Command::new(exe).arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(exe)
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = child.stdout.take().unwrap();
     let mut acked = Vec::new();
     for line in BufReader::new(out).lines() {
@@ -58,7 +72,10 @@ fn sqlite_acknowledged_writes_survive_kill_9() {
     rt.block_on(async {
         let s = SqliteStore::open(&path).unwrap();
         for k in &acked {
-            assert!(s.get(k).await.unwrap().is_some(), "acknowledged write {k} was lost");
+            assert!(
+                s.get(k).await.unwrap().is_some(),
+                "acknowledged write {k} was lost"
+            );
         }
     });
 }

@@ -9,10 +9,18 @@ use kelp_storage::Store;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let target = std::env::args().nth(1).expect("usage: store-writer SQLITE_PATH|etcd://HOST:PORT");
+    let target = std::env::args()
+        .nth(1)
+        .expect("usage: store-writer SQLITE_PATH|etcd://HOST:PORT");
     let store: Arc<dyn Store> = match target.strip_prefix("etcd://") {
-        Some(ep) => Arc::new(kelp_storage::etcd::EtcdStore::connect(&[ep.to_string()]).await.expect("connect")),
-        None => Arc::new(kelp_storage::sqlite::SqliteStore::open(std::path::Path::new(&target)).expect("open")),
+        Some(ep) => Arc::new(
+            kelp_storage::etcd::EtcdStore::connect(&[ep.to_string()])
+                .await
+                .expect("connect"),
+        ),
+        None => Arc::new(
+            kelp_storage::sqlite::SqliteStore::open(std::path::Path::new(&target)).expect("open"),
+        ),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
     for w in 0..8 {
@@ -21,7 +29,9 @@ async fn main() {
         tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("/registry/durable/w{w}-{i:08}");
-                if let Ok(kelp_storage::WriteOutcome::Done(_)) = store.create(&key, vec![b'x'; 128]).await {
+                if let Ok(kelp_storage::WriteOutcome::Done(_)) =
+                    store.create(&key, vec![b'x'; 128]).await
+                {
                     if tx.send(key).await.is_err() {
                         return;
                     }
