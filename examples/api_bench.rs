@@ -29,7 +29,10 @@ async fn client(kubeconfig: &str) -> anyhow::Result<Client> {
 
 fn cm(name: String, payload: &str) -> ConfigMap {
     ConfigMap {
-        metadata: ObjectMeta { name: Some(name), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name),
+            ..Default::default()
+        },
         data: Some([("payload".to_string(), payload.to_string())].into()),
         ..Default::default()
     }
@@ -37,7 +40,13 @@ fn cm(name: String, payload: &str) -> ConfigMap {
 
 async fn ensure_ns(c: &Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(c.clone());
-    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     match api.create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -46,7 +55,12 @@ async fn ensure_ns(c: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 /// `total` creates spread over `concurrency` clients, each with its own connection.
-async fn creates(kubeconfig: &str, ns: &str, total: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn creates(
+    kubeconfig: &str,
+    ns: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let per = total / concurrency;
     let mut clients = Vec::new();
     for _ in 0..concurrency {
@@ -63,7 +77,11 @@ async fn creates(kubeconfig: &str, ns: &str, total: usize, concurrency: usize) -
             let mut lat = Vec::with_capacity(per);
             for i in 0..per {
                 let t = Instant::now();
-                api.create(&PostParams::default(), &cm(format!("c{concurrency}-w{w}-{i}"), &payload)).await?;
+                api.create(
+                    &PostParams::default(),
+                    &cm(format!("c{concurrency}-w{w}-{i}"), &payload),
+                )
+                .await?;
                 lat.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
@@ -89,7 +107,8 @@ async fn creates(kubeconfig: &str, ns: &str, total: usize, concurrency: usize) -
 /// the create's acknowledgement time to each watcher's receipt.
 async fn fanout(kubeconfig: &str, ns: &str, watchers: usize, events: usize) -> anyhow::Result<()> {
     let base = Instant::now();
-    let sent: Arc<std::sync::Mutex<std::collections::HashMap<String, Duration>>> = Default::default();
+    let sent: Arc<std::sync::Mutex<std::collections::HashMap<String, Duration>>> =
+        Default::default();
     let mut clients = Vec::new();
     // Watches share a few connections (HTTP/2 streams), as informers in one process do.
     for _ in 0..8 {
@@ -101,12 +120,17 @@ async fn fanout(kubeconfig: &str, ns: &str, watchers: usize, events: usize) -> a
         let api: Api<ConfigMap> = Api::namespaced(clients[w % clients.len()].clone(), ns);
         let ready = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut stream = api.watch(&WatchParams::default().timeout(120), "0").await?.boxed();
+            let mut stream = api
+                .watch(&WatchParams::default().timeout(120), "0")
+                .await?
+                .boxed();
             ready.send(()).await.ok();
             let mut got = Vec::with_capacity(events);
             while got.len() < events {
                 match stream.try_next().await? {
-                    Some(WatchEvent::Added(o)) => got.push((o.metadata.name.unwrap_or_default(), base.elapsed())),
+                    Some(WatchEvent::Added(o)) => {
+                        got.push((o.metadata.name.unwrap_or_default(), base.elapsed()))
+                    }
                     Some(_) => {}
                     None => break,
                 }
@@ -121,8 +145,12 @@ async fn fanout(kubeconfig: &str, ns: &str, watchers: usize, events: usize) -> a
     for i in 0..events {
         let name = format!("fan-{i}");
         let t = base.elapsed();
-        sent.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), t);
-        writer.create(&PostParams::default(), &cm(name, "x")).await?;
+        sent.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), t);
+        writer
+            .create(&PostParams::default(), &cm(name, "x"))
+            .await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut lat = Vec::new();
@@ -150,7 +178,9 @@ async fn fanout(kubeconfig: &str, ns: &str, watchers: usize, events: usize) -> a
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
-    let kubeconfig = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: api_bench KUBECONFIG [creates] [watchers]"))?;
+    let kubeconfig = args
+        .get(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: api_bench KUBECONFIG [creates] [watchers]"))?;
     let total: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(6400);
     let watchers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let c = client(kubeconfig).await?;

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "kelp", version, about = "Kelp: the Kubernetes architecture, in Rust, for WebAssembly workloads")]
+#[command(
+    name = "kelp",
+    version,
+    about = "Kelp: the Kubernetes architecture, in Rust, for WebAssembly workloads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +85,10 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
         println!("  admin kubeconfig: {}", s.kubeconfig.display());
         println!("  node join token:  {}", s.token_file.display());
-        println!("  try: KUBECONFIG={} kubectl get namespaces", s.kubeconfig.display());
+        println!(
+            "  try: KUBECONFIG={} kubectl get namespaces",
+            s.kubeconfig.display()
+        );
     })
     .await
     .with_context(|| format!("kelp {what}"))?;
@@ -90,11 +97,15 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("KELP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("KELP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Up(a) => run_control_plane(a, "up").await,

@@ -337,7 +337,7 @@ impl OpenApiDocs {
     }
 }
 
-fn resolve<'a>(s: &'a Value) -> &'a Value {
+fn resolve(s: &Value) -> &Value {
     let mut cur = s;
     for _ in 0..16 {
         if let Some(r) = cur

@@ -244,6 +244,9 @@ pub type Mutation<'a> = dyn FnMut(&Value) -> ApiResult<Value> + Send + 'a;
 /// The read-modify-write loop (upstream `GuaranteedUpdate`): retries on conflicts
 /// unless the caller pinned a resourceVersion; skips unchanged writes; deletes an
 /// object whose last finalizer was removed while it was being deleted.
+// The loop needs the object's coordinates, the write options and the mutation; a
+// struct for them would only move the same eight names elsewhere.
+#[allow(clippy::too_many_arguments)]
 pub async fn guaranteed_update(
     app: &App,
     info: &ResourceInfo,
@@ -706,11 +709,12 @@ pub async fn delete_object(
         };
         let mut finalizers_changed = false;
         if let Some(f) = add {
-            if !already && app.has_dependents(info, &current).await {
-                if !finalizers.iter().any(|x| x == f) {
-                    finalizers.push(json!(f));
-                    finalizers_changed = true;
-                }
+            if !already
+                && app.has_dependents(info, &current).await
+                && !finalizers.iter().any(|x| x == f)
+            {
+                finalizers.push(json!(f));
+                finalizers_changed = true;
             }
         }
         // Graceful deletion of pods bound to a node: the kubelet finishes it.
@@ -745,7 +749,7 @@ pub async fn delete_object(
                     .pointer("/metadata/deletionGracePeriodSeconds")
                     .and_then(Value::as_i64)
                     .unwrap_or(0);
-                if !(pod_grace < cur_grace) {
+                if pod_grace >= cur_grace {
                     return Ok((current, false));
                 }
             }

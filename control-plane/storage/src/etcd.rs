@@ -145,6 +145,18 @@ impl EtcdStore {
             .map_err(status_err)
     }
 
+    /// An unconditional put (no transaction): the peer figure benchmarks compare with.
+    pub async fn raw_put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+        let r = self
+            .kv
+            .clone()
+            .put(PutRequest { key: key.as_bytes().to_vec(), value, ..Default::default() })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        Ok(r.header.map(|h| h.revision).unwrap_or(0))
+    }
+
     fn failure_current(resp: &generated::etcdserverpb::TxnResponse) -> Option<KeyValue> {
         resp.responses.iter().find_map(|r| match &r.response {
             Some(OpResponse::ResponseRange(rr)) => rr.kvs.first().cloned().map(to_kv),

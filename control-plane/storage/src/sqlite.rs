@@ -61,9 +61,11 @@ enum Op {
     },
 }
 
+type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+
 struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    reply: Reply,
 }
 
 /// The embedded store.
@@ -267,10 +269,7 @@ impl Writer {
 
     fn commit(&mut self, batch: Vec<Request>) {
         let start_rev = self.rev;
-        let mut answers: Vec<(
-            oneshot::Sender<Result<WriteOutcome, StoreError>>,
-            Result<WriteOutcome, StoreError>,
-        )> = Vec::new();
+        let mut answers: Vec<(Reply, Result<WriteOutcome, StoreError>)> = Vec::new();
         let mut published: Vec<WatchEvent> = Vec::new();
         let result = (|| -> Result<(), rusqlite::Error> {
             let tx = self.conn.transaction()?;
