@@ -28,8 +28,13 @@ use crate::{
     WatchStream, WriteOutcome,
 };
 
+/// Connections per endpoint: one HTTP/2 connection serializes on its own flow
+/// control and etcd's per-stream handling; a few spread concurrent writers.
+const CONNECTIONS: usize = 4;
+
 pub struct EtcdStore {
-    kv: KvClient<Channel>,
+    kvs: Vec<KvClient<Channel>>,
+    next: std::sync::atomic::AtomicUsize,
     watch: WatchClient<Channel>,
     compacted: AtomicI64,
 }
@@ -116,29 +121,38 @@ impl EtcdStore {
         if eps.is_empty() {
             return Err(StoreError::Unavailable("no etcd endpoints".into()));
         }
-        let channel = if eps.len() == 1 {
-            eps.remove(0)
-                .connect()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("connecting to etcd: {e}")))?
-        } else {
-            Channel::balance_list(eps.into_iter())
-        };
+        let mut channels = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let channel = if eps.len() == 1 {
+                eps[0]
+                    .connect()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("connecting to etcd: {e}")))?
+            } else {
+                Channel::balance_list(eps.clone().into_iter())
+            };
+            channels.push(channel);
+        }
         let store = EtcdStore {
-            kv: KvClient::new(channel.clone()),
-            watch: WatchClient::new(channel),
+            kvs: channels.iter().cloned().map(KvClient::new).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            watch: WatchClient::new(channels[0].clone()),
             compacted: AtomicI64::new(0),
         };
         store.current_revision().await?;
         Ok(store)
     }
 
+    fn kv(&self) -> KvClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.kvs.len();
+        self.kvs[i].clone()
+    }
+
     async fn txn(
         &self,
         req: TxnRequest,
     ) -> Result<generated::etcdserverpb::TxnResponse, StoreError> {
-        self.kv
-            .clone()
+        self.kv()
             .txn(req)
             .await
             .map(|r| r.into_inner())
@@ -148,8 +162,7 @@ impl EtcdStore {
     /// An unconditional put (no transaction): the peer figure benchmarks compare with.
     pub async fn raw_put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
         let r = self
-            .kv
-            .clone()
+            .kv()
             .put(PutRequest { key: key.as_bytes().to_vec(), value, ..Default::default() })
             .await
             .map_err(status_err)?
@@ -169,8 +182,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .kv
-            .clone()
+            .kv()
             .range(RangeRequest {
                 key: key.as_bytes().to_vec(),
                 ..Default::default()
@@ -192,8 +204,7 @@ impl Store for EtcdStore {
             _ => req.prefix.as_bytes().to_vec(),
         };
         let r = self
-            .kv
-            .clone()
+            .kv()
             .range(RangeRequest {
                 key: lower,
                 range_end: end,
@@ -226,8 +237,7 @@ impl Store for EtcdStore {
 
     async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
         let r = self
-            .kv
-            .clone()
+            .kv()
             .range(RangeRequest {
                 key: prefix.as_bytes().to_vec(),
                 range_end: prefix_end(prefix.as_bytes()),
@@ -449,8 +459,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let r = self
-            .kv
-            .clone()
+            .kv()
             .range(RangeRequest {
                 key: b"/".to_vec(),
                 count_only: true,
@@ -464,8 +473,7 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         match self
-            .kv
-            .clone()
+            .kv()
             .compact(CompactionRequest {
                 revision,
                 physical: true,
