@@ -100,7 +100,12 @@ pub(crate) fn field_set(gvk: &GroupVersionKind, v: &Value) -> BTreeSet<FieldPath
     out
 }
 
-fn collect_map(m: &Map<String, Value>, ty: Ty, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+fn collect_map(
+    m: &Map<String, Value>,
+    ty: Ty,
+    path: &mut FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+) {
     for (k, child) in m {
         path.push(Elem::Field(k.clone()));
         if !ignored(path) {
@@ -170,7 +175,11 @@ fn walk_types(gvk: &GroupVersionKind, path: &[Elem]) -> Vec<(Ty, ListStrategy)> 
 }
 
 /// The value at a field path, if present.
-pub(crate) fn value_at<'a>(gvk: &GroupVersionKind, v: &'a Value, path: &[Elem]) -> Option<&'a Value> {
+pub(crate) fn value_at<'a>(
+    gvk: &GroupVersionKind,
+    v: &'a Value,
+    path: &[Elem],
+) -> Option<&'a Value> {
     let types = walk_types(gvk, path);
     let mut cur = v;
     for (i, e) in path.iter().enumerate() {
@@ -219,13 +228,15 @@ fn remove_at(gvk: &GroupVersionKind, v: &mut Value, path: &[Elem]) {
             }
         }
         Elem::Key(k) => {
-            if let (ListStrategy::MergeKeys(keys), Some(a)) = (types[path.len() - 1].1, cur.as_array_mut()) {
+            if let (ListStrategy::MergeKeys(keys), Some(a)) =
+                (types[path.len() - 1].1, cur.as_array_mut())
+            {
                 a.retain(|it| !key_matches(it, k, keys));
             }
         }
         Elem::Value(val) => {
             if let Some(a) = cur.as_array_mut() {
-                a.retain(|it| it.to_string() != *val);
+                a.retain(|it| it.to_string().as_str() != val.as_str());
             }
         }
     }
@@ -358,7 +369,10 @@ fn str_field(e: &Value, k: &str) -> Option<String> {
 }
 
 fn read_entries(obj: &Value) -> Vec<Entry> {
-    let Some(list) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+    let Some(list) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
         return Vec::new();
     };
     list.iter()
@@ -410,7 +424,10 @@ fn write_entries(obj: &mut Value, entries: &[Entry]) {
 }
 
 fn gvk_of(obj: &Value) -> GroupVersionKind {
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+    let av = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("v1");
     let (g, v) = av.split_once('/').unwrap_or(("", av));
     GroupVersionKind::new(g, v, obj.get("kind").and_then(Value::as_str).unwrap_or(""))
 }
@@ -441,9 +458,7 @@ fn entries_or_default(gvk: &GroupVersionKind, live: &Value) -> Vec<Entry> {
 
 /// `2006-01-02T15:04:05Z`, the timestamp format of managedFields.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 // ---------------------------------------------------------------------------------
@@ -454,7 +469,13 @@ pub fn now_rfc3339() -> String {
 /// (normally `"Update"`): the fields it set or changed become its own and leave every
 /// other manager's set; fields that no longer exist leave every set. `now` is the
 /// RFC 3339 time stored in the entry. Call it with `old: None` for creates.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, operation: &str, now: &str) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    operation: &str,
+    now: &str,
+) {
     let gvk = gvk_of(new);
     let mut entries = match old {
         Some(o) => entries_or_default(&gvk, o),
@@ -626,7 +647,11 @@ pub fn apply_at(
         ));
     }
     for k in ["apiVersion", "kind"] {
-        if applied_map.get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
+        if applied_map
+            .get(k)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             return Err(ApplyError::Invalid(format!(
                 "{k} must be set in the applied configuration"
             )));
@@ -636,7 +661,9 @@ pub fn apply_at(
     let empty = json!({});
     let live_v = live.unwrap_or(&empty);
     if !live_v.is_object() {
-        return Err(ApplyError::Invalid("the live object is not an object".into()));
+        return Err(ApplyError::Invalid(
+            "the live object is not an object".into(),
+        ));
     }
     let mut entries = entries_or_default(&gvk, live_v);
     let applied_set = field_set(&gvk, applied);

@@ -18,7 +18,11 @@ enum Merged {
 }
 
 /// Merges the patch map `patch` into `orig` (any value; non-maps count as absent).
-pub(super) fn merge_map(orig: &Value, patch: &Map<String, Value>, ty: Ty) -> Result<Value, PatchError> {
+pub(super) fn merge_map(
+    orig: &Value,
+    patch: &Map<String, Value>,
+    ty: Ty,
+) -> Result<Value, PatchError> {
     match merge_map_inner(orig, patch, ty)? {
         Merged::Value(v) => Ok(v),
         Merged::Delete => Ok(Value::Object(Map::new())),

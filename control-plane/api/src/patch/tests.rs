@@ -22,28 +22,44 @@ fn json_patch_table() {
         (
             "replace",
             json!([{"op": "replace", "path": "/spec/template", "value": {"y": 2}}]),
-            Ok(json!({"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"template": {"y": 2}, "list": [1, 2]}})),
+            Ok(
+                json!({"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"template": {"y": 2}, "list": [1, 2]}}),
+            ),
         ),
         (
             "rollout undo",
             json!([{"op": "replace", "path": "/spec/template", "value": {"z": 3}},
                    {"op": "replace", "path": "/metadata/annotations", "value": {"b": "2"}}]),
-            Ok(json!({"metadata": {"name": "x", "annotations": {"b": "2"}}, "spec": {"template": {"z": 3}, "list": [1, 2]}})),
+            Ok(
+                json!({"metadata": {"name": "x", "annotations": {"b": "2"}}, "spec": {"template": {"z": 3}, "list": [1, 2]}}),
+            ),
         ),
         (
             "add remove",
             json!([{"op": "add", "path": "/spec/list/-", "value": 3}, {"op": "remove", "path": "/metadata/annotations/a"}]),
-            Ok(json!({"metadata": {"name": "x", "annotations": {}}, "spec": {"template": {"x": 1}, "list": [1, 2, 3]}})),
+            Ok(
+                json!({"metadata": {"name": "x", "annotations": {}}, "spec": {"template": {"x": 1}, "list": [1, 2, 3]}}),
+            ),
         ),
         (
             "move copy test",
             json!([{"op": "test", "path": "/metadata/name", "value": "x"},
                    {"op": "copy", "from": "/metadata/name", "path": "/spec/name"},
                    {"op": "move", "from": "/spec/list", "path": "/spec/moved"}]),
-            Ok(json!({"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"template": {"x": 1}, "name": "x", "moved": [1, 2]}})),
+            Ok(
+                json!({"metadata": {"name": "x", "annotations": {"a": "1"}}, "spec": {"template": {"x": 1}, "name": "x", "moved": [1, 2]}}),
+            ),
         ),
-        ("test fails", json!([{"op": "test", "path": "/metadata/name", "value": "y"}]), Err(422)),
-        ("missing path", json!([{"op": "remove", "path": "/nope"}]), Err(422)),
+        (
+            "test fails",
+            json!([{"op": "test", "path": "/metadata/name", "value": "y"}]),
+            Err(422),
+        ),
+        (
+            "missing path",
+            json!([{"op": "remove", "path": "/nope"}]),
+            Err(422),
+        ),
         ("bad op", json!([{"op": "frob", "path": "/a"}]), Err(400)),
         ("not a list", json!({"op": "add"}), Err(400)),
     ];
@@ -53,7 +69,10 @@ fn json_patch_table() {
     }
     // Bytes work too, and bad JSON is a 400.
     let bytes = br#"[{"op":"replace","path":"/metadata/name","value":"z"}]"#;
-    assert_eq!(json_patch(&doc, &bytes[..]).unwrap()["metadata"]["name"], "z");
+    assert_eq!(
+        json_patch(&doc, &bytes[..]).unwrap()["metadata"]["name"],
+        "z"
+    );
     assert_eq!(json_patch(&doc, "[{").unwrap_err().code(), 400);
 }
 
@@ -61,15 +80,39 @@ fn json_patch_table() {
 fn merge_patch_table() {
     let cases = vec![
         (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-        (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+        (
+            json!({"a": "b"}),
+            json!({"b": "c"}),
+            json!({"a": "b", "b": "c"}),
+        ),
         (json!({"a": "b"}), json!({"a": null}), json!({})),
-        (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
+        (
+            json!({"a": "b", "b": "c"}),
+            json!({"a": null}),
+            json!({"b": "c"}),
+        ),
         (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
         (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
-        (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
-        (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
-        (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
-        (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+        (
+            json!({"a": {"b": "c"}}),
+            json!({"a": {"b": "d", "c": null}}),
+            json!({"a": {"b": "d"}}),
+        ),
+        (
+            json!({"a": [{"b": "c"}]}),
+            json!({"a": [1]}),
+            json!({"a": [1]}),
+        ),
+        (
+            json!({"e": null}),
+            json!({"a": 1}),
+            json!({"e": null, "a": 1}),
+        ),
+        (
+            json!({}),
+            json!({"a": {"bb": {"ccc": null}}}),
+            json!({"a": {"bb": {}}}),
+        ),
         (
             json!({"spec": {"replicas": 1, "x": 2}}),
             json!({"spec": {"replicas": 3}}),
@@ -82,13 +125,28 @@ fn merge_patch_table() {
         ),
     ];
     for (orig, patch, want) in cases {
-        assert_eq!(merge_patch(&orig, &patch).unwrap(), want, "{orig} + {patch}");
+        assert_eq!(
+            merge_patch(&orig, &patch).unwrap(),
+            want,
+            "{orig} + {patch}"
+        );
     }
     // Key order of the target is kept when a key is deleted.
     let out = merge_patch(&json!({"a": 1, "b": 2, "c": 3}), &json!({"a": null})).unwrap();
-    assert_eq!(out.as_object().unwrap().keys().collect::<Vec<_>>(), ["b", "c"]);
-    assert_eq!(merge_patch(&json!({}), &json!([1])).unwrap_err().code(), 400);
-    assert_eq!(merge_patch(&json!({}), b"nope".as_slice()).unwrap_err().code(), 400);
+    assert_eq!(
+        out.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert_eq!(
+        merge_patch(&json!({}), &json!([1])).unwrap_err().code(),
+        400
+    );
+    assert_eq!(
+        merge_patch(&json!({}), b"nope".as_slice())
+            .unwrap_err()
+            .code(),
+        400
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -111,8 +169,10 @@ fn smp_what_kubectl_sends() {
     // kubectl set image / apply: $setElementOrder with an image change.
     let out = smp(
         orig.clone(),
-        tmpl_spec(json!({"$setElementOrder/containers": [{"name": "web"}, {"name": "side"}],
-                         "containers": [{"image": "nginx:2", "name": "web"}]})),
+        tmpl_spec(
+            json!({"$setElementOrder/containers": [{"name": "web"}, {"name": "side"}],
+                         "containers": [{"image": "nginx:2", "name": "web"}]}),
+        ),
         &deploy(),
     );
     assert_eq!(
@@ -140,7 +200,13 @@ fn smp_what_kubectl_sends() {
         tmpl_spec(json!({"containers": [{"name": "side", "$patch": "delete"}]})),
         &deploy(),
     );
-    assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // Port merge by containerPort.
     let out = smp(
         orig.clone(),
@@ -165,12 +231,23 @@ fn smp_what_kubectl_sends() {
     );
     // cordon / uncordon.
     let node = gvk("", "v1", "Node");
-    let cordoned = smp(json!({"spec": {"podCIDR": "10.0.0.0/24"}}), json!({"spec": {"unschedulable": true}}), &node);
-    assert_eq!(cordoned, json!({"spec": {"podCIDR": "10.0.0.0/24", "unschedulable": true}}));
+    let cordoned = smp(
+        json!({"spec": {"podCIDR": "10.0.0.0/24"}}),
+        json!({"spec": {"unschedulable": true}}),
+        &node,
+    );
+    assert_eq!(
+        cordoned,
+        json!({"spec": {"podCIDR": "10.0.0.0/24", "unschedulable": true}})
+    );
     let out = smp(cordoned, json!({"spec": {"unschedulable": null}}), &node);
     assert_eq!(out, json!({"spec": {"podCIDR": "10.0.0.0/24"}}));
     // Pause.
-    let out = smp(json!({"spec": {"replicas": 2}}), json!({"spec": {"paused": true}}), &deploy());
+    let out = smp(
+        json!({"spec": {"replicas": 2}}),
+        json!({"spec": {"paused": true}}),
+        &deploy(),
+    );
     assert_eq!(out, json!({"spec": {"replicas": 2, "paused": true}}));
 }
 
@@ -194,13 +271,31 @@ fn smp_env_merge_by_name() {
 fn smp_same_rules_in_every_pod_template() {
     let cases = [
         (gvk("", "v1", "Pod"), "/spec/containers"),
-        (gvk("apps", "v1", "Deployment"), "/spec/template/spec/containers"),
-        (gvk("apps", "v1", "ReplicaSet"), "/spec/template/spec/containers"),
-        (gvk("apps", "v1", "DaemonSet"), "/spec/template/spec/containers"),
-        (gvk("apps", "v1", "StatefulSet"), "/spec/template/spec/containers"),
+        (
+            gvk("apps", "v1", "Deployment"),
+            "/spec/template/spec/containers",
+        ),
+        (
+            gvk("apps", "v1", "ReplicaSet"),
+            "/spec/template/spec/containers",
+        ),
+        (
+            gvk("apps", "v1", "DaemonSet"),
+            "/spec/template/spec/containers",
+        ),
+        (
+            gvk("apps", "v1", "StatefulSet"),
+            "/spec/template/spec/containers",
+        ),
         (gvk("batch", "v1", "Job"), "/spec/template/spec/containers"),
-        (gvk("batch", "v1", "CronJob"), "/spec/jobTemplate/spec/template/spec/containers"),
-        (gvk("", "v1", "ReplicationController"), "/spec/template/spec/containers"),
+        (
+            gvk("batch", "v1", "CronJob"),
+            "/spec/jobTemplate/spec/template/spec/containers",
+        ),
+        (
+            gvk("", "v1", "ReplicationController"),
+            "/spec/template/spec/containers",
+        ),
         (gvk("", "v1", "PodTemplate"), "/template/spec/containers"),
     ];
     for (g, ptr) in cases {
@@ -209,14 +304,22 @@ fn smp_same_rules_in_every_pod_template() {
             let parts: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
             let mut cur = &mut v;
             for (i, p) in parts.iter().enumerate() {
-                cur[*p] = if i + 1 == parts.len() { containers.clone() } else { json!({}) };
+                cur[*p] = if i + 1 == parts.len() {
+                    containers.clone()
+                } else {
+                    json!({})
+                };
                 cur = &mut cur[*p];
             }
             v
         };
-        let orig = build(json!([{"name": "a", "image": "x", "volumeMounts": [{"mountPath": "/d", "name": "v"}]},
-                                {"name": "b", "image": "y"}]));
-        let patch = build(json!([{"name": "b", "image": "z", "volumeMounts": [{"mountPath": "/e", "name": "w"}]}]));
+        let orig = build(
+            json!([{"name": "a", "image": "x", "volumeMounts": [{"mountPath": "/d", "name": "v"}]},
+                                {"name": "b", "image": "y"}]),
+        );
+        let patch = build(
+            json!([{"name": "b", "image": "z", "volumeMounts": [{"mountPath": "/e", "name": "w"}]}]),
+        );
         let out = smp(orig, patch, &g);
         assert_eq!(
             out.pointer(ptr).unwrap(),
@@ -415,8 +518,10 @@ fn smp_set_element_order_interleaves_server_only_items() {
     let orig = tmpl_spec(json!({"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}));
     let out = smp(
         orig,
-        tmpl_spec(json!({"$setElementOrder/containers": [{"name": "c"}, {"name": "a"}, {"name": "d"}],
-                         "containers": [{"name": "d"}]})),
+        tmpl_spec(
+            json!({"$setElementOrder/containers": [{"name": "c"}, {"name": "a"}, {"name": "d"}],
+                         "containers": [{"name": "d"}]}),
+        ),
         &deploy(),
     );
     let names: Vec<&str> = out["spec"]["template"]["spec"]["containers"]
@@ -443,8 +548,12 @@ fn smp_errors() {
         let err = strategic_merge_patch(&json!({"spec": {}}), &patch, &pod).unwrap_err();
         assert_eq!(err.code(), 400, "{patch}: {err}");
     }
-    let err = strategic_merge_patch(&json!({}), &json!({"spec": {"containers": [{"image": "x"}]}}), &pod)
-        .unwrap_err();
+    let err = strategic_merge_patch(
+        &json!({}),
+        &json!({"spec": {"containers": [{"image": "x"}]}}),
+        &pod,
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "map: {\"image\":\"x\"} does not contain declared merge key: name"
@@ -478,7 +587,14 @@ fn dep(replicas: i64, image: &str, labels: Value) -> Value {
 
 #[test]
 fn apply_create_from_nothing() {
-    let out = apply_at(None, &dep(2, "nginx:1", json!({"app": "web"})), "kubectl", false, "2026-01-01T00:00:00Z").unwrap();
+    let out = apply_at(
+        None,
+        &dep(2, "nginx:1", json!({"app": "web"})),
+        "kubectl",
+        false,
+        "2026-01-01T00:00:00Z",
+    )
+    .unwrap();
     assert!(out.created);
     let obj = &out.object;
     assert_eq!(obj["spec"]["replicas"], 2);
@@ -501,13 +617,31 @@ fn apply_create_from_nothing() {
     assert_eq!(web["f:ports"]["k:{\"containerPort\":80}"]["."], json!({}));
     // The real clock variant stamps a time.
     let out = apply(None, &cm(json!({"a": "1"})), "kubectl", false).unwrap();
-    assert!(out.object["metadata"]["managedFields"][0]["time"].as_str().unwrap().ends_with('Z'));
+    assert!(out.object["metadata"]["managedFields"][0]["time"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
 }
 
 #[test]
 fn apply_reapply_drops_removed_fields() {
-    let first = apply_at(None, &dep(2, "nginx:1", json!({"app": "web", "tier": "fe"})), "kubectl", false, "t").unwrap().object;
-    let second = apply_at(Some(&first), &dep(2, "nginx:1", json!({"app": "web"})), "kubectl", false, "t").unwrap();
+    let first = apply_at(
+        None,
+        &dep(2, "nginx:1", json!({"app": "web", "tier": "fe"})),
+        "kubectl",
+        false,
+        "t",
+    )
+    .unwrap()
+    .object;
+    let second = apply_at(
+        Some(&first),
+        &dep(2, "nginx:1", json!({"app": "web"})),
+        "kubectl",
+        false,
+        "t",
+    )
+    .unwrap();
     assert!(!second.created);
     assert_eq!(second.object["metadata"]["labels"], json!({"app": "web"}));
     // Dropping every label removes the map too.
@@ -522,18 +656,40 @@ fn apply_reapply_drops_removed_fields() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "side", "image": "busybox"}));
-    let a = apply_at(None, &two_containers, "kubectl", false, "t").unwrap().object;
-    let b = apply_at(Some(&a), &dep(1, "nginx:1", json!({})), "kubectl", false, "t").unwrap().object;
-    assert_eq!(b["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    let a = apply_at(None, &two_containers, "kubectl", false, "t")
+        .unwrap()
+        .object;
+    let b = apply_at(
+        Some(&a),
+        &dep(1, "nginx:1", json!({})),
+        "kubectl",
+        false,
+        "t",
+    )
+    .unwrap()
+    .object;
+    assert_eq!(
+        b["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn apply_keeps_fields_other_managers_own() {
-    let one = apply_at(None, &cm(json!({"a": "1", "b": "2"})), "first", false, "t").unwrap().object;
+    let one = apply_at(None, &cm(json!({"a": "1", "b": "2"})), "first", false, "t")
+        .unwrap()
+        .object;
     // A second applier sets b to the same value: shared ownership, no conflict.
-    let two = apply_at(Some(&one), &cm(json!({"b": "2"})), "second", false, "t").unwrap().object;
+    let two = apply_at(Some(&one), &cm(json!({"b": "2"})), "second", false, "t")
+        .unwrap()
+        .object;
     // The first applier drops b: the second still owns it, so it stays.
-    let three = apply_at(Some(&two), &cm(json!({"a": "1"})), "first", false, "t").unwrap().object;
+    let three = apply_at(Some(&two), &cm(json!({"a": "1"})), "first", false, "t")
+        .unwrap()
+        .object;
     assert_eq!(three["data"], json!({"a": "1", "b": "2"}));
     assert_eq!(owned_fields(&three, "second", "Apply"), [".data.b"]);
 }
@@ -544,14 +700,24 @@ fn apply_conflicts_and_force() {
     let mut live = created.clone();
     record_update(None, &mut live, "kubectl-client-side-apply", "Update", "t");
     // A server-side apply changing replicas and the image conflicts twice.
-    let err = apply_at(Some(&live), &dep(3, "nginx:2", json!({"app": "web"})), "kubectl", false, "t").unwrap_err();
+    let err = apply_at(
+        Some(&live),
+        &dep(3, "nginx:2", json!({"app": "web"})),
+        "kubectl",
+        false,
+        "t",
+    )
+    .unwrap_err();
     let ApplyError::Conflict(conflicts) = &err else {
         panic!("{err}");
     };
     let fields: Vec<&str> = conflicts.iter().map(|c| c.field.as_str()).collect();
     assert_eq!(
         fields,
-        [".spec.replicas", ".spec.template.spec.containers[name=\"web\"].image"]
+        [
+            ".spec.replicas",
+            ".spec.template.spec.containers[name=\"web\"].image"
+        ]
     );
     assert_eq!(
         conflicts[0].cause(),
@@ -564,30 +730,52 @@ fn apply_conflicts_and_force() {
         "Apply failed with 2 conflicts: conflicts with \"kubectl-client-side-apply\" using apps/v1:\n- .spec.replicas\n- .spec.template.spec.containers[name=\"web\"].image"
     );
     // Same values: no conflict, fields are shared.
-    let same = apply_at(Some(&live), &created, "kubectl", false, "t").unwrap().object;
+    let same = apply_at(Some(&live), &created, "kubectl", false, "t")
+        .unwrap()
+        .object;
     assert_eq!(
         managers(&same),
         [
-            ("kubectl-client-side-apply".to_string(), "Update".to_string()),
+            (
+                "kubectl-client-side-apply".to_string(),
+                "Update".to_string()
+            ),
             ("kubectl".to_string(), "Apply".to_string())
         ]
     );
     // Force moves ownership of the conflicting fields only.
-    let forced = apply_at(Some(&live), &dep(3, "nginx:1", json!({"app": "web"})), "kubectl", true, "t").unwrap();
+    let forced = apply_at(
+        Some(&live),
+        &dep(3, "nginx:1", json!({"app": "web"})),
+        "kubectl",
+        true,
+        "t",
+    )
+    .unwrap();
     assert_eq!(forced.forced.len(), 1);
     assert_eq!(forced.object["spec"]["replicas"], 3);
     let csa = owned_fields(&forced.object, "kubectl-client-side-apply", "Update");
     assert!(!csa.contains(&".spec.replicas".to_string()), "{csa:?}");
     assert!(csa.contains(&".metadata.labels.app".to_string()), "{csa:?}");
-    assert!(owned_fields(&forced.object, "kubectl", "Apply").contains(&".spec.replicas".to_string()));
+    assert!(
+        owned_fields(&forced.object, "kubectl", "Apply").contains(&".spec.replicas".to_string())
+    );
     // Afterwards the previous owner no longer conflicts for replicas.
-    let again = apply_at(Some(&forced.object), &dep(4, "nginx:1", json!({"app": "web"})), "kubectl", false, "t");
+    let again = apply_at(
+        Some(&forced.object),
+        &dep(4, "nginx:1", json!({"app": "web"})),
+        "kubectl",
+        false,
+        "t",
+    );
     assert!(again.is_ok());
 }
 
 #[test]
 fn apply_conflict_between_appliers() {
-    let one = apply_at(None, &cm(json!({"a": "1"})), "kubectl", false, "t").unwrap().object;
+    let one = apply_at(None, &cm(json!({"a": "1"})), "kubectl", false, "t")
+        .unwrap()
+        .object;
     let err = apply_at(Some(&one), &cm(json!({"a": "2"})), "other", false, "t").unwrap_err();
     assert_eq!(
         err,
@@ -598,11 +786,19 @@ fn apply_conflict_between_appliers() {
             field: ".data.a".into(),
         }])
     );
-    assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"kubectl\": .data.a");
-    let forced = apply_at(Some(&one), &cm(json!({"a": "2"})), "other", true, "t").unwrap().object;
+    assert_eq!(
+        err.to_string(),
+        "Apply failed with 1 conflict: conflict with \"kubectl\": .data.a"
+    );
+    let forced = apply_at(Some(&one), &cm(json!({"a": "2"})), "other", true, "t")
+        .unwrap()
+        .object;
     assert_eq!(forced["data"]["a"], "2");
     // kubectl owns nothing left, so its entry disappears.
-    assert_eq!(managers(&forced), [("other".to_string(), "Apply".to_string())]);
+    assert_eq!(
+        managers(&forced),
+        [("other".to_string(), "Apply".to_string())]
+    );
 }
 
 #[test]
@@ -623,24 +819,45 @@ fn apply_merges_keyed_lists_and_sets() {
     // An applier adding env to one container keeps the other container.
     let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "finalizers": ["x"]},
         "spec": {"template": {"spec": {"containers": [{"name": "web", "env": [{"name": "A", "value": "1"}]}]}}}});
-    let out = apply_at(Some(&live), &applied, "envsetter", false, "t").unwrap().object;
-    let cs = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let out = apply_at(Some(&live), &applied, "envsetter", false, "t")
+        .unwrap()
+        .object;
+    let cs = out["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     assert_eq!(cs.len(), 2);
     assert_eq!(cs[0]["image"], "nginx:1");
     assert_eq!(cs[0]["env"], json!([{"name": "A", "value": "1"}]));
     assert_eq!(out["metadata"]["finalizers"], json!(["x"]));
     let owned = owned_fields(&out, "envsetter", "Apply");
-    assert!(owned.contains(&".metadata.finalizers[=\"x\"]".to_string()), "{owned:?}");
-    assert!(owned.contains(&".spec.template.spec.containers[name=\"web\"].env[name=\"A\"].value".to_string()), "{owned:?}");
+    assert!(
+        owned.contains(&".metadata.finalizers[=\"x\"]".to_string()),
+        "{owned:?}"
+    );
+    assert!(
+        owned.contains(
+            &".spec.template.spec.containers[name=\"web\"].env[name=\"A\"].value".to_string()
+        ),
+        "{owned:?}"
+    );
     let fv1 = &out["metadata"]["managedFields"][1]["fieldsV1"];
     assert_eq!(fv1["f:metadata"]["f:finalizers"], json!({"v:\"x\"": {}}));
 }
 
 #[test]
 fn apply_invalid() {
-    assert!(matches!(apply_at(None, &json!([1]), "m", false, "t"), Err(ApplyError::Invalid(_))));
-    assert!(matches!(apply_at(None, &json!({"kind": "ConfigMap"}), "m", false, "t"), Err(ApplyError::Invalid(_))));
-    assert!(matches!(apply_at(None, &cm(json!({})), "", false, "t"), Err(ApplyError::Invalid(_))));
+    assert!(matches!(
+        apply_at(None, &json!([1]), "m", false, "t"),
+        Err(ApplyError::Invalid(_))
+    ));
+    assert!(matches!(
+        apply_at(None, &json!({"kind": "ConfigMap"}), "m", false, "t"),
+        Err(ApplyError::Invalid(_))
+    ));
+    assert!(matches!(
+        apply_at(None, &cm(json!({})), "", false, "t"),
+        Err(ApplyError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -658,12 +875,18 @@ fn update_takes_ownership() {
     let mut next = obj.clone();
     next["data"] = json!({"a": "3"});
     record_update(Some(&obj), &mut next, "editor", "Update", "t2");
-    assert_eq!(managers(&next), [("editor".to_string(), "Update".to_string())]);
+    assert_eq!(
+        managers(&next),
+        [("editor".to_string(), "Update".to_string())]
+    );
     assert_eq!(owned_fields(&next, "editor", "Update"), [".data.a"]);
     // An unchanged write records nothing new.
     let mut same = next.clone();
     record_update(Some(&next), &mut same, "third", "Update", "t3");
-    assert_eq!(managers(&same), [("editor".to_string(), "Update".to_string())]);
+    assert_eq!(
+        managers(&same),
+        [("editor".to_string(), "Update".to_string())]
+    );
 }
 
 #[test]
@@ -677,6 +900,11 @@ fn fields_v1_round_trip() {
     assert_eq!(set.len(), 6);
     let back = to_fields_v1(&set);
     // Key fields are canonicalized (sorted).
-    assert!(back["f:spec"]["f:ports"].get("k:{\"port\":80,\"protocol\":\"TCP\"}").is_some(), "{back}");
+    assert!(
+        back["f:spec"]["f:ports"]
+            .get("k:{\"port\":80,\"protocol\":\"TCP\"}")
+            .is_some(),
+        "{back}"
+    );
     assert_eq!(from_fields_v1(&back), set);
 }
