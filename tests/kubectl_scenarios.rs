@@ -56,6 +56,10 @@ const SCENARIOS: &[Scenario] = &[
     ("label and annotate", label_and_annotate),
     ("patch: merge, json, strategic", patch_three_ways),
     ("edit", edit),
+    ("get -w as a table", table_watch),
+    ("get --show-labels, -L, --sort-by, jsonpath", get_formats),
+    ("scale, replace, rollout restart", scale_replace_rollout),
+    ("apply --dry-run=server and diff", dry_run_and_diff),
     ("delete", delete),
     ("wait --for=delete", wait_for_delete),
     ("api-resources, explain, auth can-i", discovery_explain_auth),
@@ -869,6 +873,232 @@ fn edit(c: &mut Cluster) {
         r_err.contains("Edit cancelled, no changes made."),
         "{r_err}"
     );
+}
+
+// ------------------------------------------------------------------------------------
+// more of kubectl's everyday use
+
+fn table_watch(c: &mut Cluster) {
+    // Human output with -w: the server sends Table rows in the watch events.
+    let mut w = c.kubectl_spawn(&["get", "configmaps", "-w", "-l", "watch=table"]);
+    c.kubectl_ok(&["create", "configmap", "tw", "--from-literal=a=1"]);
+    c.kubectl_ok(&["label", "configmap", "tw", "watch=table"]);
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = w.stdout();
+        let mut lines = out.lines();
+        lines
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>())
+            == Some(vec!["NAME", "DATA", "AGE"])
+            && lines.any(|l| l.split_whitespace().take(2).eq(["tw", "1"]))
+    });
+    assert!(
+        ok,
+        "kubectl get -w (table): stdout {:?}, stderr {:?}, exited {:?}",
+        w.stdout(),
+        w.stderr(),
+        w.exited()
+    );
+    c.kubectl_ok(&["delete", "configmap", "tw"]);
+}
+
+fn get_formats(c: &mut Cluster) {
+    c.kubectl_ok(&["create", "configmap", "fmt-b", "--from-literal=a=1"]);
+    c.kubectl_ok(&[
+        "create",
+        "configmap",
+        "fmt-a",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    c.kubectl_ok(&["label", "configmap", "fmt-a", "fmt-b", "fmt=yes"]);
+    c.kubectl_ok(&["label", "configmap", "fmt-a", "color=blue"]);
+
+    let out = c.kubectl_ok(&["get", "configmaps", "-l", "fmt=yes", "--show-labels"]);
+    assert_eq!(header(&out), ["NAME", "DATA", "AGE", "LABELS"], "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("fmt-a "))
+        .unwrap_or_default();
+    assert!(row.ends_with("color=blue,fmt=yes"), "{out}");
+
+    let out = c.kubectl_ok(&["get", "configmaps", "-l", "fmt=yes", "-L", "color"]);
+    assert_eq!(header(&out), ["NAME", "DATA", "AGE", "COLOR"], "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0].last(), Some(&"blue"), "{out}");
+    assert_eq!(rows[1].len(), 3, "no COLOR for fmt-b: {out}");
+
+    let out = c.kubectl_ok(&[
+        "get",
+        "configmaps",
+        "-l",
+        "fmt=yes",
+        "--sort-by=.metadata.name",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out, "configmap/fmt-a\nconfigmap/fmt-b\n");
+    let out = c.kubectl_ok(&[
+        "get",
+        "configmaps",
+        "-l",
+        "fmt=yes",
+        "--sort-by=.metadata.creationTimestamp",
+        "--no-headers",
+        "-o",
+        "custom-columns=N:.metadata.name,A:.data.a",
+    ]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r.get(1) == Some(&"1")), "{out}");
+
+    assert_eq!(
+        c.kubectl_ok(&["get", "configmap", "fmt-a", "-o", "jsonpath={.data.b}"]),
+        "2"
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "configmaps",
+            "-l",
+            "fmt=yes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.labels.fmt}{\"\\n\"}{end}"
+        ]),
+        "fmt-a=yes\nfmt-b=yes\n"
+    );
+    assert_eq!(
+        c.kubectl_ok(&["delete", "configmaps", "-l", "fmt=yes", "-o", "name"]),
+        "configmap/fmt-a\nconfigmap/fmt-b\n"
+    );
+}
+
+fn scale_replace_rollout(c: &mut Cluster) {
+    assert_eq!(
+        c.kubectl_ok(&["scale", "deployment", "web", "--replicas=4"]),
+        "deployment.apps/web scaled\n"
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+    // `--current-replicas` sends a PUT to /scale (without a Content-Type).
+    assert_eq!(
+        c.kubectl_ok(&[
+            "scale",
+            "deployment",
+            "web",
+            "--current-replicas=4",
+            "--replicas=2"
+        ]),
+        "deployment.apps/web scaled\n"
+    );
+    let err = c.kubectl_err(&[
+        "scale",
+        "deployment",
+        "web",
+        "--current-replicas=9",
+        "--replicas=3",
+    ]);
+    assert!(err.contains("Expected replicas to be 9, was 2"), "{err}");
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
+
+    let mut cm = c.kubectl_json(&["get", "configmap", "ssa"]);
+    cm["data"] = json!({"replaced": "yes"});
+    assert_eq!(
+        c.kubectl_stdin_ok(&["replace", "-f", "-"], &cm.to_string()),
+        "configmap/ssa replaced\n"
+    );
+    assert_eq!(
+        c.kubectl_json(&["get", "configmap", "ssa"])["data"],
+        json!({"replaced": "yes"})
+    );
+    // The same (now stale) resourceVersion again is a conflict.
+    let r = c.kubectl_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(
+        !r.ok()
+            && r.stderr.contains("Conflict")
+            && r.stderr.contains("the object has been modified"),
+        "stale replace: {}",
+        r.stderr
+    );
+
+    let before = c.kubectl_json(&["get", "deployment", "web"]);
+    assert_eq!(
+        c.kubectl_ok(&["rollout", "restart", "deployment/web"]),
+        "deployment.apps/web restarted\n"
+    );
+    let after = c.kubectl_json(&["get", "deployment", "web"]);
+    assert!(
+        after["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{after:#}"
+    );
+    assert_eq!(
+        after["metadata"]["generation"].as_i64(),
+        before["metadata"]["generation"].as_i64().map(|g| g + 1),
+        "a template change bumps generation"
+    );
+}
+
+fn dry_run_and_diff(c: &mut Cluster) {
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry}\ndata: {a: \"1\"}\n";
+    assert_eq!(
+        c.kubectl_stdin_ok(&["apply", "--dry-run=server", "-f", "-"], cm),
+        "configmap/dry created (server dry run)\n"
+    );
+    assert_eq!(
+        c.kubectl_stdin_ok(&["create", "--dry-run=server", "-f", "-", "-o", "name"], cm),
+        "configmap/dry\n"
+    );
+    assert!(
+        c.kubectl_err(&["get", "configmap", "dry"])
+            .contains("NotFound"),
+        "a server dry run must not persist"
+    );
+    apply(c, cm, &[]);
+    // No difference: exit 0 and no output.
+    let r = c.kubectl_stdin(&["diff", "-f", "-"], cm);
+    assert!(r.ok() && r.stdout.is_empty(), "diff without changes: {r:?}");
+    // A difference: exit 1 and a unified diff of the change.
+    let changed = cm.replace("a: \"1\"", "a: \"2\"");
+    let r = c.kubectl_stdin(&["diff", "-f", "-"], &changed);
+    assert_eq!(r.status.code(), Some(1), "diff with changes: {r:?}");
+    assert!(
+        r.stdout.lines().any(|l| l == "-  a: \"1\"")
+            && r.stdout.lines().any(|l| l == "+  a: \"2\""),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        c.kubectl_json(&["get", "configmap", "dry"])["data"]["a"],
+        "1",
+        "diff must not change the object"
+    );
+    c.kubectl_ok(&["delete", "configmap", "dry"]);
 }
 
 // ------------------------------------------------------------------------------------
