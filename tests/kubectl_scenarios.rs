@@ -1258,6 +1258,30 @@ fn discovery_explain_auth(c: &mut Cluster) {
         c.kubectl_ok(&["auth", "can-i", "delete", "pods", "-n", "gen"]),
         "yes\n"
     );
+    // `auth whoami` and `auth can-i --list` send protobuf bodies too.
+    let who = c.kubectl_ok(&["auth", "whoami"]);
+    assert_eq!(header(&who), ["ATTRIBUTE", "VALUE"], "{who}");
+    assert!(
+        who.lines().any(|l| l.starts_with("Username ")),
+        "auth whoami: {who}"
+    );
+    let rules = c.kubectl_ok(&["auth", "can-i", "--list"]);
+    assert_eq!(
+        header(&rules),
+        [
+            "Resources",
+            "Non-Resource",
+            "URLs",
+            "Resource",
+            "Names",
+            "Verbs"
+        ],
+        "{rules}"
+    );
+    assert!(
+        rules.lines().nth(1).is_some(),
+        "auth can-i --list shows rules: {rules}"
+    );
     let v = c.kubectl_ok(&["version", "-o", "json"]);
     let v: Value = serde_json::from_str(&v).expect("version json");
     assert_eq!(v["serverVersion"]["major"], "1");

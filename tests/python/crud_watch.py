@@ -49,6 +49,32 @@ assert '"reason":"AlreadyExists"' in err.body.replace(" ", ""), err.body
 v1.delete_namespaced_config_map("py-cm", NS)
 expect_status(404, v1.read_namespaced_config_map, "py-cm", NS)
 
+# --- Paging with limit / _continue ---------------------------------------------------
+for i in range(5):
+    v1.create_namespaced_config_map(NS, {"metadata": {"name": f"py-page-{i}", "labels": {"from": "python-page"}}})
+names, token, pages = [], None, 0
+while True:
+    page = v1.list_namespaced_config_map(NS, label_selector="from=python-page", limit=2, _continue=token)
+    pages += 1
+    names += [i.metadata.name for i in page.items]
+    token = page.metadata._continue
+    if not token:
+        break
+    assert pages < 10, "paging does not end"
+assert sorted(names) == [f"py-page-{i}" for i in range(5)] and pages == 3, (names, pages)
+
+# --- The dynamic client (uses the legacy discovery documents) ------------------------
+from kubernetes import dynamic  # noqa: E402
+
+dyn = dynamic.DynamicClient(client.ApiClient())
+dcm = dyn.resources.get(api_version="v1", kind="ConfigMap")
+listed = dcm.get(namespace=NS, label_selector="from=python-page")
+assert len(listed.items) == 5, listed
+ddep = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+assert ddep.namespaced and ddep.name == "deployments", ddep
+v1.delete_collection_namespaced_config_map(NS, label_selector="from=python-page")
+assert v1.list_namespaced_config_map(NS, label_selector="from=python-page").items == []
+
 # --- Deployment: create / read / list / patch / scale / delete ------------------------
 dep = {
     "metadata": {"name": "py-dep", "labels": {"from": "python"}},
