@@ -84,11 +84,14 @@ async fn bench_store(label: &str, store: Arc<dyn Store>) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backend = args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("sqlite");
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("sqlite");
     let mut _etcd = None;
-    let endpoint = || -> String {
-        std::env::var("ETCD_ENDPOINT").unwrap_or_default()
-    };
+    let endpoint = || -> String { std::env::var("ETCD_ENDPOINT").unwrap_or_default() };
     match backend {
         "sqlite" => {
             let dir = std::env::temp_dir().join(format!("kelp-store-bench-{}", std::process::id()));
@@ -104,7 +107,11 @@ async fn main() {
                 ep = e.endpoint();
                 _etcd = Some(e);
             }
-            let store = Arc::new(EtcdStore::connect(&[ep.clone()]).await.expect("connect etcd"));
+            let store = Arc::new(
+                EtcdStore::connect(&[ep.clone()])
+                    .await
+                    .expect("connect etcd"),
+            );
             if backend == "etcd" {
                 bench_store("etcd", store).await;
             } else {
@@ -114,7 +121,9 @@ async fn main() {
                     run("raw-etcd", clients, per, move |c, i| {
                         let s = s.clone();
                         async move {
-                            s.raw_put(&format!("/raw/{clients}-{c}-{i}"), value()).await.expect("put");
+                            s.raw_put(&format!("/raw/{clients}-{c}-{i}"), value())
+                                .await
+                                .expect("put");
                         }
                     })
                     .await;

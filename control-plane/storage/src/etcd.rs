@@ -163,7 +163,11 @@ impl EtcdStore {
     pub async fn raw_put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
         let r = self
             .kv()
-            .put(PutRequest { key: key.as_bytes().to_vec(), value, ..Default::default() })
+            .put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value,
+                ..Default::default()
+            })
             .await
             .map_err(status_err)?
             .into_inner();

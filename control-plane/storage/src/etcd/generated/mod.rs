@@ -1,9 +1,7 @@
-//! etcd v3 gRPC client code, generated once from `proto/` (see `proto/README.md`).
+//! etcd v3 gRPC client code, generated once from `proto/` by `proto/generate.sh` (pure-Rust
+//! protox, no `protoc`) and checked in, pruned to the RPCs Kelp calls.
 #![allow(dead_code, clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 
-pub mod authpb {
-    include!("authpb.rs");
-}
 pub mod mvccpb {
     include!("mvccpb.rs");
 }
