@@ -1,6 +1,12 @@
 //! The conformance suite every [`Store`] backend must pass (upstream's
 //! `storage/testing/store_tests.go` idea): each function checks one contract and
-//! panics with a message on failure. Backends' test files call [`run_all`].
+//! panics with a message on failure. Backends' test files call [`run_all`]; other
+//! crates can call it (or single checks) on any `Store`, e.g. a wrapper.
+//!
+//! Every check writes only under its own prefix below `p`, so one store can run the
+//! suite more than once (with different `p`) and checks do not see each other's keys.
+//! [`compaction`] and [`compaction_after_compaction`] compact the whole store up to
+//! the current revision: run them last (as [`run_all`] does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +22,10 @@ fn done(o: WriteOutcome) -> crate::KeyValue {
             panic!("expected the write to succeed, got a conflict with {c:?}")
         }
     }
+}
+
+fn ok<T>(r: Result<T, StoreError>) -> T {
+    r.unwrap_or_else(|e| panic!("store call failed: {e}"))
 }
 
 async fn next(w: &mut WatchStream) -> crate::WatchEvent {
@@ -37,7 +47,9 @@ pub async fn run_all(store: Arc<dyn Store>, p: &str) {
     list_at_old_revision(&*store, p).await;
     racing_writers(store.clone(), p).await;
     watch_replay_and_live(&*store, p).await;
+    watch_from_now(&*store, p).await;
     compaction(&*store, p).await;
+    compaction_after_compaction(&*store, p).await;
 }
 
 pub async fn create_get_conflict(s: &dyn Store, p: &str) {
@@ -95,25 +107,48 @@ pub async fn delete_preconditions(s: &dyn Store, p: &str) {
     done(s.delete(&k, None).await.unwrap());
 }
 
+/// Every successful write (create, update, delete) takes the next revision; a write
+/// that loses its precondition takes none.
 pub async fn revisions_increase_by_one(s: &dyn Store, p: &str) {
-    let before = s.current_revision().await.unwrap();
-    let a = done(
-        s.create(&format!("{p}/rev/a"), b"a".to_vec())
-            .await
-            .unwrap(),
-    );
-    let b = done(
-        s.create(&format!("{p}/rev/b"), b"b".to_vec())
-            .await
-            .unwrap(),
-    );
-    assert!(a.mod_revision > before);
+    let before = ok(s.current_revision().await);
+    let a = done(ok(s.create(&format!("{p}/rev/a"), b"a".to_vec()).await));
+    assert_eq!(a.mod_revision, before + 1, "a create is the next revision");
+    let b = done(ok(s.create(&format!("{p}/rev/b"), b"b".to_vec()).await));
     assert_eq!(
         b.mod_revision,
         a.mod_revision + 1,
         "every write is the next revision"
     );
-    assert_eq!(s.current_revision().await.unwrap(), b.mod_revision);
+    // Losing writes do not take a revision.
+    assert!(matches!(
+        ok(s.create(&format!("{p}/rev/a"), b"again".to_vec()).await),
+        WriteOutcome::Conflict(_)
+    ));
+    assert!(matches!(
+        ok(
+            s.update(&format!("{p}/rev/a"), b"x".to_vec(), b.mod_revision)
+                .await
+        ),
+        WriteOutcome::Conflict(_)
+    ));
+    assert_eq!(ok(s.current_revision().await), b.mod_revision);
+    let a2 = done(ok(s
+        .update(&format!("{p}/rev/a"), b"a2".to_vec(), a.mod_revision)
+        .await));
+    assert_eq!(
+        a2.mod_revision,
+        b.mod_revision + 1,
+        "an update is the next revision"
+    );
+    let gone = done(ok(s
+        .delete(&format!("{p}/rev/b"), Some(b.mod_revision))
+        .await));
+    assert_eq!(
+        gone.mod_revision,
+        a2.mod_revision + 1,
+        "a delete is the next revision"
+    );
+    assert_eq!(ok(s.current_revision().await), gone.mod_revision);
 }
 
 pub async fn list_prefix_and_paging(s: &dyn Store, p: &str) {
@@ -185,25 +220,53 @@ pub async fn list_prefix_and_paging(s: &dyn Store, p: &str) {
     assert_eq!(last.remaining, 0);
 }
 
+/// A list at an older revision shows the state then: old values, keys deleted since,
+/// not keys created since; a future revision is refused.
 pub async fn list_at_old_revision(s: &dyn Store, p: &str) {
-    let k = format!("{p}/old/a");
-    let v1 = done(s.create(&k, b"1".to_vec()).await.unwrap());
-    done(s.update(&k, b"2".to_vec(), v1.mod_revision).await.unwrap());
-    let old = s
+    let prefix = format!("{p}/old/");
+    let k = format!("{prefix}a");
+    let v1 = done(ok(s.create(&k, b"1".to_vec()).await));
+    let doomed = done(ok(s.create(&format!("{prefix}b"), b"b".to_vec()).await));
+    let at = doomed.mod_revision;
+    done(ok(s.update(&k, b"2".to_vec(), v1.mod_revision).await));
+    done(ok(s.delete(&format!("{prefix}b"), None).await));
+    done(ok(s.create(&format!("{prefix}c"), b"c".to_vec()).await));
+    let old = ok(s
         .list(ListRequest {
-            prefix: format!("{p}/old/"),
-            revision: Some(v1.mod_revision),
+            prefix: prefix.clone(),
+            revision: Some(at),
             ..Default::default()
         })
-        .await
-        .unwrap();
-    assert_eq!(old.items.len(), 1);
-    assert_eq!(old.items[0].value, b"1");
-    let now = s.current_revision().await.unwrap();
+        .await);
+    assert_eq!(old.revision, at);
+    let state: Vec<(String, Vec<u8>)> = old
+        .items
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(
+        state,
+        vec![
+            (k.clone(), b"1".to_vec()),
+            (format!("{prefix}b"), b"b".to_vec())
+        ],
+        "the state at the old revision"
+    );
+    assert_eq!(old.items[0].mod_revision, v1.mod_revision);
+    let now = ok(s
+        .list(ListRequest {
+            prefix: prefix.clone(),
+            ..Default::default()
+        })
+        .await);
+    let keys: Vec<&str> = now.items.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, vec![k.clone(), format!("{prefix}c")]);
+    assert_eq!(now.revision, ok(s.current_revision().await));
+    let current = ok(s.current_revision().await);
     match s
         .list(ListRequest {
-            prefix: format!("{p}/old/"),
-            revision: Some(now + 1000),
+            prefix,
+            revision: Some(current + 1000),
             ..Default::default()
         })
         .await
@@ -241,65 +304,105 @@ pub async fn racing_writers(s: Arc<dyn Store>, p: &str) {
     );
 }
 
+/// A watch from a past revision replays history, then streams live changes, in
+/// revision order, with previous values, and only under its prefix.
 pub async fn watch_replay_and_live(s: &dyn Store, p: &str) {
-    let prefix = format!("{p}/watch/");
-    let a = done(
-        s.create(&format!("{prefix}a"), b"1".to_vec())
-            .await
-            .unwrap(),
-    );
-    let a2 = done(
-        s.update(&format!("{prefix}a"), b"2".to_vec(), a.mod_revision)
-            .await
-            .unwrap(),
-    );
-    done(
-        s.create(&format!("{p}/other/x"), b"x".to_vec())
-            .await
-            .unwrap(),
-    );
-    let mut w = s.watch(&prefix, a.mod_revision - 1).await.unwrap();
+    let prefix = format!("{p}/w/a/");
+    let sibling = format!("{p}/w/ab/x");
+    let a = done(ok(s.create(&format!("{prefix}a"), b"1".to_vec()).await));
+    let sib = done(ok(s.create(&sibling, b"x".to_vec()).await));
+    let a2 = done(ok(s
+        .update(&format!("{prefix}a"), b"2".to_vec(), a.mod_revision)
+        .await));
+    let mut w = ok(s.watch(&prefix, a.mod_revision - 1).await);
     let e1 = next(&mut w).await;
     assert_eq!(
-        (e1.kind, e1.kv.mod_revision, e1.prev.is_none()),
-        (EventKind::Put, a.mod_revision, true)
+        (
+            e1.kind,
+            e1.kv.mod_revision,
+            e1.kv.value.as_slice(),
+            e1.prev.is_none()
+        ),
+        (EventKind::Put, a.mod_revision, &b"1"[..], true),
+        "replay starts right after `from`; a create has no previous value"
     );
     let e2 = next(&mut w).await;
-    assert_eq!(e2.kv.mod_revision, a2.mod_revision);
     assert_eq!(
-        e2.prev.as_ref().map(|p| p.value.clone()),
-        Some(b"1".to_vec())
+        e2.kv.mod_revision, a2.mod_revision,
+        "the sibling prefix is not watched"
     );
-    let b = done(
-        s.create(&format!("{prefix}b"), b"b".to_vec())
-            .await
-            .unwrap(),
+    assert_eq!(e2.kv.create_revision, a.mod_revision);
+    assert_eq!(
+        e2.prev.as_ref().map(|p| (p.value.clone(), p.mod_revision)),
+        Some((b"1".to_vec(), a.mod_revision)),
+        "an update carries the previous value"
     );
-    let gone = done(s.delete(&format!("{prefix}a"), None).await.unwrap());
+    // Live from here on.
+    done(ok(s
+        .update(&sibling, b"y".to_vec(), sib.mod_revision)
+        .await));
+    let b = done(ok(s.create(&format!("{prefix}b"), b"b".to_vec()).await));
+    let a3 = done(ok(s
+        .update(&format!("{prefix}a"), b"3".to_vec(), a2.mod_revision)
+        .await));
+    let gone = done(ok(s.delete(&format!("{prefix}a"), None).await));
     let e3 = next(&mut w).await;
     assert_eq!(
         e3.kv.mod_revision, b.mod_revision,
-        "live events follow replayed ones, in order"
+        "live events follow replayed ones, in order, without the sibling's"
     );
     let e4 = next(&mut w).await;
-    assert_eq!(e4.kind, EventKind::Delete);
-    assert_eq!(e4.kv.mod_revision, gone.mod_revision);
     assert_eq!(
-        e4.prev.map(|p| p.value),
-        Some(b"2".to_vec()),
+        (e4.kind, e4.kv.mod_revision, e4.kv.value.clone()),
+        (EventKind::Put, a3.mod_revision, b"3".to_vec())
+    );
+    assert_eq!(e4.prev.map(|p| p.value), Some(b"2".to_vec()));
+    let e5 = next(&mut w).await;
+    assert_eq!(e5.kind, EventKind::Delete);
+    assert_eq!(e5.kv.key, format!("{prefix}a"));
+    assert_eq!(
+        e5.kv.mod_revision, gone.mod_revision,
+        "a delete event has the delete's revision"
+    );
+    assert_eq!(gone.value, b"3", "a delete returns the deleted value");
+    assert_eq!(
+        e5.prev.map(|p| (p.value, p.mod_revision)),
+        Some((b"3".to_vec(), a3.mod_revision)),
         "a delete event carries the old value"
     );
 }
 
+/// A watch from 0 sees every write acknowledged after the call returned, and nothing
+/// from before it.
+pub async fn watch_from_now(s: &dyn Store, p: &str) {
+    let prefix = format!("{p}/wnow/");
+    done(ok(s
+        .create(&format!("{prefix}before"), b"0".to_vec())
+        .await));
+    for i in 0..5 {
+        let mut w = ok(s.watch(&prefix, 0).await);
+        let kv = done(ok(s.create(&format!("{prefix}k{i}"), b"1".to_vec()).await));
+        let ev = next(&mut w).await;
+        assert_eq!(
+            (ev.kv.key.as_str(), ev.kv.mod_revision),
+            (kv.key.as_str(), kv.mod_revision),
+            "the first event of a watch from now is the next write"
+        );
+    }
+}
+
+/// Compaction: reads and watches below the point fail `Compacted`; at and above it
+/// they work; current values survive.
 pub async fn compaction(s: &dyn Store, p: &str) {
-    let k = format!("{p}/compact/a");
-    let v1 = done(s.create(&k, b"1".to_vec()).await.unwrap());
-    let v2 = done(s.update(&k, b"2".to_vec(), v1.mod_revision).await.unwrap());
-    s.compact(v2.mod_revision).await.unwrap();
-    assert!(s.compacted_revision().await.unwrap() >= v2.mod_revision);
+    let prefix = format!("{p}/compact/");
+    let k = format!("{prefix}a");
+    let v1 = done(ok(s.create(&k, b"1".to_vec()).await));
+    let v2 = done(ok(s.update(&k, b"2".to_vec(), v1.mod_revision).await));
+    ok(s.compact(v2.mod_revision).await);
+    assert_eq!(ok(s.compacted_revision().await), v2.mod_revision);
     match s
         .list(ListRequest {
-            prefix: format!("{p}/compact/"),
+            prefix: prefix.clone(),
             revision: Some(v1.mod_revision),
             ..Default::default()
         })
@@ -308,7 +411,7 @@ pub async fn compaction(s: &dyn Store, p: &str) {
         Err(StoreError::Compacted { .. }) => {}
         other => panic!("a list below the compaction point must be Compacted, got {other:?}"),
     }
-    match s.watch(&format!("{p}/compact/"), v1.mod_revision - 1).await {
+    match s.watch(&prefix, v1.mod_revision - 1).await {
         Err(StoreError::Compacted { .. }) => {}
         Ok(mut w) => match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
             Ok(Some(Err(StoreError::Compacted { .. }))) => {}
@@ -318,9 +421,59 @@ pub async fn compaction(s: &dyn Store, p: &str) {
         },
         Err(e) => panic!("unexpected error {e}"),
     }
+    // At the compaction point, lists and watches still work.
+    let at = ok(s
+        .list(ListRequest {
+            prefix: prefix.clone(),
+            revision: Some(v2.mod_revision),
+            ..Default::default()
+        })
+        .await);
+    assert_eq!(at.items.len(), 1);
+    assert_eq!(at.items[0].value, b"2");
+    let mut w = ok(s.watch(&prefix, v2.mod_revision).await);
+    let v3 = done(ok(s.update(&k, b"3".to_vec(), v2.mod_revision).await));
+    let ev = next(&mut w).await;
+    assert_eq!(ev.kv.mod_revision, v3.mod_revision);
+    assert_eq!(ev.prev.map(|p| p.value), Some(b"2".to_vec()));
     // The current value survives compaction.
+    assert_eq!(ok(s.get(&k).await).map(|kv| kv.value), Some(b"3".to_vec()));
+}
+
+/// A second compaction also forgets what the first one had to keep: a key deleted
+/// between the two stays deleted at the new point (no resurrection), updated keys show
+/// their new value, keys created later do not show.
+pub async fn compaction_after_compaction(s: &dyn Store, p: &str) {
+    let prefix = format!("{p}/compact2/");
+    let a = done(ok(s.create(&format!("{prefix}a"), b"1".to_vec()).await));
+    done(ok(s.create(&format!("{prefix}b"), b"1".to_vec()).await));
+    done(ok(s
+        .create(&format!("{p}/compact2-other"), b"x".to_vec())
+        .await));
+    ok(s.compact(ok(s.current_revision().await)).await);
+    done(ok(s
+        .update(&format!("{prefix}a"), b"2".to_vec(), a.mod_revision)
+        .await));
+    done(ok(s.delete(&format!("{prefix}b"), None).await));
+    let point = ok(s.current_revision().await);
+    ok(s.compact(point).await);
+    done(ok(s.create(&format!("{prefix}c"), b"1".to_vec()).await));
+    let at = ok(s
+        .list(ListRequest {
+            prefix: prefix.clone(),
+            revision: Some(point),
+            ..Default::default()
+        })
+        .await);
+    let state: Vec<(String, Vec<u8>)> = at
+        .items
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
     assert_eq!(
-        s.get(&k).await.unwrap().map(|kv| kv.value),
-        Some(b"2".to_vec())
+        state,
+        vec![(format!("{prefix}a"), b"2".to_vec())],
+        "the state at the second compaction point"
     );
+    assert_eq!(ok(s.count(&prefix).await), 2);
 }
