@@ -2,8 +2,9 @@
 //! clients, for the embedded SQLite store, the etcd backend, and raw etcd puts through
 //! the same gRPC connection (the denominator of the etcd backend's ratio).
 //!
-//! `cargo run --release -p kelp-storage --example store_bench -- --backend sqlite|etcd|raw-etcd`
-//! (etcd and raw-etcd start their own etcd; set ETCD_ENDPOINT to use a running one).
+//! `cargo run --release -p kelp-storage --example store_bench -- --backend sqlite|etcd|raw-etcd|all`
+//! (etcd and raw-etcd start their own etcd, one for both with `all`, on a loopback
+//! address, stopped by pid at exit; set ETCD_ENDPOINT=host:port to use a running one).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,55 +82,83 @@ async fn bench_store(label: &str, store: Arc<dyn Store>) {
     }
 }
 
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backend = args
-        .iter()
-        .position(|a| a == "--backend")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or("sqlite");
-    let mut _etcd = None;
-    let endpoint = || -> String { std::env::var("ETCD_ENDPOINT").unwrap_or_default() };
-    match backend {
-        "sqlite" => {
-            let dir = std::env::temp_dir().join(format!("kelp-store-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("bench dir");
-            let store = Arc::new(SqliteStore::open(&dir.join("bench.db")).expect("open sqlite"));
-            bench_store("sqlite", store).await;
-            let _ = std::fs::remove_dir_all(&dir);
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "store_bench [--backend sqlite|etcd|raw-etcd|all] (default all)\n\
+             ETCD_ENDPOINT=host:port uses a running etcd instead of starting one"
+        );
+        return;
+    }
+    let backend = arg(&args, "--backend").unwrap_or_else(|| "all".into());
+    let backends: Vec<&str> = match backend.as_str() {
+        "all" => vec!["sqlite", "etcd", "raw-etcd"],
+        b @ ("sqlite" | "etcd" | "raw-etcd") => vec![b],
+        other => {
+            eprintln!("unknown backend {other}: use sqlite, etcd, raw-etcd or all");
+            std::process::exit(2);
         }
-        "etcd" | "raw-etcd" => {
-            let mut ep = endpoint();
-            if ep.is_empty() {
-                let e = EtcdProcess::start();
-                ep = e.endpoint();
-                _etcd = Some(e);
+    };
+    println!(
+        "durable creates, {}-byte values; 1 client x 1000, then 64 clients x 160",
+        value().len()
+    );
+    let mut etcd: Option<(Option<EtcdProcess>, Arc<EtcdStore>)> = None;
+    for b in backends {
+        match b {
+            "sqlite" => {
+                let dir =
+                    std::env::temp_dir().join(format!("kelp-store-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("bench dir");
+                let store =
+                    Arc::new(SqliteStore::open(&dir.join("bench.db")).expect("open sqlite"));
+                bench_store("sqlite", store).await;
+                let _ = std::fs::remove_dir_all(&dir);
             }
-            let store = Arc::new(
-                EtcdStore::connect(&[ep.clone()])
-                    .await
-                    .expect("connect etcd"),
-            );
-            if backend == "etcd" {
-                bench_store("etcd", store).await;
-            } else {
-                // Plain puts, no precondition: what etcd itself sustains.
-                for (clients, per) in [(1usize, 1000usize), (64, 160)] {
-                    let s = store.clone();
-                    run("raw-etcd", clients, per, move |c, i| {
-                        let s = s.clone();
-                        async move {
-                            s.raw_put(&format!("/raw/{clients}-{c}-{i}"), value())
-                                .await
-                                .expect("put");
+            _ => {
+                if etcd.is_none() {
+                    // Our own etcd (stopped by pid on drop) unless one is given.
+                    let (proc_, ep) = match std::env::var("ETCD_ENDPOINT") {
+                        Ok(ep) if !ep.is_empty() => (None, ep),
+                        _ => {
+                            let e = EtcdProcess::start();
+                            let ep = e.endpoint();
+                            (Some(e), ep)
                         }
-                    })
-                    .await;
+                    };
+                    let store = Arc::new(EtcdStore::connect(&[ep]).await.expect("connect etcd"));
+                    etcd = Some((proc_, store));
+                }
+                let Some((_, store)) = etcd.as_ref() else {
+                    unreachable!()
+                };
+                if b == "etcd" {
+                    bench_store("etcd", store.clone()).await;
+                } else {
+                    // Plain puts, no precondition, same client: what etcd itself sustains.
+                    for (clients, per) in [(1usize, 1000usize), (64, 160)] {
+                        let s = store.clone();
+                        run("raw-etcd", clients, per, move |c, i| {
+                            let s = s.clone();
+                            async move {
+                                s.raw_put(&format!("/raw/{clients}-{c}-{i}"), value())
+                                    .await
+                                    .expect("put");
+                            }
+                        })
+                        .await;
+                    }
                 }
             }
         }
-        other => panic!("unknown backend {other}: use sqlite, etcd or raw-etcd"),
     }
 }

@@ -6,6 +6,10 @@
 //! `metadata.resourceVersion`.
 //!
 //! This crate must not depend on the API server or on any Kubernetes types.
+//!
+//! Backends: [`sqlite::SqliteStore`] (embedded, the default) and [`etcd::EtcdStore`]
+//! (a real etcd v3 cluster over gRPC). [`conformance`] is the suite both pass;
+//! [`testing`] starts a real etcd for tests.
 
 pub mod conformance;
 pub mod etcd;
@@ -36,10 +40,11 @@ pub struct KeyValue {
 pub struct ListRequest {
     /// Keys that start with this prefix (e.g. `/registry/pods/default/`).
     pub prefix: String,
-    /// Read at this revision; `None` means the latest. Older than the compaction
+    /// Read at this revision; `None` (or `Some(0)`) means the latest. Older than the compaction
     /// point ⇒ [`StoreError::Compacted`]; newer than current ⇒ [`StoreError::FutureRevision`].
     pub revision: Option<Revision>,
-    /// At most this many items; `None` means all.
+    /// At most this many items; `None` means all (so does `Some(0)`, as for etcd and
+    /// the Kubernetes API's `limit=0`).
     pub limit: Option<usize>,
     /// Only keys strictly greater than this one (the continue point of the previous page).
     pub start_after: Option<String>,
