@@ -204,6 +204,12 @@ fn meta(conn: &Connection, k: &str) -> Result<i64, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, BROADCAST)
+    }
+
+    /// `open` with a given live-event buffer (tests use a tiny one to force the
+    /// catch-up path of lagging watchers).
+    fn open_with(path: &Path, broadcast_capacity: usize) -> Result<Self, StoreError> {
         let conn = open_conn(path, true)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let rev = meta(&conn, "revision")?;
@@ -211,7 +217,7 @@ impl SqliteStore {
         let compact_done = meta(&conn, "compact_done")?;
         let revision = Arc::new(AtomicI64::new(rev));
         let compacted_at = Arc::new(AtomicI64::new(compacted));
-        let (events, _) = broadcast::channel(BROADCAST);
+        let (events, _) = broadcast::channel(broadcast_capacity);
         let (tx, rx) = mpsc::channel::<Request>();
         let writer = Writer {
             conn,
@@ -539,12 +545,30 @@ impl Writer {
         let mut replies = Vec::with_capacity(group.len());
         let mut outcomes = Vec::with_capacity(group.len());
         let mut published = Vec::new();
-        let (start_rev, start_compacted, start_done) =
-            (self.rev, self.compacted, self.compact_done);
+        let known_rev = self.rev;
         let result = (|| -> Result<Committed, rusqlite::Error> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The counters as committed, read under the write lock: the in-memory copies
+            // would go stale if anything else wrote (e.g. a writer of a store dropped
+            // just before this one was opened on the same file).
+            let counter = |k: &str| -> Result<i64, rusqlite::Error> {
+                tx.prepare_cached("SELECT v FROM meta WHERE k = ?1")?
+                    .query_row([k], |r| r.get(0))
+            };
+            let (start_rev, start_compacted, start_done) = (
+                counter("revision")?,
+                counter("compacted")?,
+                counter("compact_done")?,
+            );
+            if start_rev != known_rev {
+                warn!(
+                    expected = known_rev,
+                    found = start_rev,
+                    "sqlite revision moved under the writer: another writer used this database"
+                );
+            }
             let mut rev = start_rev;
             let mut compacted = start_compacted;
             for req in group {
@@ -945,6 +969,44 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0))
             .expect("count");
         assert_eq!(rows, 2, "superseded rows and delete markers are deleted");
+    }
+
+    /// A watcher that falls behind the live feed catches up from the table: no gaps.
+    #[tokio::test(flavor = "current_thread")]
+    async fn lagging_watcher_catches_up_from_the_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(SqliteStore::open_with(&dir.path().join("c.db"), 4).expect("open"));
+        let mut w = s.watch("/k/", 0).await.expect("watch");
+        // Write from another thread while this (current-thread) runtime is blocked, so
+        // the watch task cannot run and its 4-event live buffer overflows.
+        let s2 = s.clone();
+        let revs = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut revs = Vec::new();
+                for i in 0..100 {
+                    match s2.create(&format!("/k/{i:03}"), b"x".to_vec()).await {
+                        Ok(WriteOutcome::Done(kv)) => revs.push(kv.mod_revision),
+                        other => panic!("create: {other:?}"),
+                    }
+                }
+                revs
+            })
+        })
+        .join()
+        .expect("writer thread");
+        assert_eq!(revs.len(), 100);
+        use futures::StreamExt;
+        for want in revs {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+                .await
+                .expect("event in time")
+                .expect("open")
+                .expect("no error");
+            assert_eq!(ev.kv.mod_revision, want);
+        }
     }
 
     /// A large compaction proceeds in steps and completes; writes interleave.
