@@ -1,6 +1,18 @@
 //! `EtcdStore`: a real etcd v3 cluster behind the [`Store`] trait. Keys and revisions
 //! pass straight through, so etcd's revision is the API's resourceVersion, exactly as
 //! with kube-apiserver.
+//!
+//! - `create` = `Txn(create_revision(key) == 0 → put, else → range(key))`;
+//! - `update` = `Txn(mod_revision(key) == expected → put with prev_kv, else → range)`;
+//! - `delete` = `Txn(mod_revision == expected`, or `create_revision > 0` without a
+//!   precondition, `→ delete with prev_kv, else → range)`;
+//! - `list` = `Range [max(prefix, start_after + "\0"), prefix_end)` at the revision with
+//!   the limit; etcd's `count` (keys in that range) gives `remaining`;
+//! - `watch` = a Watch stream on the prefix with `prev_kv` and `start_revision = from + 1`
+//!   (returned once etcd confirms it); compacted responses become `Compacted`.
+//!
+//! The gRPC client code is generated and checked in (`src/etcd/generated/`, see
+//! `proto/README.md`): building Kelp never needs `protoc`.
 
 mod generated;
 
@@ -38,7 +50,8 @@ const CONNECTIONS: usize = 4;
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The etcd backend. Cheap to share behind an `Arc`; requests are spread over a few
-/// HTTP/2 connections (and over every endpoint when given several).
+/// HTTP/2 connections to the preferred endpoint, failing over to the next endpoint
+/// when it cannot be reached (see [`EtcdStore::connect`]).
 pub struct EtcdStore {
     endpoints: Vec<Member>,
     /// The endpoint requests go to first; moves on when it cannot be reached.
