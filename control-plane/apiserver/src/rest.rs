@@ -431,9 +431,12 @@ pub async fn patch(
             "application/merge-patch+json" => patch::merge_patch(&base, &patch_value),
             _ => patch::strategic_merge_patch(&base, &patch_value, &info.gvk),
         }
-        .map_err(|e| {
-            ApiError::new(422, "Invalid", e.to_string())
-                .with_details(json!({"name": name, "kind": info.gvk.kind}))
+        .map_err(|e| match e.code() {
+            // An undecodable patch document is a bad request; one that fails to apply
+            // is invalid (as upstream answers).
+            400 => ApiError::bad_request(e.to_string()),
+            _ => ApiError::new(422, "Invalid", e.to_string())
+                .with_details(json!({"name": name, "kind": info.gvk.kind})),
         })?;
         warnings = check_fields(&info, q, &out)?;
         Ok(out)
@@ -483,9 +486,9 @@ async fn apply(
         Err(e) => return Err(e),
     };
     if current.is_none() {
-        let outcome = patch::apply(None, &applied, &manager, force, &now_rfc3339())
+        let outcome = patch::apply_at(None, &applied, &manager, force, &now_rfc3339())
             .map_err(|e| apply_error(&info, &name, e))?;
-        let mut obj = outcome;
+        let mut obj = outcome.object;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("name".into(), json!(name));
         }
@@ -517,7 +520,8 @@ async fn apply(
     let mut mutate = |current: &Value| -> ApiResult<Value> {
         let mut base = current.clone();
         strategy::meta_mut(&mut base).remove("resourceVersion");
-        patch::apply(Some(&base), &applied, &manager, force, &now_rfc3339())
+        patch::apply_at(Some(&base), &applied, &manager, force, &now_rfc3339())
+            .map(|outcome| outcome.object)
             .map_err(|e| apply_error(&info, &name, e))
     };
     // Apply records its own managedFields entry.

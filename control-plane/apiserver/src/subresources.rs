@@ -79,7 +79,10 @@ pub async fn write_scale(
                 "application/json-patch+json" => patch::json_patch(&base, &patch_value),
                 _ => patch::merge_patch(&base, &patch_value),
             }
-            .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
+            .map_err(|e| match e.code() {
+                400 => ApiError::bad_request(e.to_string()),
+                _ => ApiError::new(422, "Invalid", e.to_string()),
+            })?
         } else {
             patch_value.clone()
         };
