@@ -152,7 +152,12 @@ pub async fn run(
 ) -> Result<(), ControlPlaneError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(io_err(&cfg.data_dir))?;
     let store = open_store(&cfg).await?;
-    let pki = tls::Pki::load_or_create(&cfg.data_dir, &cfg.tls_sans)?;
+    // Clients dial the address we bind, so the serving cert must name it.
+    let mut sans = cfg.tls_sans.clone();
+    if !cfg.bind_address.is_unspecified() {
+        sans.push(cfg.bind_address.to_string());
+    }
+    let pki = tls::Pki::load_or_create(&cfg.data_dir, &sans)?;
     let token_file = cfg.data_dir.join("node-token");
     let token = tls::load_or_create_token(&token_file)?;
 

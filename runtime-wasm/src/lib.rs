@@ -1,1 +1,29 @@
-//! CRI runtime for OCI-packaged WebAssembly on wasmtime.
+//! The Wasm container runtime: WebAssembly modules run in-process on one shared
+//! wasmtime [`Engine`](wasmtime::Engine) per node, each container in its own store with
+//! WASI preview 1, its own memory limit and a stop signal, writing CRI-format logs.
+//!
+//! A module can never take the node down: traps, exhausted memory and stop requests
+//! end that container with an exit status; nothing else is touched.
+//!
+//! This crate is the execution layer the CRI services (issue 3) build on; it must not
+//! depend on the kubelet or the control plane.
+
+pub mod container;
+pub mod engine;
+pub mod logs;
+
+pub use container::{ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
+pub use engine::WasmEngine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid WebAssembly module: {0}")]
+    InvalidModule(String),
+    #[error("setting up the container: {0}")]
+    Setup(String),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -6,6 +6,7 @@
 
 pub mod builtin;
 pub mod defaults;
+pub mod duplicates;
 pub mod fields;
 pub mod openapi;
 pub mod patch;

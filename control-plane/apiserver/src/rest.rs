@@ -103,7 +103,12 @@ pub async fn get(app: &App, t: &Target, q: &Query, headers: &HeaderMap) -> ApiRe
 }
 
 /// Strict/Warn field validation and type checking of a body before it is used.
-fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<String>> {
+fn check_fields(
+    info: &ResourceInfo,
+    q: &Query,
+    obj: &Value,
+    body: Option<&[u8]>,
+) -> ApiResult<Vec<String>> {
     strategy::check_type(info, &mut obj.clone())?;
     if let Err(msg) = typecheck::check_type(&info.gvk, obj) {
         return Err(ApiError::bad_request(msg));
@@ -112,17 +117,19 @@ fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<St
     if mode == "Ignore" {
         return Ok(vec![]);
     }
-    let Some(schema) = info.schema_name.as_deref() else {
-        return Ok(vec![]);
-    };
-    let unknown = kelp_api::openapi::unknown_fields(schema, obj);
-    if unknown.is_empty() {
+    let mut msgs: Vec<String> = body
+        .map(kelp_api::duplicates::duplicate_fields)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| format!("duplicate field \"{f}\""))
+        .collect();
+    if let Some(schema) = info.schema_name.as_deref() {
+        let unknown = kelp_api::openapi::unknown_fields(schema, obj);
+        msgs.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+    }
+    if msgs.is_empty() {
         return Ok(vec![]);
     }
-    let msgs: Vec<String> = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
     if mode == "Strict" {
         let kind = &info.gvk.kind;
         return Err(ApiError::bad_request(format!(
@@ -132,6 +139,12 @@ fn check_fields(info: &ResourceInfo, q: &Query, obj: &Value) -> ApiResult<Vec<St
         )));
     }
     Ok(msgs)
+}
+
+/// The raw body when it is JSON, for the duplicate-key check (protobuf cannot repeat
+/// a field and YAML decoding already rejects repeated keys).
+fn json_body<'a>(ct: &str, body: &'a Bytes) -> Option<&'a [u8]> {
+    (ct != "application/vnd.kubernetes.protobuf" && !ct.contains("yaml")).then_some(&body[..])
 }
 
 /// Namespace lifecycle admission: no new objects in a missing or terminating namespace.
@@ -182,7 +195,7 @@ pub async fn create(
             t.info.plural
         )));
     }
-    let warnings = check_fields(&t.info, q, &obj)?;
+    let warnings = check_fields(&t.info, q, &obj, json_body(&ct, body))?;
     let created = create_object(
         app,
         &t.info,
@@ -362,7 +375,7 @@ pub async fn update(
     let name = name_of(t)?.to_string();
     let ct = crate::request::content_type(headers);
     let obj = decode_as(&ct, body)?;
-    let warnings = check_fields(&t.info, q, &obj)?;
+    let warnings = check_fields(&t.info, q, &obj, json_body(&ct, body))?;
     let manager = q.field_manager(default_manager(headers));
     let mut body_obj = Some(obj);
     let mut mutate = |_: &Value| -> ApiResult<Value> {
@@ -438,7 +451,7 @@ pub async fn patch(
             _ => ApiError::new(422, "Invalid", e.to_string())
                 .with_details(json!({"name": name, "kind": info.gvk.kind})),
         })?;
-        warnings = check_fields(&info, q, &out)?;
+        warnings = check_fields(&info, q, &out, None)?;
         Ok(out)
     };
     let out = guaranteed_update(
@@ -476,7 +489,7 @@ async fn apply(
     let applied = decode_as("application/apply-patch+yaml", body)?;
     let mut applied = applied;
     strategy::check_type(&t.info, &mut applied)?;
-    let warnings = check_fields(&t.info, q, &applied)?;
+    let warnings = check_fields(&t.info, q, &applied, Some(body))?;
     let force = q.flag("force");
     let info = t.info.clone();
     let ns = t.namespace.clone();

@@ -179,8 +179,21 @@ fn reset_status_on_create(info: &ResourceInfo, obj: &mut Value) {
     }
 }
 
-/// Conversions every write goes through (Secret `stringData` folds into `data`).
+/// Conversions every write goes through (Secret `stringData` folds into `data`;
+/// namespaces always carry the immutable `kubernetes.io/metadata.name` label).
 fn normalize(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
+    if info.gvk.group.is_empty() && info.gvk.kind == "Namespace" {
+        if let Some(name) = meta_str(obj, "name").map(str::to_string) {
+            let m = meta_mut(obj);
+            let labels = m.entry("labels").or_insert_with(|| json!({}));
+            if !labels.is_object() {
+                *labels = json!({});
+            }
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+        }
+    }
     if info.gvk.group.is_empty() && info.gvk.kind == "Secret" {
         if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
             let o = obj.as_object_mut().expect("checked object");
