@@ -1,6 +1,9 @@
-//! The Wasm container runtime: WebAssembly modules run in-process on one shared
-//! wasmtime [`Engine`](wasmtime::Engine) per node, each container in its own store with
-//! WASI preview 1, its own memory limit and a stop signal, writing CRI-format logs.
+//! The Wasm container runtime: WebAssembly runs in-process on one shared wasmtime
+//! [`Engine`](wasmtime::Engine) per node — WASI preview 1 modules and preview 2
+//! command components as containers ([`container::run`]), components exporting
+//! `wasi:http/incoming-handler` served one instance per request ([`http::serve`]) —
+//! each container in its own store with its own memory limit and a stop signal,
+//! writing CRI-format logs.
 //!
 //! A module can never take the node down: traps, exhausted memory and stop requests
 //! end that container with an exit status; nothing else is touched.
@@ -10,10 +13,11 @@
 
 pub mod container;
 pub mod engine;
+pub mod http;
 pub mod logs;
 
-pub use container::{ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
-pub use engine::WasmEngine;
+pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
+pub use engine::{Allocation, WasmEngine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -1,0 +1,79 @@
+//! WASI preview 2 command components: `wasi:cli/run.run` with the `wasi:cli/command`
+//! world's imports.
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::Store;
+use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{configure_store, exit_status, open_log, wasi_builder, Limited, MemoryLimit};
+use super::{ContainerSpec, ExitStatus, StopHandle};
+use crate::engine::WasmEngine;
+use crate::RuntimeError;
+
+/// The store data of a preview 2 container.
+pub struct Host {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryLimit,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Limited for Host {
+    fn limits(&mut self) -> &mut MemoryLimit {
+        &mut self.limits
+    }
+}
+
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker: Linker<Host> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Runs the component's `wasi:cli/run.run` to completion, a trap, the memory limit
+/// or a stop. `run` returning `err` is exit code 1, as `wasi:cli/exit.exit(err)`.
+pub async fn run(
+    engine: &WasmEngine,
+    component: &Component,
+    spec: &ContainerSpec,
+    stop: &StopHandle,
+) -> Result<ExitStatus, RuntimeError> {
+    let log = open_log(spec)?;
+    let host = Host {
+        wasi: wasi_builder(spec, &log)?.build(),
+        table: ResourceTable::new(),
+        limits: MemoryLimit::new(spec.memory_limit),
+    };
+    let mut store = Store::new(engine.engine(), host);
+    configure_store(&mut store, spec, stop, None);
+    let linker = &engine.linkers().p2;
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        RuntimeError::Setup(format!(
+            "not a runnable command component (serve wasi:http components instead): {e:#}"
+        ))
+    })?;
+    let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
+        RuntimeError::Setup(format!(
+            "not a wasi:cli/command component (it does not export wasi:cli/run): {e:#}"
+        ))
+    })?;
+    let result = async {
+        let command: Command = pre.instantiate_async(&mut store).await?;
+        match command.wasi_cli_run().call_run(&mut store).await? {
+            Ok(()) => Ok(()),
+            Err(()) => Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(1))),
+        }
+    }
+    .await;
+    let _ = log.finish();
+    Ok(exit_status(result, store.data().limits.exceeded(), stop))
+}

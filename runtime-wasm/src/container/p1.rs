@@ -1,0 +1,53 @@
+//! WASI preview 1 command modules: `_start` with the `wasi_snapshot_preview1`
+//! imports.
+
+use wasmtime::{Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use super::{configure_store, exit_status, open_log, wasi_builder, Limited, MemoryLimit};
+use super::{ContainerSpec, ExitStatus, StopHandle};
+use crate::engine::WasmEngine;
+use crate::RuntimeError;
+
+/// The store data of a preview 1 container.
+pub struct Host {
+    wasi: WasiP1Ctx,
+    limits: MemoryLimit,
+}
+
+impl Limited for Host {
+    fn limits(&mut self) -> &mut MemoryLimit {
+        &mut self.limits
+    }
+}
+
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker: Linker<Host> = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut Host| &mut h.wasi)?;
+    Ok(linker)
+}
+
+/// Runs the module's `_start` to completion, a trap, the memory limit or a stop.
+pub async fn run(
+    engine: &WasmEngine,
+    module: &Module,
+    spec: &ContainerSpec,
+    stop: &StopHandle,
+) -> Result<ExitStatus, RuntimeError> {
+    let log = open_log(spec)?;
+    let host = Host {
+        wasi: wasi_builder(spec, &log)?.build_p1(),
+        limits: MemoryLimit::new(spec.memory_limit),
+    };
+    let mut store = Store::new(engine.engine(), host);
+    configure_store(&mut store, spec, stop, None);
+    let linker = &engine.linkers().p1;
+    let result = async {
+        let instance = linker.instantiate_async(&mut store, module).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    }
+    .await;
+    let _ = log.finish();
+    Ok(exit_status(result, store.data().limits.exceeded(), stop))
+}

@@ -1,0 +1,332 @@
+//! Serving wasi:http components (the serverless path): a component exporting
+//! `wasi:http/incoming-handler` is served over HTTP/1.1 on the sandbox IP and the
+//! container port, with a fresh store and instance per request from one
+//! pre-instantiated [`ProxyPre`]. Each request gets the container's memory limit
+//! and a deadline of its own; a trap, the memory limit or the deadline answer that
+//! request with 500 and the server carries on. Guest output and failed requests go
+//! to the container's CRI log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::Store;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::container::{
+    configure_store, open_log, wasi_builder, ContainerSpec, ExitStatus, Limited, MemoryLimit,
+    StopHandle,
+};
+use crate::engine::{WasmEngine, EPOCH_TICK};
+use crate::logs::{CriLog, Stream};
+use crate::RuntimeError;
+
+/// How long one request may run when the spec sets no `request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long open connections get to finish their current response after a stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether `component` exports `wasi:http/incoming-handler` (any version), i.e. is
+/// served with [`serve`] rather than run as a command.
+pub fn exports_http_handler(component: &Component, engine: &WasmEngine) -> bool {
+    component
+        .component_type()
+        .exports(engine.engine())
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
+}
+
+/// The store data of one request.
+pub struct Host {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: Hooks,
+    limits: MemoryLimit,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl Limited for Host {
+    fn limits(&mut self) -> &mut MemoryLimit {
+        &mut self.limits
+    }
+}
+
+/// Outgoing requests only when the container may use the network.
+struct Hooks {
+    allow_network: bool,
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<wasmtime_wasi_http::WasiBody>,
+    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
+        drop(fut);
+        if !self.allow_network {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker: Linker<Host> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Binds `addr` and serves `component` there until `stop` fires; see [`serve_on`].
+pub async fn serve(
+    engine: &WasmEngine,
+    component: Component,
+    addr: SocketAddr,
+    spec: &ContainerSpec,
+    stop: StopHandle,
+) -> Result<ExitStatus, RuntimeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| RuntimeError::Setup(format!("binding {addr}: {e}")))?;
+    serve_on(engine, component, listener, spec, stop).await
+}
+
+/// Serves `component` on an already bound listener until `stop` fires: stops
+/// accepting at once, lets open connections finish their current response (in-flight
+/// guests are interrupted at the next epoch tick), and returns exit code 0.
+pub async fn serve_on(
+    engine: &WasmEngine,
+    component: Component,
+    listener: TcpListener,
+    spec: &ContainerSpec,
+    stop: StopHandle,
+) -> Result<ExitStatus, RuntimeError> {
+    let pre = engine
+        .linkers()
+        .http
+        .instantiate_pre(&component)
+        .and_then(ProxyPre::new)
+        .map_err(|e| {
+            RuntimeError::Setup(format!(
+                "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e:#}"
+            ))
+        })?;
+    let log = open_log(spec)?;
+    let timeout = spec.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    let server = Arc::new(Server {
+        pre,
+        spec: spec.clone(),
+        log: log.clone(),
+        stop: stop.clone(),
+        timeout,
+        deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stop.stopped() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let server = server.clone();
+                    let conn = http1::Builder::new().keep_alive(true).serve_connection(
+                        TokioIo::new(sock),
+                        hyper::service::service_fn(move |req| server.clone().handle(req)),
+                    );
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(%peer, error = %e, "wasi:http connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accepting a wasi:http connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        debug!("wasi:http connections still open after the shutdown grace period");
+    }
+    let _ = log.finish();
+    Ok(ExitStatus::completed())
+}
+
+struct Server {
+    pre: ProxyPre<Host>,
+    spec: ContainerSpec,
+    log: CriLog,
+    stop: StopHandle,
+    timeout: Duration,
+    deadline_ticks: u64,
+}
+
+fn plain(status: u16, text: String) -> hyper::Response<HyperOutgoingBody> {
+    let mut resp = hyper::Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+impl Server {
+    fn new_store(&self) -> Result<Store<Host>, RuntimeError> {
+        let host = Host {
+            wasi: wasi_builder(&self.spec, &self.log)?.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: Hooks {
+                allow_network: self.spec.allow_network,
+            },
+            limits: MemoryLimit::new(self.spec.memory_limit),
+        };
+        let mut store = Store::new(self.pre.engine(), host);
+        configure_store(
+            &mut store,
+            &self.spec,
+            &self.stop,
+            Some(self.deadline_ticks),
+        );
+        Ok(store)
+    }
+
+    fn log_failure(&self, what: &str, error: &str) {
+        let _ = self.log.write(
+            Stream::Stderr,
+            format!("kelp: request {what} failed: {error}\n").as_bytes(),
+        );
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+        let what = format!("{} {}", req.method(), req.uri());
+        let mut store = match self.new_store() {
+            Ok(s) => s,
+            Err(e) => {
+                self.log_failure(&what, &e.to_string());
+                return Ok(plain(500, "internal server error\n".into()));
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prepared = (|| {
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            wasmtime::Result::<_>::Ok((req, out))
+        })();
+        let (req, out) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.log_failure(&what, &format!("{e:#}"));
+                return Ok(plain(400, "bad request\n".into()));
+            }
+        };
+        // The guest runs in its own task: it may go on writing the body after it
+        // has handed over the response head.
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = server.pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = match tokio::time::timeout(server.timeout, run).await {
+                Ok(r) => r,
+                Err(_) => Err(wasmtime::Error::msg(format!(
+                    "request ran longer than {:?}",
+                    server.timeout
+                ))),
+            };
+            result.map_err(|e| {
+                if store.data().limits.exceeded() {
+                    format!("OOMKilled: {e:#}")
+                } else if server.stop.is_stopped() {
+                    "stopped".to_string()
+                } else {
+                    format!("{e:#}")
+                }
+            })
+        });
+        let resp = match rx.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(code)) => {
+                self.log_failure(&what, &format!("the handler answered {code:?}"));
+                plain(500, format!("handler error: {code:?}\n"))
+            }
+            Err(_) => {
+                let error = match task.await {
+                    Ok(Ok(())) => "the handler never set a response".to_string(),
+                    Ok(Err(e)) => e,
+                    Err(e) => format!("handler task: {e}"),
+                };
+                self.log_failure(&what, &error);
+                plain(500, "internal server error\n".into())
+            }
+        };
+        Ok(resp)
+    }
+}
