@@ -177,9 +177,8 @@ async fn unix_socket_round_trip() {
         loop {
             match connect(&endpoint).await {
                 Ok(clients) => break clients,
-                Err(e) if tries < 100 => {
+                Err(_) if tries < 100 => {
                     tries += 1;
-                    let _ = e;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => panic!("connect: {e:?}"),
