@@ -14,6 +14,7 @@
 pub mod container;
 pub mod engine;
 pub mod http;
+pub mod image;
 pub mod logs;
 
 pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
