@@ -9,12 +9,15 @@ SUDO=""
 
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 # etcd-server's package starts a system etcd on 2379; tests start their own on other ports.
 $SUDO systemctl stop etcd >/dev/null 2>&1 || true
+# docker-registry's package starts a system registry on 5000; tests start their own.
+$SUDO systemctl stop docker-registry >/dev/null 2>&1 || true
 
 python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install -q 'kubernetes>=30'
 

@@ -1,5 +1,7 @@
 //! `kelp`: the Kelp orchestrator's one binary.
 
+mod image_cmd;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -26,6 +28,11 @@ enum Command {
     Server(ControlPlaneArgs),
     /// The API server alone.
     Apiserver(ControlPlaneArgs),
+    /// Images in a node's store: import a .wasm file, list, pull, remove.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
+    /// Publish a .wasm file to a registry as a CNCF Wasm artifact.
+    Push(image_cmd::PushArgs),
 }
 
 #[derive(Args, Clone)]
@@ -111,6 +118,8 @@ fn main() -> anyhow::Result<()> {
             Command::Up(a) => run_control_plane(a, "up").await,
             Command::Server(a) => run_control_plane(a, "server").await,
             Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
+            Command::Image(c) => image_cmd::run_image(c).await,
+            Command::Push(a) => image_cmd::run_push(a).await,
         }
     })
 }
