@@ -16,6 +16,7 @@ pub mod engine;
 pub mod http;
 pub mod image;
 pub mod logs;
+pub mod service;
 
 pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
 pub use engine::{Allocation, WasmEngine};

@@ -51,7 +51,7 @@ pub async fn run(
     let host = Host {
         wasi: wasi_builder(spec, &log)?.build(),
         table: ResourceTable::new(),
-        limits: MemoryLimit::new(spec.memory_limit),
+        limits: MemoryLimit::for_spec(spec),
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);

@@ -86,6 +86,47 @@ pub struct ContainerSpec {
     pub request_timeout: Option<Duration>,
     /// The CRI log file.
     pub log_path: PathBuf,
+    /// Live memory figures shared with the runtime (stats, limit updates).
+    pub memory: MemoryGauge,
+    /// Lets the runtime reopen the log file after the kubelet rotated it.
+    pub log_reopen: crate::logs::LogReopen,
+}
+
+/// Memory a running container holds, and a limit that can change while it runs
+/// (CRI `UpdateContainerResources`). Clones share the same figures.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryGauge(Arc<GaugeInner>);
+
+#[derive(Debug, Default)]
+struct GaugeInner {
+    used: std::sync::atomic::AtomicU64,
+    /// 0: the spec's limit applies; otherwise the limit set since, in bytes.
+    limit: std::sync::atomic::AtomicU64,
+    unlimited: AtomicBool,
+}
+
+impl MemoryGauge {
+    /// Bytes of linear memory and tables the container's store holds now.
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the limit for further growth (`None`: no limit). Memory already
+    /// granted stays; the next growth past the new limit ends the container.
+    pub fn set_limit(&self, limit: Option<u64>) {
+        self.0.unlimited.store(limit.is_none(), Ordering::Relaxed);
+        self.0.limit.store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn effective(&self, spec_limit: Option<usize>) -> Option<usize> {
+        if self.0.unlimited.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.0.limit.load(Ordering::Relaxed) {
+            0 => spec_limit,
+            l => Some(usize::try_from(l).unwrap_or(usize::MAX)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +232,7 @@ pub async fn run(
 /// memories and tables together — and remembers that it did.
 pub(crate) struct MemoryLimit {
     limit: Option<usize>,
+    gauge: MemoryGauge,
     /// Bytes granted so far across the store's memories and tables.
     used: usize,
     /// The last grant, returned when wasmtime reports that the growth then failed.
@@ -203,8 +245,17 @@ const TABLE_ELEMENT_BYTES: usize = 8;
 
 impl MemoryLimit {
     pub(crate) fn new(limit: Option<usize>) -> Self {
+        Self::with_gauge(limit, MemoryGauge::default())
+    }
+
+    pub(crate) fn for_spec(spec: &ContainerSpec) -> Self {
+        Self::with_gauge(spec.memory_limit, spec.memory.clone())
+    }
+
+    fn with_gauge(limit: Option<usize>, gauge: MemoryGauge) -> Self {
         MemoryLimit {
             limit,
+            gauge,
             used: 0,
             last_grant: 0,
             exceeded: false,
@@ -217,7 +268,7 @@ impl MemoryLimit {
 
     fn grow(&mut self, what: &str, delta: usize) -> wasmtime::Result<bool> {
         let total = self.used.saturating_add(delta);
-        if let Some(limit) = self.limit {
+        if let Some(limit) = self.gauge.effective(self.limit) {
             if total > limit {
                 self.exceeded = true;
                 // An error (not `false`) so the module cannot carry on after being refused.
@@ -228,12 +279,14 @@ impl MemoryLimit {
         }
         self.used = total;
         self.last_grant = delta;
+        self.gauge.0.used.store(total as u64, Ordering::Relaxed);
         Ok(true)
     }
 
     fn grow_failed(&mut self) {
         self.used = self.used.saturating_sub(self.last_grant);
         self.last_grant = 0;
+        self.gauge.0.used.store(self.used as u64, Ordering::Relaxed);
     }
 }
 
@@ -377,7 +430,12 @@ pub(crate) fn wasi_builder(
 }
 
 pub(crate) fn open_log(spec: &ContainerSpec) -> Result<CriLog, RuntimeError> {
-    CriLog::open(&spec.log_path).map_err(|source| RuntimeError::Io {
+    CriLog::open_reopenable(
+        &spec.log_path,
+        crate::logs::LogLimits::default(),
+        spec.log_reopen.clone(),
+    )
+    .map_err(|source| RuntimeError::Io {
         path: spec.log_path.clone(),
         source,
     })

@@ -37,7 +37,7 @@ pub async fn run(
     let log = open_log(spec)?;
     let host = Host {
         wasi: wasi_builder(spec, &log)?.build_p1(),
-        limits: MemoryLimit::new(spec.memory_limit),
+        limits: MemoryLimit::for_spec(spec),
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);
