@@ -1,0 +1,289 @@
+//! WASI preview 2 command components (and the preview 1 build of the same program):
+//! args, env, HOSTNAME, exit codes, stdin, the network policy, the working
+//! directory, limits and stop — on the `hello` and `counter` examples
+//! (scripts/build-wasm-examples.sh builds them).
+
+mod wasm_examples;
+
+use std::time::Duration;
+
+use kelp_runtime_wasm::container::run;
+use kelp_runtime_wasm::http::exports_http_handler;
+use kelp_runtime_wasm::{Artifact, ContainerSpec, ExitReason, StopHandle, WasmEngine};
+
+const P1: &str = "wasm32-wasip1";
+const P2: &str = "wasm32-wasip2";
+
+fn spec(dir: &std::path::Path, name: &str, args: &[&str]) -> ContainerSpec {
+    let mut argv = vec![name.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    ContainerSpec {
+        args: argv,
+        log_path: dir.join(format!("{name}.log")),
+        ..Default::default()
+    }
+}
+
+/// `STREAM TAG MESSAGE` of each CRI log record.
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.splitn(4, ' ').collect::<Vec<_>>())
+        .filter(|p| p.len() == 4)
+        .map(|p| format!("{} {} {}", p[1], p[2], p[3]))
+        .collect()
+}
+
+fn stdout(path: &std::path::Path) -> Vec<String> {
+    log_lines(path)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("stdout F ").map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_runs_as_module_and_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    for target in [P1, P2] {
+        let artifact = engine
+            .compile(&wasm_examples::bytes(target, "hello"))
+            .unwrap();
+        assert_eq!(artifact.is_component(), target == P2);
+        let mut s = spec(dir.path(), &format!("hello-{target}"), &["a", "b c"]);
+        s.hostname = Some("pod-1".into());
+        s.env = vec![("GREETING".into(), "hi".into())];
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!((st.code, st.reason), (0, ExitReason::Completed), "{st:?}");
+        assert_eq!(
+            stdout(&s.log_path),
+            vec![
+                "Hello from Kelp".to_string(),
+                format!("args: hello-{target} a b c"),
+                "HOSTNAME=pod-1".into()
+            ],
+            "{target}"
+        );
+
+        // The env's own HOSTNAME wins; EXIT_CODE makes it exit non-zero.
+        let mut s = spec(dir.path(), &format!("exit-{target}"), &["--stderr"]);
+        s.hostname = Some("pod-1".into());
+        s.env = vec![
+            ("HOSTNAME".into(), "from-env".into()),
+            ("EXIT_CODE".into(), "3".into()),
+        ];
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        // Rust's std for wasip2 reports a non-zero exit through `wasi:cli/exit.exit(err)`,
+        // which only says "failed": exit code 1. (Guests calling `exit-with-code`, which
+        // is linked, get their code through.)
+        let expected = if target == P1 { 3 } else { 1 };
+        assert_eq!(
+            (st.code, st.reason),
+            (expected, ExitReason::Error),
+            "{target}: {st:?}"
+        );
+        let lines = log_lines(&s.log_path);
+        assert!(
+            lines.contains(&"stdout F HOSTNAME=from-env".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"stderr F hello on stderr".to_string()),
+            "{lines:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_is_closed_unless_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    for target in [P1, P2] {
+        let artifact = engine
+            .compile(&wasm_examples::bytes(target, "hello"))
+            .unwrap();
+        let s = spec(dir.path(), &format!("closed-{target}"), &["--stdin"]);
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!(st.code, 0, "{st:?}");
+        assert!(
+            stdout(&s.log_path)
+                .iter()
+                .any(|l| l.trim_end() == "stdin: 0 bytes:"),
+            "{target}: {:?}",
+            stdout(&s.log_path)
+        );
+
+        let mut s = spec(dir.path(), &format!("given-{target}"), &["--stdin"]);
+        s.stdin = Some(b"some input\n".to_vec());
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!(st.code, 0, "{st:?}");
+        assert!(
+            stdout(&s.log_path).contains(&"stdin: 11 bytes: some input".to_string()),
+            "{target}: {:?}",
+            stdout(&s.log_path)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_are_denied_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let artifact = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap();
+
+    let s = spec(dir.path(), "denied", &["--net"]);
+    let st = run(&engine, &artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+    let denied = stdout(&s.log_path);
+    assert!(
+        denied
+            .iter()
+            .any(|l| l.starts_with("net: PermissionDenied")),
+        "{denied:?}"
+    );
+
+    // Allowed, the same connection gets as far as the host's network: port 9 on
+    // loopback has no listener, so it is refused rather than denied.
+    let mut s = spec(dir.path(), "allowed", &["--net"]);
+    s.allow_network = true;
+    let st = run(&engine, &artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+    let allowed = stdout(&s.log_path);
+    let line = allowed.iter().find(|l| l.starts_with("net: ")).unwrap();
+    assert!(!line.starts_with("net: PermissionDenied"), "{allowed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn working_dir_is_the_initial_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let artifact = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), "cwd", &["--cwd"]);
+    s.mounts = vec![kelp_runtime_wasm::Mount {
+        host_path: data.path().into(),
+        guest_path: "/work".into(),
+        read_only: true,
+    }];
+    s.working_dir = Some("/work".into());
+    let st = run(&engine, &artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+    let out = stdout(&s.log_path);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("cwd: ") && l.ends_with("PWD=/work")),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_limits_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let hello = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap();
+
+    // Far too little memory for the component's instances together.
+    let mut s = spec(dir.path(), "oom", &[]);
+    s.memory_limit = Some(64 * 1024);
+    let st = run(&engine, &hello, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!((st.code, st.reason), (137, ExitReason::OomKilled), "{st:?}");
+
+    // A CPU limit throttles but does not break a run.
+    let mut s = spec(dir.path(), "cpu", &[]);
+    s.cpu_limit_millis = Some(100);
+    let st = run(&engine, &hello, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+
+    // The counter runs until stopped.
+    let counter = engine
+        .compile(&wasm_examples::bytes(P2, "counter"))
+        .unwrap();
+    let s = spec(dir.path(), "counter", &[]);
+    let stop = StopHandle::default();
+    let task = {
+        let (engine, s, stop) = (engine.clone(), s.clone(), stop.clone());
+        tokio::spawn(async move { run(&engine, &counter, &s, &stop).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !stdout(&s.log_path).contains(&"count 1".to_string()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the counter never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.stop();
+    let st = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!((st.code, st.reason), (137, ExitReason::Killed), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_components_are_told_apart_and_not_run_as_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let Artifact::Component(http) = engine
+        .compile(&wasm_examples::bytes(P2, "http_hello"))
+        .unwrap()
+    else {
+        panic!("http_hello is a component")
+    };
+    let Artifact::Component(hello) = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap()
+    else {
+        panic!("hello for wasip2 is a component")
+    };
+    assert!(exports_http_handler(&http, &engine));
+    assert!(!exports_http_handler(&hello, &engine));
+    let err = run(
+        &engine,
+        &Artifact::Component(http),
+        &spec(dir.path(), "http-as-command", &[]),
+        &StopHandle::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("serve"), "{err}");
+}
+
+#[test]
+fn component_compile_cache_is_reused() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = wasm_examples::bytes(P2, "hello");
+    let engine = WasmEngine::new(Some(cache.path())).unwrap();
+    assert!(engine.compile(&bytes).unwrap().is_component());
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one cached compilation: {files:?}");
+    let modified = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    // A new engine (a restarted node) loads it instead of compiling.
+    let engine = WasmEngine::new(Some(cache.path())).unwrap();
+    assert!(engine.compile(&bytes).unwrap().is_component());
+    assert_eq!(
+        modified,
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap()
+    );
+}
