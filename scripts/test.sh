@@ -24,5 +24,7 @@ python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install -q 'kuberne
 command -v kubectl >/dev/null || { echo "kubectl is required (see README)"; exit 1; }
 
 export RUST_BACKTRACE=1
+# Wasm example workloads (rustup target add wasm32-wasip1 wasm32-wasip2 if missing).
+scripts/build-wasm-examples.sh
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
