@@ -11,10 +11,7 @@ fn main() {
     println!("Hello from Kelp");
     let args: Vec<String> = std::env::args().collect();
     println!("args: {}", args.join(" "));
-    println!(
-        "HOSTNAME={}",
-        std::env::var("HOSTNAME").unwrap_or_default()
-    );
+    println!("HOSTNAME={}", std::env::var("HOSTNAME").unwrap_or_default());
     for arg in args.iter().skip(1) {
         match arg.as_str() {
             "--stdin" => {
