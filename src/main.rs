@@ -1,6 +1,7 @@
 //! `kelp`: the Kelp orchestrator's one binary.
 
 mod image_cmd;
+mod runtime_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Command {
     Image(image_cmd::ImageCommand),
     /// Publish a .wasm file to a registry as a CNCF Wasm artifact.
     Push(image_cmd::PushArgs),
+    /// The Wasm runtime alone, serving CRI over gRPC on a unix socket.
+    Runtime(runtime_cmd::RuntimeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -120,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
             Command::Image(c) => image_cmd::run_image(c).await,
             Command::Push(a) => image_cmd::run_push(a).await,
+            Command::Runtime(a) => runtime_cmd::run(a, shutdown_signal()).await,
         }
     })
 }

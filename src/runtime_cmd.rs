@@ -1,0 +1,46 @@
+//! `kelp runtime`: the Wasm runtime alone, serving CRI over gRPC on a unix socket
+//! (the upstream shape: a kubelet, or crictl, dials it like containerd's socket).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    /// CRI endpoint to serve, `unix:///PATH`.
+    #[arg(long, default_value = "unix:///run/kelp/wasm.sock")]
+    listen: String,
+    /// Node state directory; the runtime keeps images and compiled modules under
+    /// DATA_DIR/runtime.
+    #[arg(long, default_value = "/var/lib/kelp", env = "KELP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A registry reached over plain http although not on loopback (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+}
+
+pub async fn run(
+    args: RuntimeArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let path = args
+        .listen
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .with_context(|| format!("--listen {:?}: only unix:///PATH is served", args.listen))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut cfg = kelp_runtime_wasm::service::RuntimeConfig::new(args.data_dir.join("runtime"));
+    cfg.insecure_registries = args.insecure_registry;
+    let rt =
+        kelp_runtime_wasm::service::WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
+    let rt = Arc::new(rt);
+    println!("kelp runtime is serving CRI at unix://{}", path.display());
+    kelp_cri_api::serve_unix(&path, rt.clone(), rt, shutdown)
+        .await
+        .context("serving CRI")?;
+    Ok(())
+}
