@@ -7,11 +7,12 @@
 //!    on-demand and the pooling instance allocator;
 //! 2. host memory per idle wasi:http server: RSS (and PSS) growth for 1,000 servers,
 //!    each compiled from the compile cache as a node does per container and having
-//!    served one request, divided by 1,000.
+//!    served one request, divided by 1,000 (on-demand allocator, or the pooling one
+//!    with `--pooling`).
 //!
 //! ```sh
 //! scripts/build-wasm-examples.sh
-//! cargo run --release -p kelp-runtime-wasm --example bench_http -- [--clients 32] [--seconds 5] [--servers 1000]
+//! cargo run --release -p kelp-runtime-wasm --example bench_http -- [--clients 32] [--seconds 5] [--servers 1000] [--pooling]
 //! ```
 
 use std::net::SocketAddr;
@@ -302,11 +303,11 @@ async fn throughput(clients: u64, secs: u64) {
     println!();
 }
 
-async fn idle_memory(servers: u64) {
+async fn idle_memory(servers: u64, label: &str, allocation: Allocation) {
     let bytes = component_bytes();
     let cache = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let engine = WasmEngine::new(Some(cache.path())).unwrap();
+    let engine = WasmEngine::with_allocation(Some(cache.path()), allocation).unwrap();
     // Fill the compile cache and warm the runtime before the baseline.
     drop(engine.compile(&bytes).unwrap());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -351,9 +352,8 @@ async fn idle_memory(servers: u64) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss1, pss1) = memory();
-    println!("## Idle wasi:http servers\n");
     println!(
-        "{servers} servers ({} served a request): RSS +{:.1} MiB = **{:.1} KiB per idle server** (PSS +{:.1} MiB = {:.1} KiB)\n",
+        "{label}: {servers} servers ({} served a request): RSS +{:.1} MiB = **{:.1} KiB per idle server** (PSS +{:.1} MiB = {:.1} KiB)\n",
         served.load(std::sync::atomic::Ordering::Relaxed),
         (rss1.saturating_sub(rss0)) as f64 / (1 << 20) as f64,
         (rss1.saturating_sub(rss0)) as f64 / 1024.0 / servers as f64,
@@ -363,6 +363,7 @@ async fn idle_memory(servers: u64) {
     for s in stops {
         s.stop();
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 #[tokio::main]
@@ -371,6 +372,12 @@ async fn main() {
     let secs = arg("--seconds", 5);
     let servers = arg("--servers", 1000);
     // Memory first, on a fresh process heap.
-    idle_memory(servers).await;
+    println!("## Idle wasi:http servers\n");
+    // One allocator per process, so neither measurement inherits the other's heap.
+    if std::env::args().any(|a| a == "--pooling") {
+        idle_memory(servers, "pooling", Allocation::Pooling { instances: 1000 }).await;
+    } else {
+        idle_memory(servers, "on-demand", Allocation::OnDemand).await;
+    }
     throughput(clients, secs).await;
 }

@@ -7,17 +7,18 @@
 //!    once + a minimal WASI context + instantiate + `_start` / `wasi:cli/run`) — for
 //!    the preview 1 module and the preview 2 command component;
 //! 2. host memory per running `counter` container: RSS (and PSS) growth with N
-//!    counters running, divided by N.
+//!    counters running, divided by N (on-demand allocator, or the pooling one with
+//!    `--pooling`).
 //!
 //! ```sh
 //! scripts/build-wasm-examples.sh
-//! cargo run --release -p kelp-runtime-wasm --example bench_start -- [--runs 2000] [--counters 1000]
+//! cargo run --release -p kelp-runtime-wasm --example bench_start -- [--runs 2000] [--counters 1000] [--pooling]
 //! ```
 
 use std::time::{Duration, Instant};
 
 use kelp_runtime_wasm::container::run;
-use kelp_runtime_wasm::{Artifact, ContainerSpec, StopHandle, WasmEngine};
+use kelp_runtime_wasm::{Allocation, Artifact, ContainerSpec, StopHandle, WasmEngine};
 use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -204,8 +205,8 @@ async fn start_cost(runs: u64) {
     println!();
 }
 
-async fn counter_memory(n: u64) {
-    let engine = WasmEngine::new(None).unwrap();
+async fn counter_memory(n: u64, label: &str, allocation: Allocation) {
+    let engine = WasmEngine::with_allocation(None, allocation).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifact = engine
         .compile(&example("wasm32-wasip1", "counter"))
@@ -230,9 +231,8 @@ async fn counter_memory(n: u64) {
     // Let every counter print a few lines.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss1, pss1) = memory();
-    println!("## Running `counter` containers\n");
     println!(
-        "{n} counters (preview 1): RSS +{:.1} MiB = **{:.1} KiB per running container** (PSS +{:.1} MiB = {:.1} KiB)\n",
+        "{label}: {n} counters (preview 1): RSS +{:.1} MiB = **{:.1} KiB per running container** (PSS +{:.1} MiB = {:.1} KiB)\n",
         rss1.saturating_sub(rss0) as f64 / (1 << 20) as f64,
         rss1.saturating_sub(rss0) as f64 / 1024.0 / n as f64,
         pss1.saturating_sub(pss0) as f64 / (1 << 20) as f64,
@@ -251,6 +251,14 @@ async fn counter_memory(n: u64) {
 async fn main() {
     let runs = arg("--runs", 2000);
     let counters = arg("--counters", 1000);
-    counter_memory(counters).await;
+    println!("## Running `counter` containers\n");
+    // One allocator per process, so neither measurement inherits the other's heap.
+    if std::env::args().any(|a| a == "--pooling") {
+        // The pool has slots for 1,000 instances in all.
+        let n = counters.min(900);
+        counter_memory(n, "pooling", Allocation::Pooling { instances: 1000 }).await;
+    } else {
+        counter_memory(counters, "on-demand", Allocation::OnDemand).await;
+    }
     start_cost(runs).await;
 }

@@ -383,8 +383,8 @@ pub(crate) fn wasi_builder(
     let mut b = WasiCtxBuilder::new();
     b.args(&spec.args)
         .envs(&spec.env)
-        .stdout(log.stream(Stream::Stdout))
-        .stderr(log.stream(Stream::Stderr));
+        .stdout(LogOutput::new(log, Stream::Stdout))
+        .stderr(LogOutput::new(log, Stream::Stderr));
     let has = |k: &str| spec.env.iter().any(|(n, _)| n == k);
     if let Some(h) = &spec.hostname {
         if !has("HOSTNAME") {
@@ -427,6 +427,63 @@ pub(crate) fn wasi_builder(
             })?;
     }
     Ok(b)
+}
+
+/// stdout/stderr into the CRI log, written synchronously from the guest's write
+/// call. (wasmtime-wasi's default adapter for an `AsyncWrite` hands every write to a
+/// background task, a cross-thread wake-up per write that cost more than the whole
+/// instantiation of a small command — see docs/benchmarks.md, "Wasm runtime".) The
+/// log appends small records to a local file, as [`crate::logs::LogStream`] does.
+struct LogOutput {
+    log: CriLog,
+    stream: Stream,
+}
+
+impl LogOutput {
+    fn new(log: &CriLog, stream: Stream) -> Self {
+        LogOutput {
+            log: log.clone(),
+            stream,
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.log.stream(self.stream))
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(LogOutput::new(&self.log, self.stream))
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for LogOutput {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::OutputStream for LogOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.log
+            .write(self.stream, &bytes)
+            .map_err(|e| wasmtime_wasi::p2::StreamError::LastOperationFailed(e.into()))
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        // Any size: a write is a few appends to a local file.
+        Ok(1 << 20)
+    }
 }
 
 pub(crate) fn open_log(spec: &ContainerSpec) -> Result<CriLog, RuntimeError> {
