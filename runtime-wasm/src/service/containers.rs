@@ -19,6 +19,7 @@ use super::{
     lock, new_id, now_nanos, Sandbox, ServiceError, WasmRuntime, CONTAINER_PORTS_ANNOTATION,
 };
 use crate::container::Artifact;
+use crate::engine::WasmEngine;
 use crate::container::{ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
 use crate::image::ImageRecord;
 
@@ -72,6 +73,8 @@ pub struct Container {
     /// Absolute path of the CRI log file, when the kubelet asked for one.
     pub log_path: PathBuf,
     pub spec: ContainerSpec,
+    /// The engine the artifact was compiled for (commands or wasi:http).
+    engine: WasmEngine,
     artifact: Artifact,
     /// Where a wasi:http component is served; `None` for commands.
     http_addr: Option<SocketAddr>,
@@ -246,6 +249,37 @@ impl<F: Future> Future for Timed<F> {
 }
 
 impl WasmRuntime {
+    /// Compiles (or loads from the compile cache) an image's module for the engine
+    /// that will run it: components go to the wasi:http engine first and come back to
+    /// the command engine when they turn out to be commands. Also says whether the
+    /// artifact serves wasi:http.
+    async fn compile_image(
+        &self,
+        image: &ImageRecord,
+    ) -> Result<(WasmEngine, Artifact, bool), ServiceError> {
+        let path = image.wasm_path.clone();
+        let is_component = image.kind == crate::image::WasmKind::Component;
+        let (commands, http) = (self.engine().clone(), self.http_engine().clone());
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|source| crate::RuntimeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if is_component {
+                let artifact = http.compile(&bytes)?;
+                if let Artifact::Component(c) = &artifact {
+                    if crate::http::exports_http_handler(c, &http) {
+                        return Ok((http, artifact, true));
+                    }
+                }
+            }
+            let artifact = commands.compile(&bytes)?;
+            Ok((commands, artifact, false))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("compile task: {e}")))?
+    }
+
     pub async fn create_container(
         &self,
         sandbox_id: &str,
@@ -269,17 +303,7 @@ impl WasmRuntime {
                 kind: "image",
                 id: cfg.image.clone(),
             })?;
-        let engine = self.engine().clone();
-        let wasm_path = image.wasm_path.clone();
-        let artifact = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&wasm_path).map_err(|source| crate::RuntimeError::Io {
-                path: wasm_path.clone(),
-                source,
-            })?;
-            engine.compile(&bytes)
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("compile task: {e}")))??;
+        let (engine, artifact, serves_http) = self.compile_image(&image).await?;
 
         let id = new_id();
         let log_path = match (&sb.config.log_directory, &cfg.log_path) {
@@ -307,12 +331,7 @@ impl WasmRuntime {
             cpu_limit_millis: cfg.cpu_limit_millis,
             ..Default::default()
         };
-        let http_addr = match &artifact {
-            Artifact::Component(c) if crate::http::exports_http_handler(c, self.engine()) => {
-                Some(SocketAddr::new(sb.ip, http_port(&cfg, &sb)))
-            }
-            _ => None,
-        };
+        let http_addr = serves_http.then(|| SocketAddr::new(sb.ip, http_port(&cfg, &sb)));
         let (exited, _) = watch::channel(false);
         let c = Arc::new(Container {
             id: id.clone(),
@@ -322,6 +341,7 @@ impl WasmRuntime {
             created_at: now_nanos(),
             log_path,
             spec,
+            engine,
             artifact,
             http_addr,
             state: Mutex::new(ContainerState {
@@ -353,7 +373,7 @@ impl WasmRuntime {
             st.phase = ContainerPhase::Running;
             st.started_at = now_nanos();
         }
-        let engine = self.engine().clone();
+        let engine = c.engine.clone();
         let task_c = c.clone();
         let run = async move {
             let c = task_c;

@@ -21,7 +21,7 @@ pub use containers::{Container, ContainerConfig, ContainerPhase, ContainerState}
 pub use exec::ExecOutput;
 pub use sandboxes::{PortMapping, Sandbox, SandboxConfig};
 
-use crate::engine::WasmEngine;
+use crate::engine::{Allocation, WasmEngine};
 use crate::image::ImageStore;
 
 /// The CRI runtime handler this runtime serves (a RuntimeClass names it).
@@ -87,7 +87,12 @@ pub struct WasmRuntime {
 
 struct Inner {
     cfg: RuntimeConfig,
+    /// Commands (preview 1 modules, preview 2 command components): instances allocated
+    /// on demand, so the number of running containers is bounded by memory alone.
     engine: WasmEngine,
+    /// wasi:http components: the pooling allocator, which makes the per-request
+    /// instance ~1.6× cheaper but caps concurrent instances (docs/benchmarks.md).
+    http_engine: WasmEngine,
     images: ImageStore,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -95,12 +100,16 @@ struct Inner {
 
 impl WasmRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<Self, ServiceError> {
-        let engine = WasmEngine::new(Some(&cfg.root.join("compiled")))?;
+        let compiled = cfg.root.join("compiled");
+        let engine =
+            WasmEngine::with_allocation(Some(&compiled.join("commands")), Allocation::OnDemand)?;
+        let http_engine = WasmEngine::new(Some(&compiled.join("http")))?;
         let images = ImageStore::open(&cfg.root.join("images"))?;
         Ok(WasmRuntime {
             inner: Arc::new(Inner {
                 cfg,
                 engine,
+                http_engine,
                 images,
                 sandboxes: Mutex::new(HashMap::new()),
                 containers: Mutex::new(HashMap::new()),
@@ -112,8 +121,14 @@ impl WasmRuntime {
         &self.inner.cfg
     }
 
+    /// The engine commands run on.
     pub fn engine(&self) -> &WasmEngine {
         &self.inner.engine
+    }
+
+    /// The engine wasi:http components are served from.
+    pub fn http_engine(&self) -> &WasmEngine {
+        &self.inner.http_engine
     }
 
     pub fn images(&self) -> &ImageStore {
