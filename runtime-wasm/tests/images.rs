@@ -17,20 +17,31 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
-/// A valid core module whose bytes differ by `tag` (a custom section named "kelp").
+/// A WASI command module that prints `pulled <tag>`: every pulled module is run.
 fn module(tag: &str) -> Vec<u8> {
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    let payload = [&[4u8][..], b"kelp", tag.as_bytes()].concat();
-    m.push(0);
-    m.push(payload.len() as u8);
-    m.extend_from_slice(&payload);
-    m
+    let line = format!("pulled {tag}\n");
+    let wat = format!(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 64) "{}")
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 64))
+               (i32.store (i32.const 4) (i32.const {}))
+               (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        line.escape_default(),
+        line.len()
+    );
+    wat::parse_str(wat).expect("fixture WAT")
 }
 
 /// A component header (layer 1) followed by a custom section.
 fn component(tag: &str) -> Vec<u8> {
-    let mut m = module(tag);
-    m[4..8].copy_from_slice(b"\x0d\0\x01\0");
+    let mut m = b"\0asm\x0d\0\x01\0".to_vec();
+    let payload = [&[4u8][..], b"kelp", tag.as_bytes()].concat();
+    m.push(0);
+    m.push(payload.len() as u8);
+    m.extend_from_slice(&payload);
     m
 }
 
@@ -237,6 +248,45 @@ fn check_pulled(rec: &ImageRecord, wasm: &[u8], kind: WasmKind) {
     assert_eq!(std::fs::read(&rec.wasm_path).unwrap(), wasm);
     assert_eq!(rec.wasm_digest, digest(wasm));
     assert_eq!(rec.kind, kind);
+    if kind == WasmKind::Module {
+        run_pulled(rec);
+    }
+}
+
+/// Runs a pulled command module from the store and checks what it printed.
+fn run_pulled(rec: &ImageRecord) {
+    use kelp_runtime_wasm::{Allocation, ContainerSpec, StopHandle, WasmEngine};
+    let engine = WasmEngine::with_allocation(None, Allocation::OnDemand).unwrap();
+    let artifact = engine
+        .compile(&std::fs::read(&rec.wasm_path).unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ContainerSpec {
+        args: vec!["app".into()],
+        log_path: dir.path().join("0.log"),
+        ..Default::default()
+    };
+    // Its own thread and runtime: the callers are async tests.
+    let exit = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(kelp_runtime_wasm::container::run(
+                &engine,
+                &artifact,
+                &spec,
+                &StopHandle::default(),
+            ))
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap();
+    assert_eq!(exit.code, 0, "{exit:?}");
+    let log = std::fs::read_to_string(dir.path().join("0.log")).unwrap();
+    assert!(log.contains(" stdout F pulled "), "{log}");
 }
 
 #[tokio::test]
