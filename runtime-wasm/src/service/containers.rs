@@ -19,8 +19,8 @@ use super::{
     lock, new_id, now_nanos, Sandbox, ServiceError, WasmRuntime, CONTAINER_PORTS_ANNOTATION,
 };
 use crate::container::Artifact;
-use crate::engine::WasmEngine;
 use crate::container::{ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};
+use crate::engine::WasmEngine;
 use crate::image::ImageRecord;
 
 /// Sandbox annotation that takes the pod's sockets away (`kelp.dev/network: none`).
