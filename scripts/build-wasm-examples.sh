@@ -17,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   rustup target add "${missing[@]}"
 fi
 
-cargo build --release --target wasm32-wasip1 -p hello -p counter
-cargo build --release --target wasm32-wasip2 -p hello -p counter -p http-hello
+# Always into examples/wasm/target, where tests look, whatever CARGO_TARGET_DIR says.
+cargo build --release --target-dir target --target wasm32-wasip1 -p hello -p counter
+cargo build --release --target-dir target --target wasm32-wasip2 -p hello -p counter -p http-hello
 ls -l target/wasm32-wasip1/release/*.wasm target/wasm32-wasip2/release/*.wasm
