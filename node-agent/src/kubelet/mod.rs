@@ -1,0 +1,211 @@
+//! The kubelet: registers the Node and keeps its Lease, watches the pods bound to the
+//! node, and runs one worker per pod that turns the pod into sandboxes and containers
+//! through CRI and reports their status.
+//!
+//! Layout: [`node`] (registration, heartbeat), [`actions`] (the pure decision),
+//! [`spec`] (pod → CRI configs), [`env`] (env values and volumes), [`status`] (pure pod
+//! status), [`events`], and `worker` (the executor).
+
+pub mod actions;
+pub mod env;
+pub mod events;
+pub mod node;
+pub mod spec;
+pub mod status;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kelp_cri_api::v1 as cri;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::cri::RuntimeRouter;
+pub use actions::BackoffPolicy;
+
+/// How a kubelet runs.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// The Node's name (also `kubernetes.io/hostname`).
+    pub node_name: String,
+    /// The node's InternalIP (pods' `hostIP`).
+    pub node_ip: IpAddr,
+    /// Pod directories live under `<root_dir>/pods/`.
+    pub root_dir: PathBuf,
+    /// `capacity.pods`: Wasm pods are cheap, so the default is what the runtime holds,
+    /// not upstream's 110.
+    pub max_pods: u32,
+    /// Extra labels for the Node.
+    pub node_labels: BTreeMap<String, String>,
+    /// The kubelet port the Node advertises (`daemonEndpoints`).
+    pub kubelet_port: u16,
+    pub lease_duration: Duration,
+    pub lease_renew_interval: Duration,
+    pub node_status_interval: Duration,
+    /// How often a busy pod worker relists its containers (exits are found this way).
+    pub sync_interval: Duration,
+    pub crash_backoff: BackoffPolicy,
+    pub pull_backoff: BackoffPolicy,
+}
+
+impl KubeletConfig {
+    /// Upstream's defaults for node `node_name` with state under `root_dir`.
+    pub fn new(node_name: impl Into<String>, root_dir: impl Into<PathBuf>) -> Self {
+        KubeletConfig {
+            node_name: node_name.into(),
+            node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            root_dir: root_dir.into(),
+            max_pods: 10_000,
+            node_labels: BTreeMap::new(),
+            kubelet_port: 10250,
+            lease_duration: Duration::from_secs(40),
+            lease_renew_interval: Duration::from_secs(10),
+            node_status_interval: Duration::from_secs(60),
+            sync_interval: Duration::from_secs(1),
+            crash_backoff: BackoffPolicy::default(),
+            pull_backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// The router serves no runtime for its default handler.
+    #[error("no runtime serves the default handler {0:?}")]
+    NoDefaultRuntime(String),
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The kubelet of one node.
+pub struct Kubelet;
+
+struct WorkerHandle {
+    tx: watch::Sender<Option<Pod>>,
+    task: JoinHandle<()>,
+}
+
+impl Kubelet {
+    /// Runs the kubelet until `shutdown` resolves: registers the node, heartbeats, and
+    /// runs the pods bound to it. Running pods are left alone on shutdown (as
+    /// upstream's kubelet does); an in-process runtime ends them with the process.
+    pub async fn run(
+        config: KubeletConfig,
+        client: Client,
+        runtimes: RuntimeRouter,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), KubeletError> {
+        let default = runtimes
+            .route(None)
+            .map_err(|_| KubeletError::NoDefaultRuntime(runtimes.default_handler().into()))?
+            .clone();
+        std::fs::create_dir_all(config.root_dir.join("pods")).map_err(|source| {
+            KubeletError::Io {
+                path: config.root_dir.join("pods"),
+                source,
+            }
+        })?;
+        let runtime_version = match default
+            .runtime
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+        {
+            Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
+            Err(e) => {
+                warn!(error = %e.message(), "runtime version unknown");
+                "unknown://unknown".into()
+            }
+        };
+        info!(node = %config.node_name, runtime = %runtime_version, handlers = ?runtimes.handlers(), "kubelet starting");
+
+        let node = node::NodeAgent::new(
+            client.clone(),
+            config.clone(),
+            runtimes.handlers(),
+            runtime_version,
+        );
+        let heartbeat = tokio::spawn(node.run());
+        let shared = Arc::new(worker::Shared {
+            client: client.clone(),
+            events: events::EventRecorder::start(client.clone(), config.node_name.clone()),
+            cfg: config.clone(),
+            router: runtimes,
+        });
+
+        let pods: Api<Pod> = Api::all(client);
+        let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+        let mut stream = watcher::watcher(pods, wc).default_backoff().boxed();
+        let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+        let mut listed: Option<HashSet<String>> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let ev = tokio::select! {
+                _ = &mut shutdown => break,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else { break };
+            match ev {
+                Ok(Event::Apply(pod)) => dispatch(&shared, &mut workers, pod),
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(l) = listed.as_mut() {
+                        l.insert(spec::uid(&pod).to_string());
+                    }
+                    dispatch(&shared, &mut workers, pod)
+                }
+                Ok(Event::Delete(pod)) => {
+                    if let Some(w) = workers.get(spec::uid(&pod)) {
+                        w.tx.send_replace(None);
+                    }
+                }
+                Ok(Event::Init) => listed = Some(HashSet::new()),
+                Ok(Event::InitDone) => {
+                    // Pods deleted while the watch was down.
+                    if let Some(l) = listed.take() {
+                        for (uid, w) in &workers {
+                            if !l.contains(uid) {
+                                w.tx.send_replace(None);
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "pod watch failed; retrying"),
+            }
+            workers.retain(|_, w| !w.task.is_finished());
+        }
+        info!(node = %config.node_name, "kubelet stopping");
+        heartbeat.abort();
+        for (_, w) in workers {
+            w.task.abort();
+        }
+        Ok(())
+    }
+}
+
+fn dispatch(shared: &Arc<worker::Shared>, workers: &mut HashMap<String, WorkerHandle>, pod: Pod) {
+    let uid = spec::uid(&pod).to_string();
+    if let Some(w) = workers.get(&uid) {
+        if !w.task.is_finished() {
+            w.tx.send_replace(Some(pod));
+            return;
+        }
+    }
+    let (tx, rx) = watch::channel(Some(pod));
+    let task = tokio::spawn(worker::run(shared.clone(), rx));
+    workers.insert(uid, WorkerHandle { tx, task });
+}

@@ -1,0 +1,481 @@
+//! Node registration and heartbeat: the Node object (labels, capacity, addresses,
+//! nodeInfo, runtime handlers, conditions) and the Lease in `kube-node-lease` that
+//! says the node is alive.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeRuntimeHandler,
+    NodeRuntimeHandlerFeatures, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tracing::{debug, info, warn};
+
+use super::KubeletConfig;
+
+/// The kubelet version the node reports (the API level Kelp follows).
+pub const KUBELET_VERSION: &str = "v1.32.0-kelp";
+/// Where node leases live.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Facts about the machine the node runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in bytes.
+pub fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `PRETTY_NAME` of an os-release text.
+fn pretty_name(os_release: &str) -> Option<String> {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// The machine's hostname (lowercase, as upstream's node names).
+pub fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| read_trimmed("/etc/hostname"))
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
+}
+
+impl HostFacts {
+    pub fn detect() -> Self {
+        HostFacts {
+            hostname: hostname(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| mem_total(&m))
+                .unwrap_or(0),
+            kernel_version: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
+            os_image: std::fs::read_to_string("/etc/os-release")
+                .ok()
+                .and_then(|s| pretty_name(&s))
+                .unwrap_or_else(|| "Linux".into()),
+            machine_id: read_trimmed("/etc/machine-id").unwrap_or_default(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+        }
+    }
+}
+
+/// Rust's architecture names → Go's (what `kubernetes.io/arch` holds).
+pub fn go_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+/// The Node's labels.
+pub fn node_labels(cfg: &KubeletConfig) -> BTreeMap<String, String> {
+    let mut l = cfg.node_labels.clone();
+    l.insert("kubernetes.io/os".into(), "linux".into());
+    l.insert(
+        "kubernetes.io/arch".into(),
+        go_arch(std::env::consts::ARCH).into(),
+    );
+    l.insert("kubernetes.io/hostname".into(), cfg.node_name.clone());
+    l.insert("beta.kubernetes.io/os".into(), "linux".into());
+    l.insert(
+        "beta.kubernetes.io/arch".into(),
+        go_arch(std::env::consts::ARCH).into(),
+    );
+    l
+}
+
+fn node_condition(
+    old: Option<&NodeStatus>,
+    now: &Time,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> NodeCondition {
+    let since = old
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == kind))
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(since),
+    }
+}
+
+/// The node's status at `now` (transition times kept from `old`).
+pub fn node_status(
+    cfg: &KubeletConfig,
+    facts: &HostFacts,
+    handlers: &[String],
+    runtime_version: &str,
+    old: Option<&NodeStatus>,
+    now: Timestamp,
+) -> NodeStatus {
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu", facts.cpus.to_string()),
+        ("memory", format!("{}Ki", facts.memory_bytes / 1024)),
+        ("pods", cfg.max_pods.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Quantity(v)))
+    .collect();
+    let arch = go_arch(std::env::consts::ARCH).to_string();
+    NodeStatus {
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: cfg.node_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: facts.hostname.clone(),
+            },
+        ]),
+        conditions: Some(vec![
+            node_condition(
+                old,
+                &now,
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            node_condition(
+                old,
+                &now,
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            ),
+            node_condition(
+                old,
+                &now,
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+            node_condition(
+                old,
+                &now,
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(cfg.kubelet_port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: arch,
+            boot_id: facts.boot_id.clone(),
+            container_runtime_version: runtime_version.into(),
+            kernel_version: facts.kernel_version.clone(),
+            kube_proxy_version: KUBELET_VERSION.into(),
+            kubelet_version: KUBELET_VERSION.into(),
+            machine_id: facts.machine_id.clone(),
+            operating_system: "linux".into(),
+            os_image: facts.os_image.clone(),
+            system_uuid: facts.machine_id.clone(),
+            swap: None,
+        }),
+        runtime_handlers: Some(
+            handlers
+                .iter()
+                .map(|h| NodeRuntimeHandler {
+                    name: Some(h.clone()),
+                    features: Some(NodeRuntimeHandlerFeatures {
+                        recursive_read_only_mounts: Some(false),
+                        user_namespaces: Some(false),
+                    }),
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Node registration and heartbeats for one node.
+pub struct NodeAgent {
+    pub(crate) cfg: KubeletConfig,
+    pub(crate) facts: HostFacts,
+    pub(crate) handlers: Vec<String>,
+    pub(crate) runtime_version: String,
+    nodes: Api<Node>,
+    leases: Api<Lease>,
+}
+
+impl NodeAgent {
+    pub fn new(
+        client: Client,
+        cfg: KubeletConfig,
+        handlers: Vec<String>,
+        runtime_version: String,
+    ) -> Self {
+        NodeAgent {
+            facts: HostFacts::detect(),
+            cfg,
+            handlers,
+            runtime_version,
+            nodes: Api::all(client.clone()),
+            leases: Api::namespaced(client, LEASE_NAMESPACE),
+        }
+    }
+
+    /// Creates the Node (or brings the labels of an existing one up to date) and
+    /// writes its status.
+    pub async fn register(&self) -> Result<Node, kube::Error> {
+        let name = &self.cfg.node_name;
+        let labels = node_labels(&self.cfg);
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match self.nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => info!(node = %name, "node registered"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let patch = serde_json::json!({"metadata": {"labels": labels}});
+                self.nodes
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                info!(node = %name, "node already registered; labels updated");
+            }
+            Err(e) => return Err(e),
+        }
+        self.update_status().await
+    }
+
+    /// Writes the node's status (status subresource, merge patch).
+    pub async fn update_status(&self) -> Result<Node, kube::Error> {
+        let name = &self.cfg.node_name;
+        let old = self.nodes.get_opt(name).await?.and_then(|n| n.status);
+        let status = node_status(
+            &self.cfg,
+            &self.facts,
+            &self.handlers,
+            &self.runtime_version,
+            old.as_ref(),
+            Timestamp::now(),
+        );
+        let patch = serde_json::json!({ "status": status });
+        self.nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+    }
+
+    /// Renews (or creates) the node's Lease.
+    pub async fn renew_lease(&self, node_uid: Option<&str>) -> Result<(), kube::Error> {
+        let name = &self.cfg.node_name;
+        let now = MicroTime(Timestamp::now());
+        let duration = self.cfg.lease_duration.as_secs() as i32;
+        let patch = serde_json::json!({"spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": duration,
+            "renewTime": now,
+        }});
+        match self
+            .leases
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(LEASE_NAMESPACE.into()),
+                        owner_references: node_uid.map(|uid| {
+                            vec![OwnerReference {
+                                api_version: "v1".into(),
+                                kind: "Node".into(),
+                                name: name.clone(),
+                                uid: uid.to_string(),
+                                ..Default::default()
+                            }]
+                        }),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(name.clone()),
+                        lease_duration_seconds: Some(duration),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
+                };
+                self.leases.create(&PostParams::default(), &lease).await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers (retrying until it succeeds), then renews the lease and the node
+    /// status on their intervals, forever.
+    pub async fn run(self) {
+        let mut delay = Duration::from_millis(200);
+        let node = loop {
+            match self.register().await {
+                Ok(n) => break n,
+                Err(e) => {
+                    warn!(error = %e, node = %self.cfg.node_name, "node registration failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let uid = node.metadata.uid.clone();
+        let mut lease = tokio::time::interval(self.cfg.lease_renew_interval);
+        let mut status = tokio::time::interval(self.cfg.node_status_interval);
+        status.tick().await; // registration just wrote it
+        loop {
+            tokio::select! {
+                _ = lease.tick() => {
+                    if let Err(e) = self.renew_lease(uid.as_deref()).await {
+                        warn!(error = %e, "lease renewal failed");
+                    } else {
+                        debug!(node = %self.cfg.node_name, "lease renewed");
+                    }
+                }
+                _ = status.tick() => {
+                    if let Err(e) = self.update_status().await {
+                        warn!(error = %e, "node status update failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_parsing() {
+        assert_eq!(
+            mem_total("MemTotal:       16314436 kB\nMemFree: 1 kB\n"),
+            Some(16314436 * 1024)
+        );
+        assert_eq!(
+            pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\n").as_deref(),
+            Some("Debian GNU/Linux 13 (trixie)")
+        );
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+    }
+
+    #[test]
+    fn status_reports_capacity_handlers_and_ready() {
+        let cfg = KubeletConfig::new("n1", "/tmp/k");
+        let facts = HostFacts {
+            hostname: "h".into(),
+            cpus: 4,
+            memory_bytes: 8 << 30,
+            kernel_version: "6.1".into(),
+            os_image: "Debian".into(),
+            machine_id: "m".into(),
+            boot_id: "b".into(),
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let s = node_status(
+            &cfg,
+            &facts,
+            &["wasm".into()],
+            "kelp-wasm://0.1.0",
+            None,
+            now,
+        );
+        let cap = s.capacity.as_ref().unwrap();
+        assert_eq!(cap["cpu"].0, "4");
+        assert_eq!(cap["memory"].0, "8388608Ki");
+        assert_eq!(cap["pods"].0, "10000");
+        let ready = s
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("True", Some("KubeletReady"))
+        );
+        let info = s.node_info.as_ref().unwrap();
+        assert_eq!(info.kubelet_version, KUBELET_VERSION);
+        assert_eq!(info.container_runtime_version, "kelp-wasm://0.1.0");
+        assert_eq!(
+            s.runtime_handlers.as_ref().unwrap()[0].name.as_deref(),
+            Some("wasm")
+        );
+        // Transition times stay while the condition holds.
+        let later = node_status(
+            &cfg,
+            &facts,
+            &["wasm".into()],
+            "x",
+            Some(&s),
+            Timestamp::from_second(1_700_000_100).unwrap(),
+        );
+        let r2 = later
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(r2.last_transition_time, ready.last_transition_time);
+        assert_ne!(r2.last_heartbeat_time, ready.last_heartbeat_time);
+    }
+}
