@@ -1,5 +1,6 @@
 //! `kelp`: the Kelp orchestrator's one binary.
 
+mod agent_cmd;
 mod image_cmd;
 mod runtime_cmd;
 
@@ -23,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything in one process on the embedded store (the single-machine default).
-    Up(ControlPlaneArgs),
+    /// Everything in one process on the embedded store (the single-machine default):
+    /// the control plane and a node running Wasm pods.
+    Up(agent_cmd::UpArgs),
     /// The control plane without a node (API server; scheduler and controllers as they land).
     Server(ControlPlaneArgs),
     /// The API server alone.
@@ -36,6 +38,10 @@ enum Command {
     Push(image_cmd::PushArgs),
     /// The Wasm runtime alone, serving CRI over gRPC on a unix socket.
     Runtime(runtime_cmd::RuntimeArgs),
+    /// A node joining a cluster: the kubelet over the in-process Wasm runtime.
+    Agent(agent_cmd::AgentArgs),
+    /// The kubelet alone, with a kubeconfig.
+    Kubelet(agent_cmd::KubeletArgs),
 }
 
 #[derive(Args, Clone)]
@@ -118,12 +124,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up(a) => run_control_plane(a, "up").await,
+            Command::Up(a) => agent_cmd::run_up(a).await,
             Command::Server(a) => run_control_plane(a, "server").await,
             Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
             Command::Image(c) => image_cmd::run_image(c).await,
             Command::Push(a) => image_cmd::run_push(a).await,
             Command::Runtime(a) => runtime_cmd::run(a, shutdown_signal()).await,
+            Command::Agent(a) => agent_cmd::run_agent(a, shutdown_signal()).await,
+            Command::Kubelet(a) => agent_cmd::run_kubelet(a, shutdown_signal()).await,
         }
     })
 }

@@ -47,6 +47,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>
         last_written: None,
         pod_failure: None,
         deleted: false,
+        backing_off: BTreeMap::new(),
     };
     let mut last_pod: Option<Pod> = None;
     loop {
@@ -82,6 +83,8 @@ struct PodWorker {
     pod_failure: Option<Waiting>,
     /// The object's deletion was confirmed; nothing is left to do.
     deleted: bool,
+    /// Containers held back in the previous sync, with the reason.
+    backing_off: BTreeMap<String, String>,
 }
 
 fn cri_error(s: &Status) -> String {
@@ -294,15 +297,27 @@ impl PodWorker {
         for (k, v) in &self.memory.failures {
             waiting.entry(k.clone()).or_insert_with(|| v.clone());
         }
+        // One BackOff event per back-off episode (not one per sync).
         for (name, w) in &actions.waiting {
+            if self.backing_off.get(name) == Some(&w.reason) {
+                continue;
+            }
             let what = if w.reason == "CrashLoopBackOff" {
-                "Back-off restarting failed container".to_string()
+                format!(
+                    "Back-off restarting failed container {name} in pod {}",
+                    spec::key(pod)
+                )
             } else {
                 format!("Back-off pulling image {:?}", self.image_of(pod, name))
             };
             self.events()
                 .pod(pod, Some(name), EventType::Warning, "BackOff", what);
         }
+        self.backing_off = actions
+            .waiting
+            .iter()
+            .map(|(k, v)| (k.clone(), v.reason.clone()))
+            .collect();
         self.write_status(pod, &state, &waiting, &routed.id_scheme)
             .await;
 
@@ -320,9 +335,10 @@ impl PodWorker {
         let mut next = if init_running {
             // The next init container (or the app) waits on this one: look sooner.
             Duration::from_millis(100)
-        } else if busy || !actions.start.is_empty() || !waiting.is_empty() {
+        } else if busy || !actions.start.is_empty() || !self.memory.failures.is_empty() {
             self.cfg().sync_interval
         } else {
+            // Nothing runs: the next step is a back-off ending, or a pod update.
             idle
         };
         if let Some(r) = actions.requeue_after {
@@ -440,13 +456,15 @@ impl PodWorker {
     /// Records a failure to start `name`: its waiting reason and a Warning event.
     fn fail(&mut self, pod: &Pod, name: &str, reason: &str, message: String) {
         warn!(container = %name, reason, message = %message, "container not started");
-        self.events().pod(
-            pod,
-            Some(name),
-            EventType::Warning,
-            "Failed",
-            format!("Error: {message}"),
-        );
+        // Pull failures already said why (upstream's "Failed to pull image" event);
+        // the second event names the state, as upstream's does.
+        let event = if reason == "ErrImagePull" {
+            format!("Error: {reason}")
+        } else {
+            format!("Error: {message}")
+        };
+        self.events()
+            .pod(pod, Some(name), EventType::Warning, "Failed", event);
         self.memory
             .failures
             .insert(name.to_string(), Waiting::new(reason, message));

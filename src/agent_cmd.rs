@@ -1,0 +1,276 @@
+//! `kelp agent`, `kelp kubelet` and the node half of `kelp up`: a kubelet
+//! (kelp-node-agent) over the in-process Wasm runtime, or over a CRI socket.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use kelp_node_agent::kube::Client;
+use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime, RuntimeRouter};
+use kelp_runtime_wasm::service::{RuntimeConfig, WasmRuntime};
+use tokio::sync::watch;
+
+/// What every node command takes.
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP (default: the local address that routes to the server).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Node state: the Wasm runtime under DATA_DIR/runtime, pods under DATA_DIR/kubelet.
+    #[arg(long, default_value = "/var/lib/kelp", env = "KELP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Use this CRI runtime (`unix:///PATH`) instead of the in-process Wasm runtime.
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    /// A registry reached over plain http although not on loopback (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// `capacity.pods` the Node reports.
+    #[arg(long, default_value_t = 10_000)]
+    max_pods: u32,
+}
+
+/// `kelp agent`: join a cluster as a node.
+#[derive(Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// The API server, `https://HOST:PORT`.
+    #[arg(long, required_unless_present = "kubeconfig")]
+    server: Option<String>,
+    /// The node join token (the server's DATA_DIR/node-token).
+    #[arg(long, env = "KELP_TOKEN", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the node join token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cluster CA certificate (the server's DATA_DIR/tls/ca.crt).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Connect with this kubeconfig instead of --server/--token.
+    #[arg(long, conflicts_with_all = ["server", "token", "token_file"])]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `kelp kubelet`: the kubelet alone, with a kubeconfig.
+#[derive(Args, Clone, Debug)]
+pub struct KubeletArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `kelp up`: the control plane and one node in this process.
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    control_plane: crate::ControlPlaneArgs,
+    /// Run the control plane only (no kubelet).
+    #[arg(long)]
+    no_node: bool,
+    /// The node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// A registry reached over plain http although not on loopback (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+}
+
+/// The runtimes of a node: the in-process Wasm runtime, or a remote CRI runtime with
+/// the handlers it reports.
+async fn runtimes(node: &NodeArgs) -> anyhow::Result<RuntimeRouter> {
+    if let Some(endpoint) = &node.container_runtime_endpoint {
+        let remote = RemoteRuntime::connect(endpoint)
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))?;
+        let status = remote
+            .status(kelp_cri_api::v1::StatusRequest { verbose: false })
+            .await
+            .with_context(|| format!("CRI Status of {endpoint}"))?;
+        let version = remote
+            .version(kelp_cri_api::v1::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .with_context(|| format!("CRI Version of {endpoint}"))?;
+        let mut handlers: Vec<String> = status
+            .runtime_handlers
+            .into_iter()
+            .map(|h| h.name)
+            .filter(|h| !h.is_empty())
+            .collect();
+        if handlers.is_empty() {
+            handlers.push(kelp_node_agent::cri::DEFAULT_HANDLER.into());
+        }
+        let remote: Arc<dyn CriRuntime> = Arc::new(remote);
+        let mut router = RuntimeRouter::new();
+        for h in &handlers {
+            let scheme = if h == "wasm" {
+                "wasm".to_string()
+            } else {
+                version.runtime_name.clone()
+            };
+            router = router.with_runtime_scheme(h, &scheme, remote.clone());
+        }
+        if !handlers
+            .iter()
+            .any(|h| h == kelp_node_agent::cri::DEFAULT_HANDLER)
+        {
+            router = router.with_default_handler(&handlers[0]);
+        }
+        return Ok(router);
+    }
+    let mut cfg = RuntimeConfig::new(node.data_dir.join("runtime"));
+    cfg.insecure_registries = node.insecure_registry.clone();
+    let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
+    let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
+    Ok(RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm))
+}
+
+fn kubelet_config(node: &NodeArgs, server: Option<&str>) -> KubeletConfig {
+    let name = node
+        .node_name
+        .clone()
+        .unwrap_or_else(kelp_node_agent::kubelet::node::hostname);
+    let mut cfg = KubeletConfig::new(name, node.data_dir.join("kubelet"));
+    cfg.max_pods = node.max_pods;
+    cfg.node_ip = node
+        .node_ip
+        .or_else(|| server.map(client::local_ip_towards))
+        .unwrap_or(cfg.node_ip);
+    cfg
+}
+
+async fn run_node(
+    node: NodeArgs,
+    client: Client,
+    server: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let router = runtimes(&node).await?;
+    let cfg = kubelet_config(&node, server.as_deref());
+    println!(
+        "kelp kubelet: node {} (InternalIP {}) serving handlers {:?}",
+        cfg.node_name,
+        cfg.node_ip,
+        router.handlers()
+    );
+    Kubelet::run(cfg, client, router, shutdown)
+        .await
+        .context("kubelet")
+}
+
+pub async fn run_agent(
+    args: AgentArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (client, server) = match &args.kubeconfig {
+        Some(kc) => (
+            client::from_kubeconfig(kc)
+                .await
+                .with_context(|| format!("kubeconfig {}", kc.display()))?,
+            client::kubeconfig_server(kc),
+        ),
+        None => {
+            let server = args.server.clone().context("--server is required")?;
+            let token = match (&args.token, &args.token_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading --token-file {}", f.display()))?,
+                (None, None) => anyhow::bail!("--token or --token-file is required"),
+            };
+            let c = client::from_token(&server, &token, args.ca_file.as_deref())
+                .await
+                .context("building the API client")?;
+            (c, Some(server))
+        }
+    };
+    run_node(args.node, client, server, shutdown).await
+}
+
+pub async fn run_kubelet(
+    args: KubeletArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let client = client::from_kubeconfig(&args.kubeconfig)
+        .await
+        .with_context(|| format!("kubeconfig {}", args.kubeconfig.display()))?;
+    let server = client::kubeconfig_server(&args.kubeconfig);
+    run_node(args.node, client, server, shutdown).await
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
+    NodeArgs {
+        node_name: up.node_name.clone(),
+        node_ip: None,
+        data_dir: data_dir.to_path_buf(),
+        container_runtime_endpoint: None,
+        insecure_registry: up.insecure_registry.clone(),
+        max_pods: 10_000,
+    }
+}
+
+/// `kelp up`: the control plane, and once it serves, a kubelet in the same process
+/// joining with the node token.
+pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    let args = up.control_plane.clone();
+    let datastore = args
+        .datastore
+        .as_deref()
+        .map(kelp_control_plane::Datastore::parse)
+        .transpose()
+        .context("--datastore")?;
+    let cfg = kelp_control_plane::Config {
+        data_dir: args.data_dir.clone(),
+        datastore,
+        bind_address: args.bind_address,
+        https_port: args.https_port,
+        kubeconfig: args.kubeconfig.clone(),
+        tls_sans: args.tls_san.clone(),
+    };
+    let node = (!up.no_node).then(|| node_for_up(&up, &args.data_dir));
+    let ca = args.data_dir.join("tls").join("ca.crt");
+    let node_rx = rx.clone();
+    kelp_control_plane::run(cfg, stopped(rx), move |s| {
+        println!("kelp up is serving the Kubernetes API at {}", s.url);
+        println!("  admin kubeconfig: {}", s.kubeconfig.display());
+        println!("  node join token:  {}", s.token_file.display());
+        println!(
+            "  try: KUBECONFIG={} kubectl get nodes",
+            s.kubeconfig.display()
+        );
+        let Some(node) = node else { return };
+        let (url, token_file) = (s.url.clone(), s.token_file.clone());
+        tokio::spawn(async move {
+            let run = async {
+                let token = std::fs::read_to_string(&token_file)
+                    .with_context(|| format!("reading {}", token_file.display()))?;
+                let client = client::from_token(&url, &token, Some(&ca))
+                    .await
+                    .context("building the node's API client")?;
+                run_node(node, client, Some(url.clone()), stopped(node_rx)).await
+            };
+            if let Err(e) = run.await {
+                tracing::error!(error = format!("{e:#}"), "the node of kelp up stopped");
+            }
+        });
+    })
+    .await
+    .context("kelp up")?;
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The kubelet end to end: a real `kelp server`, a real `kelp agent` joining it with
+//! the node token (kubelet over the in-process Wasm runtime), a real OCI registry
+//! holding the example modules pushed with `kelp push`, and real `kubectl`.
+//! Pods are pinned with `spec.nodeName` (no scheduler yet).
+
+mod common;
+#[path = "../runtime-wasm/tests/support/registry.rs"]
+mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{wait_until, Backend, Checks, Cluster};
+use serde_json::Value;
+
+/// Bound on every wait for a pod or node condition.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn kelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kelp"))
+}
+
+fn example(target: &str, name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/wasm/target")
+        .join(target)
+        .join("release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-wasm-examples.sh",
+        p.display()
+    );
+    p
+}
+
+fn push(file: &Path, reference: &str) {
+    let out = kelp()
+        .arg("push")
+        .arg(file)
+        .arg(reference)
+        .output()
+        .expect("running kelp push");
+    assert!(
+        out.status.success(),
+        "kelp push {reference} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `kelp agent` process joined to `cluster` with the node token; killed by pid on drop.
+struct Agent {
+    name: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    fn start(c: &Cluster) -> Agent {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "node-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let data_dir = c.path().join(&name);
+        let log = c.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("agent log");
+        let child = kelp()
+            .arg("agent")
+            .args(["--server", &c.url()])
+            .arg("--token-file")
+            .arg(c.data_dir().join("node-token"))
+            .arg("--ca-file")
+            .arg(c.data_dir().join("tls/ca.crt"))
+            .args(["--node-name", &name])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("KELP_LOG", "info,kelp_node_agent=debug")
+            .env_remove("KELP_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("agent log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn kelp agent");
+        let agent = Agent {
+            name,
+            data_dir,
+            log,
+            child,
+        };
+        agent.wait_ready(c);
+        agent
+    }
+
+    fn log(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn wait_ready(&self, c: &Cluster) {
+        let ok = wait_until(DEADLINE, || {
+            let r = c.kubectl(&["get", "node", &self.name, "-o", "json"]);
+            r.ok()
+                && serde_json::from_str::<Value>(&r.stdout)
+                    .ok()
+                    .and_then(|n| ready_condition(&n))
+                    .is_some_and(|s| s == "True")
+        });
+        assert!(ok, "node {} never became Ready:\n{}", self.name, self.log());
+    }
+
+    /// The pod's directory on the node (`<data>/kubelet/pods/<ns>_<name>_<uid>`).
+    fn pod_dir(&self, pod: &Value) -> PathBuf {
+        self.data_dir.join("kubelet/pods").join(format!(
+            "{}_{}_{}",
+            pod["metadata"]["namespace"].as_str().unwrap(),
+            pod["metadata"]["name"].as_str().unwrap(),
+            pod["metadata"]["uid"].as_str().unwrap()
+        ))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- kelp agent {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+fn ready_condition(node: &Value) -> Option<String> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_string)
+}
+
+fn condition<'a>(obj: &'a Value, kind: &str) -> &'a Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+/// `kubectl get pod NAME -o json`, `None` when it does not exist.
+fn get_pod(c: &Cluster, name: &str) -> Option<Value> {
+    let r = c.kubectl(&["get", "pod", name, "-o", "json"]);
+    if !r.ok() {
+        assert!(
+            r.stderr.contains("NotFound") || r.stderr.contains("not found"),
+            "kubectl get pod {name}: {}",
+            r.stderr
+        );
+        return None;
+    }
+    Some(serde_json::from_str(&r.stdout).expect("pod JSON"))
+}
+
+/// Polls the pod until `cond` holds; panics with the last pod and the agent log.
+fn wait_pod(
+    c: &Cluster,
+    agent: &Agent,
+    name: &str,
+    what: &str,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = get_pod(c, name).unwrap_or(Value::Null);
+        cond(&last)
+    });
+    assert!(
+        ok,
+        "pod {name} never {what} within {DEADLINE:?}; last seen:\n{}\n--- agent log ---\n{}",
+        serde_json::to_string_pretty(&last["status"]).unwrap(),
+        agent.log()
+    );
+    last
+}
+
+fn container_status(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+/// The reasons of the events about `pod`.
+fn event_reasons(c: &Cluster, pod: &str) -> Vec<String> {
+    let v = c.kubectl_json(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+    ]);
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|e| e["reason"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn node_registers_with_labels_capacity_conditions_and_a_renewed_lease() {
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = c.kubectl_json(&["get", "node", &agent.name]);
+    let mut k = Checks::default();
+    let labels = &node["metadata"]["labels"];
+    k.eq("os label", &labels["kubernetes.io/os"], "linux");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    k.eq("arch label", &labels["kubernetes.io/arch"], arch);
+    k.eq(
+        "hostname label",
+        labels["kubernetes.io/hostname"].as_str(),
+        Some(agent.name.as_str()),
+    );
+    let cap = &node["status"]["capacity"];
+    k.that(
+        "capacity cpu is a whole number of cores",
+        cap["cpu"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u32>().is_ok_and(|n| n >= 1)),
+    );
+    k.that(
+        "capacity memory in Ki",
+        cap["memory"].as_str().is_some_and(|s| s.ends_with("Ki")),
+    );
+    k.eq("capacity pods", &cap["pods"], "10000");
+    k.eq(
+        "allocatable = capacity",
+        &node["status"]["allocatable"],
+        cap,
+    );
+    k.eq("Ready", &condition(&node, "Ready")["status"], "True");
+    k.eq(
+        "Ready reason",
+        &condition(&node, "Ready")["reason"],
+        "KubeletReady",
+    );
+    for p in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        k.eq(p, &condition(&node, p)["status"], "False");
+    }
+    let info = &node["status"]["nodeInfo"];
+    k.eq("kubeletVersion", &info["kubeletVersion"], "v1.32.0-kelp");
+    k.eq(
+        "containerRuntimeVersion",
+        &info["containerRuntimeVersion"],
+        "kelp-wasm://0.1.0",
+    );
+    k.eq("operatingSystem", &info["operatingSystem"], "linux");
+    k.eq("architecture", &info["architecture"], arch);
+    k.eq(
+        "runtimeHandlers",
+        &node["status"]["runtimeHandlers"][0]["name"],
+        "wasm",
+    );
+    let addresses = node["status"]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    k.that(
+        "an InternalIP address",
+        addresses.iter().any(|a| a["type"] == "InternalIP"),
+    );
+    k.that(
+        "a Hostname address",
+        addresses.iter().any(|a| a["type"] == "Hostname"),
+    );
+    // kubectl's own view.
+    let wide = c.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    k.that(
+        "kubectl get nodes shows the node Ready",
+        wide.lines()
+            .any(|l| l.starts_with(&agent.name) && l.contains(" Ready ")),
+    );
+    k.finish(&agent.log());
+
+    // The lease is held by the node and renewed (every 10 s).
+    let lease =
+        |c: &Cluster| c.kubectl_json(&["get", "lease", "-n", "kube-node-lease", &agent.name]);
+    let first = lease(&c);
+    assert_eq!(first["spec"]["holderIdentity"], agent.name.as_str());
+    assert_eq!(first["spec"]["leaseDurationSeconds"], 40);
+    let t0 = first["spec"]["renewTime"].clone();
+    assert!(t0.is_string(), "{first}");
+    let renewed = wait_until(Duration::from_secs(30), || {
+        lease(&c)["spec"]["renewTime"] != t0
+    });
+    assert!(renewed, "lease not renewed within 30s:\n{}", agent.log());
+}
+
+#[test]
+fn pods_run_to_completion_run_until_deleted_and_are_deleted_gracefully() {
+    let reg = registry::Registry::start();
+    let hello = format!("{}/kelp/hello:v1", reg.addr);
+    let counter = format!("{}/kelp/counter:v1", reg.addr);
+    push(&example("wasm32-wasip1", "hello"), &hello);
+    push(&example("wasm32-wasip1", "counter"), &counter);
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = &agent.name;
+
+    // hello runs to completion; its exit code comes from a Secret (secretKeyRef).
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: exit}}
+stringData: {{code: "0"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hello}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: hello
+    image: {hello}
+    args: ["from-args"]
+    env:
+    - name: EXIT_CODE
+      valueFrom: {{secretKeyRef: {{name: exit, key: code}}}}
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+"#
+        ),
+    );
+    let pod = wait_pod(&c, &agent, "hello", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let cs = container_status(&pod);
+    let mut k = Checks::default();
+    let term = &cs["state"]["terminated"];
+    k.eq("exitCode", &term["exitCode"], 0);
+    k.eq("reason", &term["reason"], "Completed");
+    k.that("startedAt", term["startedAt"].is_string());
+    k.that("finishedAt", term["finishedAt"].is_string());
+    k.that(
+        "containerID wasm://",
+        cs["containerID"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("wasm://")),
+    );
+    k.that(
+        "imageID names the digest",
+        cs["imageID"]
+            .as_str()
+            .is_some_and(|s| s.contains("sha256:")),
+    );
+    k.eq("image", &cs["image"], hello.as_str());
+    k.eq("ready", &cs["ready"], false);
+    k.eq("restartCount", &cs["restartCount"], 0);
+    k.eq(
+        "Initialized",
+        &condition(&pod, "Initialized")["status"],
+        "True",
+    );
+    k.eq(
+        "PodScheduled",
+        &condition(&pod, "PodScheduled")["status"],
+        "True",
+    );
+    k.eq(
+        "Ready reason",
+        &condition(&pod, "Ready")["reason"],
+        "PodCompleted",
+    );
+    k.that("hostIP", pod["status"]["hostIP"].is_string());
+    k.that("startTime", pod["status"]["startTime"].is_string());
+    let log = std::fs::read_to_string(agent.pod_dir(&pod).join("hello/0.log")).unwrap_or_default();
+    k.that(
+        &format!("the CRI log has the output and the pod hostname: {log:?}"),
+        log.contains("Hello from Kelp")
+            && log.contains("from-args")
+            && log.contains("HOSTNAME=hello"),
+    );
+    let get = c.kubectl_ok(&["get", "pod", "hello"]);
+    k.that(
+        &format!("kubectl get shows Completed: {get}"),
+        get.contains("Completed"),
+    );
+    k.finish(&agent.log());
+
+    // counter runs, is Ready with an IP, and has an emptyDir mounted.
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: counter}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: counter
+    image: {counter}
+    imagePullPolicy: IfNotPresent
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes:
+  - name: scratch
+    emptyDir: {{}}
+"#
+        ),
+    );
+    let pod = wait_pod(&c, &agent, "counter", "Running and Ready", |p| {
+        p["status"]["phase"] == "Running" && condition(p, "Ready")["status"] == "True"
+    });
+    let mut k = Checks::default();
+    let cs = container_status(&pod);
+    k.that(
+        "running.startedAt",
+        cs["state"]["running"]["startedAt"].is_string(),
+    );
+    k.eq("ready", &cs["ready"], true);
+    k.eq("started", &cs["started"], true);
+    k.eq("podIP", &pod["status"]["podIP"], "127.0.0.1");
+    k.eq("podIPs", &pod["status"]["podIPs"][0]["ip"], "127.0.0.1");
+    k.eq(
+        "ContainersReady",
+        &condition(&pod, "ContainersReady")["status"],
+        "True",
+    );
+    let dir = agent.pod_dir(&pod);
+    k.that(
+        "the emptyDir exists under the pod directory",
+        dir.join("volumes/kubernetes.io~empty-dir/scratch").is_dir(),
+    );
+    let counted = wait_until(DEADLINE, || {
+        std::fs::read_to_string(dir.join("counter/0.log")).is_ok_and(|l| l.contains("count 1"))
+    });
+    k.that("counter keeps counting into its log", counted);
+    k.finish(&agent.log());
+    let reasons = event_reasons(&c, "counter");
+    for r in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event for counter: {reasons:?}"
+        );
+    }
+
+    // kubectl delete: the kubelet stops it and confirms; the object goes away.
+    c.kubectl_ok(&["delete", "pod", "counter", "--wait=true", "--timeout=60s"]);
+    assert!(get_pod(&c, "counter").is_none());
+    assert!(
+        wait_until(DEADLINE, || !dir.exists()),
+        "the pod directory {} was not cleaned up:\n{}",
+        dir.display(),
+        agent.log()
+    );
+    assert!(
+        wait_until(DEADLINE, || event_reasons(&c, "counter")
+            .iter()
+            .any(|r| r == "Killing")),
+        "no Killing event for counter"
+    );
+}
+
+#[test]
+fn crash_loops_back_off_and_pull_errors_and_unknown_handlers_are_reported() {
+    let reg = registry::Registry::start();
+    let hello = format!("{}/kelp/hello:v1", reg.addr);
+    push(&example("wasm32-wasip1", "hello"), &hello);
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = &agent.name;
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: crash}}
+data: {{code: "1"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: app
+    image: {hello}
+    env:
+    - name: EXIT_CODE
+      valueFrom: {{configMapKeyRef: {{name: crash, key: code}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: missing}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: app
+    image: {}/kelp/does-not-exist:v1
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {{name: gvisor}}
+handler: runsc
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: elsewhere}}
+spec:
+  nodeName: {node}
+  runtimeClassName: gvisor
+  containers:
+  - name: app
+    image: {hello}
+"#,
+            reg.addr
+        ),
+    );
+
+    // restartPolicy Always, exit 1: restarted, with CrashLoopBackOff between restarts.
+    let mut saw_back_off = false;
+    let pod = wait_pod(&c, &agent, "crash", "restarted twice", |p| {
+        let cs = container_status(p);
+        saw_back_off |= cs["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        saw_back_off && cs["restartCount"].as_i64().unwrap_or(0) >= 2
+    });
+    let cs = container_status(&pod);
+    let mut k = Checks::default();
+    k.eq("phase", &pod["status"]["phase"], "Running");
+    k.eq(
+        "lastState exit code",
+        &cs["lastState"]["terminated"]["exitCode"],
+        1,
+    );
+    k.eq(
+        "lastState reason",
+        &cs["lastState"]["terminated"]["reason"],
+        "Error",
+    );
+    k.eq("Ready", &condition(&pod, "Ready")["status"], "False");
+    k.finish(&agent.log());
+    assert!(
+        event_reasons(&c, "crash").iter().any(|r| r == "BackOff"),
+        "no BackOff event"
+    );
+
+    // A missing image: ErrImagePull, then ImagePullBackOff; the pod stays Pending.
+    let pod = wait_pod(&c, &agent, "missing", "waiting on its image", |p| {
+        let r = &container_status(p)["state"]["waiting"]["reason"];
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    });
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert!(
+        event_reasons(&c, "missing").iter().any(|r| r == "Failed"),
+        "no Failed event for the pull"
+    );
+
+    // A RuntimeClass whose handler this node does not serve: the pod fails, saying so.
+    let pod = wait_pod(&c, &agent, "elsewhere", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(pod["status"]["reason"], "UnknownRuntimeHandler");
+    assert!(
+        pod["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runsc")),
+        "{}",
+        pod["status"]
+    );
+}
