@@ -61,6 +61,11 @@ struct Agent {
 
 impl Agent {
     fn start(c: &Cluster) -> Agent {
+        Agent::start_with(c, &[])
+    }
+
+    /// An agent with extra command-line arguments.
+    fn start_with(c: &Cluster, extra: &[&str]) -> Agent {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "node-{}-{}",
@@ -80,6 +85,7 @@ impl Agent {
             .args(["--node-name", &name])
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(extra)
             .env("KELP_LOG", "info,kelp_node_agent=debug")
             .env_remove("KELP_DATA_DIR")
             .stdin(Stdio::null())
@@ -582,4 +588,138 @@ spec:
         "{}",
         pod["status"]
     );
+}
+
+/// A child process killed by pid on drop, with its log shown on failure.
+struct Process {
+    what: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .env("KELP_LOG", "info")
+            .env_remove("KELP_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Process { what, child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.what, self.log());
+        }
+    }
+}
+
+#[test]
+fn an_agent_on_a_remote_cri_runtime_runs_pods() {
+    let reg = registry::Registry::start();
+    let hello = format!("{}/kelp/hello:v1", reg.addr);
+    push(&example("wasm32-wasip1", "hello"), &hello);
+    let c = Cluster::start(Backend::Sqlite);
+    let socket = c.path().join("cri.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let runtime = Process::spawn(
+        "kelp runtime",
+        kelp()
+            .args(["runtime", "--listen", &endpoint, "--data-dir"])
+            .arg(c.path().join("runtime")),
+        c.path().join("runtime.log"),
+    );
+    assert!(
+        wait_until(DEADLINE, || socket.exists()),
+        "kelp runtime never listened:\n{}",
+        runtime.log()
+    );
+    let agent = Agent::start_with(&c, &["--container-runtime-endpoint", &endpoint]);
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hello}}
+spec:
+  nodeName: {}
+  restartPolicy: Never
+  containers:
+  - {{name: hello, image: "{hello}"}}
+"#,
+            agent.name
+        ),
+    );
+    let pod = wait_pod(&c, &agent, "hello", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let cs = container_status(&pod);
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
+    assert!(cs["containerID"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("wasm://")));
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn kelp_up_runs_a_node_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port().to_string();
+    let up = Process::spawn(
+        "kelp up",
+        kelp().arg("up").arg("--data-dir").arg(&data).args([
+            "--https-port",
+            &port,
+            "--node-name",
+            "solo",
+        ]),
+        dir.path().join("up.log"),
+    );
+    let kubeconfig = data.join("kubeconfig");
+    let mut last = String::new();
+    let ready = wait_until(DEADLINE, || {
+        if !kubeconfig.exists() {
+            return false;
+        }
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "node", "solo", "-o", "json"])
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("kubectl");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<Value>(&last)
+            .ok()
+            .and_then(|n| ready_condition(&n))
+            .is_some_and(|s| s == "True")
+    });
+    assert!(
+        ready,
+        "kelp up's node never became Ready (last: {last}):\n{}",
+        up.log()
+    );
+    assert!(up.log().contains("kelp up is serving the Kubernetes API"));
 }
