@@ -57,6 +57,7 @@ struct Agent {
     data_dir: PathBuf,
     log: PathBuf,
     child: Child,
+    cmd: Command,
 }
 
 impl Agent {
@@ -74,9 +75,8 @@ impl Agent {
         );
         let data_dir = c.path().join(&name);
         let log = c.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("agent log");
-        let child = kelp()
-            .arg("agent")
+        let mut cmd = kelp();
+        cmd.arg("agent")
             .args(["--server", &c.url()])
             .arg("--token-file")
             .arg(c.data_dir().join("node-token"))
@@ -88,19 +88,36 @@ impl Agent {
             .args(extra)
             .env("KELP_LOG", "info,kelp_node_agent=debug")
             .env_remove("KELP_DATA_DIR")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("agent log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn kelp agent");
+            .stdin(Stdio::null());
+        let child = Agent::spawn(&mut cmd, &log);
         let agent = Agent {
             name,
             data_dir,
             log,
             child,
+            cmd,
         };
         agent.wait_ready(c);
         agent
+    }
+
+    fn spawn(cmd: &mut Command, log: &Path) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("agent log");
+        cmd.stdout(out.try_clone().expect("agent log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn kelp agent")
+    }
+
+    /// kill -9 the agent and start it again with the same arguments.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Agent::spawn(&mut self.cmd, &self.log);
     }
 
     fn log(&self) -> String {
@@ -627,7 +644,7 @@ impl Drop for Process {
 }
 
 #[test]
-fn an_agent_on_a_remote_cri_runtime_runs_pods() {
+fn an_agent_on_a_remote_cri_runtime_runs_pods_and_adopts_them_after_kill_9() {
     let reg = registry::Registry::start();
     let hello = format!("{}/kelp/hello:v1", reg.addr);
     push(&example("wasm32-wasip1", "hello"), &hello);
@@ -646,7 +663,7 @@ fn an_agent_on_a_remote_cri_runtime_runs_pods() {
         "kelp runtime never listened:\n{}",
         runtime.log()
     );
-    let agent = Agent::start_with(&c, &["--container-runtime-endpoint", &endpoint]);
+    let mut agent = Agent::start_with(&c, &["--container-runtime-endpoint", &endpoint]);
     c.kubectl_stdin_ok(
         &["apply", "-f", "-"],
         &format!(
@@ -671,6 +688,68 @@ spec:
     assert!(cs["containerID"]
         .as_str()
         .is_some_and(|s| s.starts_with("wasm://")));
+
+    // The runtime outlives the agent: a kill -9'd agent adopts the running pod (same
+    // container, no restart) and tears down the sandbox of a pod deleted meanwhile.
+    let counter = format!("{}/kelp/counter:v1", reg.addr);
+    push(&example("wasm32-wasip1", "counter"), &counter);
+    for name in ["counter", "doomed"] {
+        c.kubectl_stdin_ok(
+            &["apply", "-f", "-"],
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {}
+  containers:
+  - {{name: counter, image: "{counter}"}}
+"#,
+                agent.name
+            ),
+        );
+    }
+    let before = wait_pod(&c, &agent, "counter", "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let doomed = wait_pod(&c, &agent, "doomed", "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    agent.kill_and_restart();
+    // Deleted while no kubelet runs: forced, so the API forgets it at once.
+    c.kubectl_ok(&["delete", "pod", "doomed", "--grace-period=0", "--force"]);
+    agent.wait_ready(&c);
+    let id = container_status(&before)["containerID"].clone();
+    let after = wait_pod(&c, &agent, "counter", "adopted", |p| {
+        p["status"]["phase"] == "Running" && container_status(p)["containerID"] == id
+    });
+    assert_eq!(container_status(&after)["restartCount"], 0);
+    // The orphan's sandbox is removed from the runtime (found by its pod UID label).
+    let uid = doomed["metadata"]["uid"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stopped = wait_until(DEADLINE, || {
+        rt.block_on(async {
+            let (mut client, _) = kelp_cri_api::connect(&endpoint).await.expect("connect");
+            let items = client
+                .list_pod_sandbox(kelp_cri_api::v1::ListPodSandboxRequest { filter: None })
+                .await
+                .expect("ListPodSandbox")
+                .into_inner()
+                .items;
+            !items
+                .iter()
+                .any(|sb| sb.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+        })
+    });
+    assert!(
+        stopped,
+        "the deleted pod's sandbox is still in the runtime:\n{}",
+        agent.log()
+    );
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -182,6 +182,9 @@ impl Kubelet {
                                 w.tx.send_replace(None);
                             }
                         }
+                        let known: HashSet<String> =
+                            l.into_iter().chain(workers.keys().cloned()).collect();
+                        tokio::spawn(remove_orphans(shared.clone(), known));
                     }
                 }
                 Err(e) => warn!(error = %e, "pod watch failed; retrying"),
@@ -208,4 +211,37 @@ fn dispatch(shared: &Arc<worker::Shared>, workers: &mut HashMap<String, WorkerHa
     let (tx, rx) = watch::channel(Some(pod));
     let task = tokio::spawn(worker::run(shared.clone(), rx));
     workers.insert(uid, WorkerHandle { tx, task });
+}
+
+/// Removes sandboxes of pods this node no longer has (deleted while no kubelet ran):
+/// found by the pod UID label the kubelet puts on every sandbox.
+async fn remove_orphans(shared: Arc<worker::Shared>, known: HashSet<String>) {
+    for routed in shared.router.runtimes() {
+        let rt = routed.runtime.as_ref();
+        let Ok(list) = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+        else {
+            continue;
+        };
+        for sb in list.items {
+            let Some(uid) = sb.labels.get(spec::POD_UID_LABEL) else {
+                continue;
+            };
+            if known.contains(uid) {
+                continue;
+            }
+            info!(sandbox = %sb.id, pod_uid = %uid, "removing the sandbox of a pod that is gone");
+            let _ = rt
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await;
+            let _ = rt
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await;
+        }
+    }
 }
