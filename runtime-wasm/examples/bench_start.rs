@@ -3,9 +3,10 @@
 //!
 //! 1. instantiate-and-run of the `hello` example, sequentially: Kelp's
 //!    `container::run` (CRI log file, WASI context from the spec, limiter, epoch
-//!    callback, exit status) against raw wasmtime on the same engine (a Linker built
-//!    once + a minimal WASI context + instantiate + `_start` / `wasi:cli/run`) — for
-//!    the preview 1 module and the preview 2 command component;
+//!    callback, exit status) against raw wasmtime on the same engine (imports
+//!    resolved once into an `InstancePre`/`CommandPre` + a minimal WASI context +
+//!    instantiate + `_start` / `wasi:cli/run`) — for the preview 1 module and the
+//!    preview 2 command component;
 //! 2. host memory per running `counter` container: RSS (and PSS) growth with N
 //!    counters running, divided by N (on-demand allocator, or the pooling one with
 //!    `--pooling`).
@@ -75,15 +76,11 @@ fn args() -> Vec<String> {
     vec!["hello".into(), "a".into()]
 }
 
-async fn raw_p1(
-    engine: &wasmtime::Engine,
-    linker: &wasmtime::Linker<WasiP1Ctx>,
-    module: &wasmtime::Module,
-) {
+async fn raw_p1(engine: &wasmtime::Engine, pre: &wasmtime::InstancePre<WasiP1Ctx>) {
     let wasi = WasiCtx::builder().args(&args()).build_p1();
     let mut store = Store::new(engine, wasi);
     store.set_epoch_deadline(u64::MAX / 2);
-    let instance = linker.instantiate_async(&mut store, module).await.unwrap();
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .unwrap();
@@ -125,6 +122,7 @@ async fn start_cost(runs: u64) {
     };
     let mut linker: wasmtime::Linker<WasiP1Ctx> = wasmtime::Linker::new(engine.engine());
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |c| c).unwrap();
+    let pre = linker.instantiate_pre(&module).unwrap();
     let spec = ContainerSpec {
         args: args(),
         log_path: dir.path().join("p1.log"),
@@ -141,7 +139,7 @@ async fn start_cost(runs: u64) {
         let k = t.elapsed();
         assert_eq!(st.code, 0);
         let t = Instant::now();
-        raw_p1(engine.engine(), &linker, &module).await;
+        raw_p1(engine.engine(), &pre).await;
         let r = t.elapsed();
         if i >= runs / 10 {
             kelp += k;

@@ -27,8 +27,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::container::{
-    configure_store, open_log, wasi_builder, ContainerSpec, ExitStatus, Limited, MemoryLimit,
-    StopHandle,
+    configure_store, open_log, wasi_builder, Artifact, ContainerSpec, ExitStatus, Limited,
+    MemoryLimit, StopHandle,
 };
 use crate::engine::{WasmEngine, EPOCH_TICK};
 use crate::logs::{CriLog, Stream};
@@ -145,16 +145,29 @@ pub async fn serve_on(
     spec: &ContainerSpec,
     stop: StopHandle,
 ) -> Result<ExitStatus, RuntimeError> {
-    let pre = engine
-        .linkers()
-        .http
-        .instantiate_pre(&component)
-        .and_then(ProxyPre::new)
-        .map_err(|e| {
-            RuntimeError::Setup(format!(
-                "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e:#}"
-            ))
-        })?;
+    // Resolved once per compiled component (cached with it by the engine): the pods
+    // of one Deployment share it, as they share the component's code.
+    let artifact = Artifact::Component(component);
+    let pre = engine.prepared(
+        &artifact,
+        |p| &p.proxy,
+        || {
+            let Artifact::Component(component) = &artifact else {
+                unreachable!()
+            };
+            engine
+                .linkers()
+                .http
+                .instantiate_pre(component)
+                .and_then(ProxyPre::new)
+                .map_err(|e| {
+                    RuntimeError::Setup(format!(
+                        "not a wasi:http proxy component (it must export wasi:http/incoming-handler): {e:#}"
+                    ))
+                })
+        },
+    )?;
+    drop(artifact);
     let log = open_log(spec)?;
     let timeout = spec.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
     let server = Arc::new(Server {

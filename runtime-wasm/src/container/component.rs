@@ -3,7 +3,7 @@
 
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
-use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{configure_store, exit_status, open_log, wasi_builder, Limited, MemoryLimit};
@@ -39,6 +39,35 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>
     Ok(linker)
 }
 
+/// The component's imports resolved against the engine's WASI linker and its
+/// `wasi:cli/run` export looked up: once per compiled component (cached with it by
+/// the engine), not once per start.
+fn command_pre(
+    engine: &WasmEngine,
+    component: &Component,
+) -> Result<CommandPre<Host>, RuntimeError> {
+    let artifact = super::Artifact::Component(component.clone());
+    let make = || {
+        let pre = engine
+            .linkers()
+            .p2
+            .instantiate_pre(component)
+            .map_err(|e| {
+                RuntimeError::Setup(format!(
+                    "not a runnable command component ({NOT_COMMAND}): {e:#}"
+                ))
+            })?;
+        CommandPre::new(pre).map_err(|e| {
+            RuntimeError::Setup(format!(
+                "not a wasi:cli/command component (it does not export wasi:cli/run): {e:#}"
+            ))
+        })
+    };
+    engine.prepared(&artifact, |p| &p.command, make)
+}
+
+const NOT_COMMAND: &str = "serve wasi:http components instead";
+
 /// Runs the component's `wasi:cli/run.run` to completion, a trap, the memory limit
 /// or a stop. `run` returning `err` is exit code 1, as `wasi:cli/exit.exit(err)`.
 pub async fn run(
@@ -55,17 +84,7 @@ pub async fn run(
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);
-    let linker = &engine.linkers().p2;
-    let pre = linker.instantiate_pre(component).map_err(|e| {
-        RuntimeError::Setup(format!(
-            "not a runnable command component (serve wasi:http components instead): {e:#}"
-        ))
-    })?;
-    let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
-        RuntimeError::Setup(format!(
-            "not a wasi:cli/command component (it does not export wasi:cli/run): {e:#}"
-        ))
-    })?;
+    let pre = command_pre(engine, component)?;
     let result = async {
         let command: Command = pre.instantiate_async(&mut store).await?;
         match command.wasi_cli_run().call_run(&mut store).await? {

@@ -1,7 +1,7 @@
 //! WASI preview 1 command modules: `_start` with the `wasi_snapshot_preview1`
 //! imports.
 
-use wasmtime::{Linker, Module, Store};
+use wasmtime::{InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use super::{configure_store, exit_status, open_log, wasi_builder, Limited, MemoryLimit};
@@ -27,6 +27,17 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>
     Ok(linker)
 }
 
+/// The module's imports resolved against the engine's WASI linker: once per
+/// compiled module (cached with it by the engine), not once per start.
+fn pre(engine: &WasmEngine, module: &Module) -> wasmtime::Result<InstancePre<Host>> {
+    let artifact = super::Artifact::Module(module.clone());
+    engine.prepared(
+        &artifact,
+        |p| &p.p1,
+        || engine.linkers().p1.instantiate_pre(module),
+    )
+}
+
 /// Runs the module's `_start` to completion, a trap, the memory limit or a stop.
 pub async fn run(
     engine: &WasmEngine,
@@ -41,9 +52,8 @@ pub async fn run(
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);
-    let linker = &engine.linkers().p1;
     let result = async {
-        let instance = linker.instantiate_async(&mut store, module).await?;
+        let instance = pre(engine, module)?.instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     }
