@@ -249,7 +249,7 @@ impl Server {
             hooks: Hooks {
                 allow_network: self.spec.allow_network,
             },
-            limits: MemoryLimit::new(self.spec.memory_limit),
+            limits: MemoryLimit::for_spec(&self.spec),
         };
         let mut store = Store::new(self.pre.engine(), host);
         configure_store(

@@ -29,6 +29,18 @@ fn http_hello(engine: &WasmEngine) -> Component {
     }
 }
 
+/// Polls `cond` until it holds; fails the test after PATIENCE.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -152,7 +164,9 @@ async fn serves_requests_and_survives_failing_handlers() {
 async fn stop_interrupts_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let engine = WasmEngine::new(None).unwrap();
-    let server = start(&engine, spec(dir.path())).await;
+    let spec = spec(dir.path());
+    let gauge = spec.memory.clone();
+    let server = start(&engine, spec).await;
 
     // An idle keep-alive connection.
     let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -171,6 +185,8 @@ async fn stop_interrupts_in_flight_requests() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
+    // The gauge sums the memory of in-flight request instances: zero once /idle's is gone.
+    wait_until("the /idle instance to be dropped", || gauge.used() == 0).await;
 
     let spinning = {
         let addr = server.addr;
@@ -194,9 +210,8 @@ async fn stop_interrupts_in_flight_requests() {
                 .map_err(|e| e.to_string())
         })
     };
-    // Wait until the spinning request is in the guest (the server has no other way to
-    // show it), then stop.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The spinning request's instance is alive (it holds memory) until stopped.
+    wait_until("the /spin request to be in the guest", || gauge.used() > 0).await;
     server.stop.stop();
     let st = tokio::time::timeout(PATIENCE, server.task)
         .await

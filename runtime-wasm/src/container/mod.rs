@@ -106,7 +106,8 @@ struct GaugeInner {
 }
 
 impl MemoryGauge {
-    /// Bytes of linear memory and tables the container's store holds now.
+    /// Bytes of linear memory and tables the container's live stores hold now (a
+    /// wasi:http container has one store per in-flight request; the sum is reported).
     pub fn used(&self) -> u64 {
         self.0.used.load(Ordering::Relaxed)
     }
@@ -244,10 +245,6 @@ pub(crate) struct MemoryLimit {
 const TABLE_ELEMENT_BYTES: usize = 8;
 
 impl MemoryLimit {
-    pub(crate) fn new(limit: Option<usize>) -> Self {
-        Self::with_gauge(limit, MemoryGauge::default())
-    }
-
     pub(crate) fn for_spec(spec: &ContainerSpec) -> Self {
         Self::with_gauge(spec.memory_limit, spec.memory.clone())
     }
@@ -279,14 +276,27 @@ impl MemoryLimit {
         }
         self.used = total;
         self.last_grant = delta;
-        self.gauge.0.used.store(total as u64, Ordering::Relaxed);
+        self.gauge.0.used.fetch_add(delta as u64, Ordering::Relaxed);
         Ok(true)
     }
 
     fn grow_failed(&mut self) {
         self.used = self.used.saturating_sub(self.last_grant);
+        self.gauge
+            .0
+            .used
+            .fetch_sub(self.last_grant as u64, Ordering::Relaxed);
         self.last_grant = 0;
-        self.gauge.0.used.store(self.used as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for MemoryLimit {
+    /// The store is gone with its memories: its share leaves the container's gauge.
+    fn drop(&mut self) {
+        self.gauge
+            .0
+            .used
+            .fetch_sub(self.used as u64, Ordering::Relaxed);
     }
 }
 
