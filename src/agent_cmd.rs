@@ -242,6 +242,7 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
         https_port: args.https_port,
         kubeconfig: args.kubeconfig.clone(),
         tls_sans: args.tls_san.clone(),
+        controllers: Some(Default::default()),
     };
     let node = (!up.no_node).then(|| node_for_up(&up, &args.data_dir));
     let ca = args.data_dir.join("tls").join("ca.crt");

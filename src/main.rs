@@ -31,6 +31,8 @@ enum Command {
     Server(ControlPlaneArgs),
     /// The API server alone.
     Apiserver(ControlPlaneArgs),
+    /// The controller-manager alone: every controller, leader-elected, as an API client.
+    ControllerManager(ControllerManagerArgs),
     /// Images in a node's store: import a .wasm file, list, pull, remove.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -66,6 +68,33 @@ struct ControlPlaneArgs {
     tls_san: Vec<String>,
 }
 
+#[derive(Args, Clone)]
+struct ControllerManagerArgs {
+    /// How to reach the API server.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Hold the kube-system/kube-controller-manager Lease; run controllers only while leading.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Controllers to run: `*` (all), `NAME`, `-NAME` (comma-separated, as upstream).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+}
+
+async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    use kelp_control_plane::controllers::manager;
+    let opts = manager::ManagerOptions {
+        leader_elect: args.leader_elect,
+        controllers: args.controllers,
+    };
+    // Reject a bad --controllers before dialing anything.
+    manager::select_controllers(&opts.controllers)?;
+    let client = manager::client_from_kubeconfig(&args.kubeconfig).await?;
+    manager::run_manager(client, opts, shutdown_signal())
+        .await
+        .context("kelp controller-manager")
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -83,6 +112,8 @@ async fn shutdown_signal() {
 }
 
 async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow::Result<()> {
+    // `kelp server` runs the controllers in-process; `kelp apiserver` is the API alone.
+    let controllers = (what == "server").then(Default::default);
     let datastore = args
         .datastore
         .as_deref()
@@ -96,6 +127,7 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
         https_port: args.https_port,
         kubeconfig: args.kubeconfig,
         tls_sans: args.tls_san,
+        controllers,
     };
     kelp_control_plane::run(cfg, shutdown_signal(), |s| {
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
@@ -127,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(a) => agent_cmd::run_up(a).await,
             Command::Server(a) => run_control_plane(a, "server").await,
             Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
+            Command::ControllerManager(a) => run_controller_manager(a).await,
             Command::Image(c) => image_cmd::run_image(c).await,
             Command::Push(a) => image_cmd::run_push(a).await,
             Command::Runtime(a) => runtime_cmd::run(a, shutdown_signal()).await,

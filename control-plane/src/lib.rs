@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 pub use kelp_api as api;
 pub use kelp_apiserver as apiserver;
+pub use kelp_controllers as controllers;
 pub use kelp_storage as storage;
 
 use kelp_apiserver::app::App;
@@ -69,6 +70,9 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Extra names/addresses for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Run the controller-manager in-process once the API serves (`kelp up`,
+    /// `kelp server`); `None` for the API server alone.
+    pub controllers: Option<kelp_controllers::manager::ManagerOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,24 @@ fn spawn_compactor(store: Arc<dyn Store>, every: Duration) {
     });
 }
 
+/// The controller-manager in-process, as an API client of the server through the
+/// admin kubeconfig (exactly what `kelp controller-manager` does in its own process).
+fn spawn_controller_manager(
+    kubeconfig: PathBuf,
+    opts: kelp_controllers::manager::ManagerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let run = async {
+            let client = kelp_controllers::manager::client_from_kubeconfig(&kubeconfig).await?;
+            kelp_controllers::manager::run_manager(client, opts, shutdown).await
+        };
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "the in-process controller-manager stopped");
+        }
+    });
+}
+
 /// Runs the control plane until `shutdown` resolves. `on_ready` is called once the
 /// API server is serving.
 pub async fn run(
@@ -211,6 +233,18 @@ pub async fn run(
         addr,
     };
     on_ready(&started);
+    // One shutdown for the server and the in-process components.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(opts) = cfg.controllers.clone() {
+        spawn_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
+    }
     kelp_apiserver::serve::serve_https(
         listener,
         tls::server_config(&pki)?,

@@ -101,8 +101,17 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bo
 /// Campaigns for the lease forever. The returned receiver says whether we lead right
 /// now; callers start their work on `true` and must stop it on `false`.
 pub fn campaign(client: Client, cfg: LeaderConfig) -> watch::Receiver<bool> {
+    campaign_with_handle(client, cfg).0
+}
+
+/// [`campaign`], also returning the campaigning task so the caller can stop it
+/// (abort) before [`release`].
+pub fn campaign_with_handle(
+    client: Client,
+    cfg: LeaderConfig,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         let mut last_renew = tokio::time::Instant::now();
         loop {
@@ -135,5 +144,30 @@ pub fn campaign(client: Client, cfg: LeaderConfig) -> watch::Receiver<bool> {
             tokio::time::sleep(cfg.retry_period).await;
         }
     });
-    rx
+    (rx, task)
+}
+
+/// Gives the lease up if we hold it (client-go's `ReleaseOnCancel`): another candidate
+/// takes over at once instead of after `lease_duration`.
+pub async fn release(client: &Client, cfg: &LeaderConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.lease_name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    match api
+        .replace(&cfg.lease_name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => tracing::info!(lease = %cfg.lease_name, "released the lease"),
+        Err(e) => tracing::warn!(lease = %cfg.lease_name, error = %e, "releasing the lease failed"),
+    }
 }

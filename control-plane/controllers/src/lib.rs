@@ -2,7 +2,12 @@
 //! reflectors), level-triggered and idempotent, registered in [`CONTROLLERS`]. The
 //! whole set runs while this process holds the `kube-controller-manager` Lease.
 
+pub mod events;
 pub mod leader;
+pub mod manager;
+pub mod pods;
+pub mod replicaset;
+pub mod runner;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +20,18 @@ pub enum ControllerError {
     Api(#[from] kube::Error),
     #[error("{0}")]
     Other(String),
+}
+
+impl ControllerError {
+    /// A lost optimistic-concurrency race (409): retry, it is not a failure.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ControllerError::Api(kube::Error::Api(e)) if e.code == 409)
+    }
+}
+
+/// Whether a kube call failed with this HTTP status.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 /// What every controller gets: a client, and the name this manager runs as (for
@@ -35,18 +52,21 @@ pub struct ControllerDef {
 }
 
 /// Every controller the manager runs, in one list.
-pub const CONTROLLERS: &[ControllerDef] = &[];
+pub const CONTROLLERS: &[ControllerDef] = &[ControllerDef {
+    name: "replicaset",
+    run: replicaset::run,
+}];
 
-/// Runs every controller in [`CONTROLLERS`] (or only those named in `only`, when not
-/// empty) until `shutdown` resolves or one of them fails.
+/// Runs the controllers of [`CONTROLLERS`] named in `names` (see
+/// [`manager::select_controllers`]) until `shutdown` resolves or one of them fails.
 pub async fn run_all(
     ctx: Context,
-    only: &[String],
+    names: &[String],
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
     let mut set = tokio::task::JoinSet::new();
     for def in CONTROLLERS {
-        if !only.is_empty() && !only.iter().any(|n| n == def.name) {
+        if !names.iter().any(|n| n == def.name) {
             continue;
         }
         let name = def.name;
