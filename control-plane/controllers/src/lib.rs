@@ -2,6 +2,7 @@
 //! reflectors), level-triggered and idempotent, registered in [`CONTROLLERS`]. The
 //! whole set runs while this process holds the `kube-controller-manager` Lease.
 
+pub mod deployment;
 pub mod events;
 pub mod leader;
 pub mod manager;
@@ -52,10 +53,16 @@ pub struct ControllerDef {
 }
 
 /// Every controller the manager runs, in one list.
-pub const CONTROLLERS: &[ControllerDef] = &[ControllerDef {
-    name: "replicaset",
-    run: replicaset::run,
-}];
+pub const CONTROLLERS: &[ControllerDef] = &[
+    ControllerDef {
+        name: "replicaset",
+        run: replicaset::run,
+    },
+    ControllerDef {
+        name: "deployment",
+        run: deployment::run,
+    },
+];
 
 /// Runs the controllers of [`CONTROLLERS`] named in `names` (see
 /// [`manager::select_controllers`]) until `shutdown` resolves or one of them fails.
