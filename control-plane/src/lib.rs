@@ -204,7 +204,6 @@ pub async fn run(
     )
     .await?;
     app.bootstrap().await?;
-    app.spawn_namespace_lifecycle();
     spawn_compactor(store, Duration::from_secs(300));
 
     let kubeconfig = cfg

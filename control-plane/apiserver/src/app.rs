@@ -1,7 +1,6 @@
 //! The API server application: shared state, the router, and request dispatch.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -12,7 +11,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::info;
 
 use kelp_api::builtin;
 use kelp_api::openapi::OpenApiDocs;
@@ -23,9 +22,9 @@ use crate::authn::UserInfo;
 use crate::authz::{Authorizer, Decision, RequestAttributes};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{list_prefix, Registry};
+use crate::objects::Registry;
 use crate::request::{parse_path, PathKind, Query, Target, MAX_BODY};
-use crate::rest::{self, json_response, DeleteOptions};
+use crate::rest::{self, json_response};
 use crate::subresources;
 use crate::watch;
 use crate::watch_cache::WatchCache;
@@ -40,7 +39,6 @@ pub struct App {
     /// `host:port` clients use to reach this server (for `/api`).
     pub server_address: String,
     pub metrics: Arc<crate::metrics::Metrics>,
-    namespaces_changed: tokio::sync::Notify,
 }
 
 impl App {
@@ -62,7 +60,6 @@ impl App {
             openapi: std::sync::RwLock::new(Arc::new(openapi)),
             server_address,
             metrics: Arc::new(crate::metrics::Metrics::default()),
-            namespaces_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -133,121 +130,6 @@ impl App {
                         .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
                 })
         })
-    }
-
-    /// Wakes the namespace lifecycle loop.
-    pub fn namespace_deleting(&self) {
-        self.namespaces_changed.notify_one();
-    }
-
-    /// Namespace deletion: empties terminating namespaces, then drops their
-    /// `kubernetes` finalizer so they go. (Moves to the controller-manager with the
-    /// other controllers; here it runs beside the API server.)
-    pub fn spawn_namespace_lifecycle(self: &Arc<Self>) {
-        let app = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = app.clean_terminating_namespaces().await {
-                    warn!(error = %e, "namespace lifecycle pass failed");
-                }
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), app.namespaces_changed.notified())
-                        .await;
-            }
-        });
-    }
-
-    async fn clean_terminating_namespaces(self: &Arc<Self>) -> ApiResult<()> {
-        let Some(nsinfo) = self.registry.get("", "v1", "namespaces") else {
-            return Ok(());
-        };
-        let (namespaces, _) = self.cache.list(&list_prefix(&nsinfo, None)).await;
-        for ns in namespaces {
-            if ns.value.pointer("/metadata/deletionTimestamp").is_none() {
-                continue;
-            }
-            let name = ns
-                .value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let mut remaining = 0usize;
-            for info in self.registry.all() {
-                if !info.namespaced || builtin::is_virtual(&info) {
-                    continue;
-                }
-                let (items, _) = self.cache.list(&list_prefix(&info, Some(&name))).await;
-                for item in items {
-                    remaining += 1;
-                    if item.value.pointer("/metadata/deletionTimestamp").is_some() {
-                        continue;
-                    }
-                    let obj_name = item
-                        .value
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    match rest::delete_object(
-                        self,
-                        &info,
-                        Some(&name),
-                        &obj_name,
-                        &DeleteOptions::default(),
-                    )
-                    .await
-                    {
-                        Ok(_) => {}
-                        Err(e) if e.code == 404 => {}
-                        Err(e) => {
-                            warn!(namespace = %name, object = %obj_name, error = %e, "namespace cleanup: delete failed")
-                        }
-                    }
-                }
-            }
-            if remaining == 0 {
-                let mut mutate = |current: &Value| -> ApiResult<Value> {
-                    let mut next = current.clone();
-                    let fins: Vec<Value> = next
-                        .pointer("/spec/finalizers")
-                        .and_then(Value::as_array)
-                        .map(|f| {
-                            f.iter()
-                                .filter(|x| x.as_str() != Some("kubernetes"))
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    next["spec"]["finalizers"] = json!(fins);
-                    if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                    }
-                    Ok(next)
-                };
-                match rest::guaranteed_update(
-                    self,
-                    &nsinfo,
-                    None,
-                    &name,
-                    Some("finalize"),
-                    &Query::default(),
-                    None,
-                    &mut mutate,
-                )
-                .await
-                {
-                    Ok(_) => info!(namespace = %name, "namespace emptied and finalized"),
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => warn!(namespace = %name, error = %e, "namespace finalize failed"),
-                }
-            } else {
-                // Check again soon: graceful deletions take a while.
-                self.namespaces_changed.notify_one();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -824,7 +824,6 @@ pub async fn delete_object(
                 let k = key(info, ns, name);
                 match app.store.update(&k, encode(&next), rev).await? {
                     WriteOutcome::Done(kv) => {
-                        app.namespace_deleting();
                         return Ok((
                             decode(&kv).map_err(|e| ApiError::internal(e.to_string()))?,
                             false,

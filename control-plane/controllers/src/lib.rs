@@ -4,11 +4,14 @@
 
 pub mod deployment;
 pub mod events;
+pub mod gc;
 pub mod leader;
 pub mod manager;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod serviceaccount;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +64,18 @@ pub const CONTROLLERS: &[ControllerDef] = &[
     ControllerDef {
         name: "deployment",
         run: deployment::run,
+    },
+    ControllerDef {
+        name: "garbage-collector",
+        run: gc::run,
+    },
+    ControllerDef {
+        name: "namespace",
+        run: namespace::run,
+    },
+    ControllerDef {
+        name: "serviceaccount",
+        run: serviceaccount::run,
     },
 ];
 
