@@ -229,21 +229,8 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     let args = up.control_plane.clone();
-    let datastore = args
-        .datastore
-        .as_deref()
-        .map(kelp_control_plane::Datastore::parse)
-        .transpose()
-        .context("--datastore")?;
-    let cfg = kelp_control_plane::Config {
-        data_dir: args.data_dir.clone(),
-        datastore,
-        bind_address: args.bind_address,
-        https_port: args.https_port,
-        kubeconfig: args.kubeconfig.clone(),
-        tls_sans: args.tls_san.clone(),
-        controllers: Some(Default::default()),
-    };
+    let mut cfg = args.config()?;
+    cfg.controllers = Some(Default::default());
     let node = (!up.no_node).then(|| node_for_up(&up, &args.data_dir));
     let ca = args.data_dir.join("tls").join("ca.crt");
     let node_rx = rx.clone();

@@ -66,6 +66,12 @@ struct ControlPlaneArgs {
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
+    /// The CIDR Service ClusterIPs are allocated from (IPv4).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cluster_ip_range: String,
+    /// The port range NodePort Services are allocated from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 #[derive(Args, Clone)]
@@ -111,24 +117,37 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+impl ControlPlaneArgs {
+    /// The control plane's configuration from the flags.
+    fn config(&self) -> anyhow::Result<kelp_control_plane::Config> {
+        let datastore = self
+            .datastore
+            .as_deref()
+            .map(kelp_control_plane::Datastore::parse)
+            .transpose()
+            .context("--datastore")?;
+        Ok(kelp_control_plane::Config {
+            data_dir: self.data_dir.clone(),
+            datastore,
+            bind_address: self.bind_address,
+            https_port: self.https_port,
+            kubeconfig: self.kubeconfig.clone(),
+            tls_sans: self.tls_san.clone(),
+            service_ranges: kelp_control_plane::apiserver::service_alloc::ServiceRanges::parse(
+                &self.service_cluster_ip_range,
+                &self.service_node_port_range,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("--service-cluster-ip-range / --service-node-port-range")?,
+            controllers: None,
+        })
+    }
+}
+
 async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow::Result<()> {
     // `kelp server` runs the controllers in-process; `kelp apiserver` is the API alone.
-    let controllers = (what == "server").then(Default::default);
-    let datastore = args
-        .datastore
-        .as_deref()
-        .map(kelp_control_plane::Datastore::parse)
-        .transpose()
-        .context("--datastore")?;
-    let cfg = kelp_control_plane::Config {
-        data_dir: args.data_dir,
-        datastore,
-        bind_address: args.bind_address,
-        https_port: args.https_port,
-        kubeconfig: args.kubeconfig,
-        tls_sans: args.tls_san,
-        controllers,
-    };
+    let mut cfg = args.config()?;
+    cfg.controllers = (what == "server").then(Default::default);
     kelp_control_plane::run(cfg, shutdown_signal(), |s| {
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
         println!("  admin kubeconfig: {}", s.kubeconfig.display());

@@ -73,6 +73,8 @@ pub struct Config {
     /// Run the controller-manager in-process once the API serves (`kelp up`,
     /// `kelp server`); `None` for the API server alone.
     pub controllers: Option<kelp_controllers::manager::ManagerOptions>,
+    /// Where Service ClusterIPs and NodePorts come from.
+    pub service_ranges: kelp_apiserver::service_alloc::ServiceRanges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,10 +199,11 @@ pub async fn run(
     };
     let url = format!("https://{host}:{}", addr.port());
 
-    let app = App::new(
+    let app = App::with_service_ranges(
         store.clone(),
         Arc::new(AlwaysAllow),
         format!("{host}:{}", addr.port()),
+        cfg.service_ranges.clone(),
     )
     .await?;
     app.bootstrap().await?;

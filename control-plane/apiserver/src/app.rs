@@ -25,6 +25,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::objects::Registry;
 use crate::request::{parse_path, PathKind, Query, Target, MAX_BODY};
 use crate::rest::{self, json_response};
+use crate::service_alloc::{ServiceAllocator, ServiceRanges};
 use crate::subresources;
 use crate::watch;
 use crate::watch_cache::WatchCache;
@@ -39,6 +40,8 @@ pub struct App {
     /// `host:port` clients use to reach this server (for `/api`).
     pub server_address: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// ClusterIP and NodePort allocation for Services.
+    pub services: ServiceAllocator,
 }
 
 impl App {
@@ -48,18 +51,29 @@ impl App {
         authz: Arc<dyn Authorizer>,
         server_address: String,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::with_service_ranges(store, authz, server_address, ServiceRanges::default()).await
+    }
+
+    /// [`App::new`] with the Service ClusterIP and NodePort ranges to allocate from.
+    pub async fn with_service_ranges(
+        store: Arc<dyn Store>,
+        authz: Arc<dyn Authorizer>,
+        server_address: String,
+        service_ranges: ServiceRanges,
+    ) -> Result<Arc<Self>, StoreError> {
         let cache = WatchCache::start(store.clone()).await?;
         let registry = Arc::new(Registry::with_builtins());
         let infos: Vec<ResourceInfo> = registry.all().iter().map(|i| (**i).clone()).collect();
         let openapi = OpenApiDocs::build(&infos);
         Ok(Arc::new(App {
-            store,
+            store: store.clone(),
             cache,
             registry,
             authz,
             openapi: std::sync::RwLock::new(Arc::new(openapi)),
             server_address,
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            services: ServiceAllocator::new(store, service_ranges),
         }))
     }
 
@@ -112,6 +126,8 @@ impl App {
                 Err(e) => return Err(e),
             }
         }
+        crate::kubernetes_service::reconcile(self).await?;
+        crate::kubernetes_service::spawn_maintenance(self, std::time::Duration::from_secs(180));
         Ok(())
     }
 

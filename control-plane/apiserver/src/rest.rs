@@ -20,6 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::filter::Filter;
 use crate::objects::{decode, encode, key, list_prefix};
 use crate::request::{decode_as, decode_continue, encode_continue, wants_table, Query, Target};
+use crate::service_alloc::ServiceAllocator;
 use crate::strategy::{self, meta_str, now_rfc3339};
 use crate::table;
 
@@ -236,11 +237,20 @@ pub async fn create_object(
     check_namespace(app, info, ns).await?;
     patch::record_update(None, &mut obj, manager, operation, &now_rfc3339());
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
+    let held = if is_service(info) {
+        app.services.allocate_create(&mut obj, q.dry_run()).await?
+    } else {
+        Default::default()
+    };
     if q.dry_run() {
         return Ok(obj);
     }
     let k = key(info, ns, &name);
-    match app.store.create(&k, encode(&obj)).await? {
+    let outcome = app.store.create(&k, encode(&obj)).await;
+    if !matches!(outcome, Ok(WriteOutcome::Done(_))) && !held.is_empty() {
+        app.services.release(&held).await;
+    }
+    match outcome? {
         WriteOutcome::Done(kv) => {
             debug!(key = %k, revision = kv.mod_revision, "created");
             decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
@@ -249,6 +259,10 @@ pub async fn create_object(
             Err(ApiError::already_exists(group(info), &info.plural, &name))
         }
     }
+}
+
+fn is_service(info: &ResourceInfo) -> bool {
+    info.gvk.group.is_empty() && info.gvk.kind == "Service"
 }
 
 /// How an update computes the desired object from the current one.
@@ -272,7 +286,11 @@ pub async fn guaranteed_update(
 ) -> ApiResult<Value> {
     for _ in 0..64 {
         let (current, rev) = read(app, info, ns, name).await?;
-        let desired = mutate(&current)?;
+        let mut desired = mutate(&current)?;
+        let service_spec = is_service(info) && sub.is_none();
+        if service_spec {
+            ServiceAllocator::patch_allocated(&current, &mut desired);
+        }
         let pinned = meta_str(&desired, "resourceVersion").map(str::to_string);
         if let Some(p) = &pinned {
             if *p != rev.to_string() {
@@ -293,6 +311,14 @@ pub async fn guaranteed_update(
         if strategy::unchanged(&current, &new) {
             return Ok(current);
         }
+        let (fresh, stale) = if service_spec && new.pointer("/metadata/deletionTimestamp").is_none()
+        {
+            app.services
+                .allocate_update(&current, &mut new, q.dry_run())
+                .await?
+        } else {
+            Default::default()
+        };
         if q.dry_run() {
             return Ok(new);
         }
@@ -310,6 +336,9 @@ pub async fn guaranteed_update(
         {
             match app.store.delete(&k, Some(rev)).await? {
                 WriteOutcome::Done(kv) => {
+                    if is_service(info) {
+                        app.services.release(&app.services.held_by(&current)).await;
+                    }
                     let mut gone = new;
                     strategy::meta_mut(&mut gone)
                         .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
@@ -321,7 +350,12 @@ pub async fn guaranteed_update(
                 }
             }
         }
-        match app.store.update(&k, encode(&new), rev).await? {
+        let outcome = app.store.update(&k, encode(&new), rev).await;
+        match &outcome {
+            Ok(WriteOutcome::Done(_)) => app.services.release(&stale).await,
+            _ => app.services.release(&fresh).await,
+        }
+        match outcome? {
             WriteOutcome::Done(kv) => {
                 return decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
             }
@@ -839,6 +873,9 @@ pub async fn delete_object(
         let k = key(info, ns, name);
         match app.store.delete(&k, Some(rev)).await? {
             WriteOutcome::Done(kv) => {
+                if is_service(info) {
+                    app.services.release(&app.services.held_by(&current)).await;
+                }
                 let mut gone = current;
                 strategy::meta_mut(&mut gone)
                     .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
