@@ -76,6 +76,8 @@ pub trait CriRuntime: Send + Sync {
         &self,
         req: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, Status>;
+    /// Runs a command in a running container and waits for it (exec probes).
+    async fn exec_sync(&self, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse, Status>;
     async fn pull_image(
         &self,
         req: cri::PullImageRequest,
@@ -119,6 +121,7 @@ in_process! {
     RuntimeService::remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse;
     RuntimeService::list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
     RuntimeService::container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
+    RuntimeService::exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
     ImageService::pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     ImageService::image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
 }
@@ -167,6 +170,7 @@ remote! {
     runtime.remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse;
     runtime.list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
     runtime.container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
+    runtime.exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
     images.pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     images.image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
 }
@@ -301,6 +305,7 @@ mod tests {
         remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse;
         list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
         container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
+        exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
         pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
         image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use super::probes::{ProbeKind, ProbeResults};
+
 /// A container's state as the runtime reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerPhase {
@@ -34,6 +36,8 @@ pub struct ContainerRecord {
     pub finished_at: i64,
     pub image: String,
     pub image_ref: String,
+    /// The spec hash the kubelet put on the container (empty if it put none).
+    pub spec_hash: String,
 }
 
 /// One pod sandbox of the pod.
@@ -143,6 +147,37 @@ pub struct PodMemory {
     /// The last failure to start each container (ErrImagePull, CreateContainerError…),
     /// cleared when it starts.
     pub failures: BTreeMap<String, Waiting>,
+    /// The settled probe results of the running containers.
+    pub probes: ProbeResults,
+    /// Containers (ids) killed by a failed liveness/startup probe: they restart
+    /// unless the policy is Never, whatever their exit code.
+    pub killed_by_probe: std::collections::BTreeSet<String>,
+    /// A failure of the whole pod (activeDeadlineSeconds, eviction): every container
+    /// is stopped and none started again.
+    pub pod_failure: Option<Waiting>,
+}
+
+/// Why a running container is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// Its liveness or startup probe failed: it restarts per `restartPolicy`.
+    ProbeFailed(ProbeKind),
+    /// Its spec (image) changed: it is recreated at once.
+    SpecChanged,
+    /// The pod failed as a whole (deadline, eviction).
+    PodFailed,
+}
+
+/// Stop one running container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillContainer {
+    pub id: String,
+    pub name: String,
+    pub reason: KillReason,
+    /// The grace period (probe-level `terminationGracePeriodSeconds`, else the pod's).
+    pub grace_seconds: i64,
+    /// The `Killing` event's message.
+    pub message: String,
 }
 
 /// Start (pull, create, start) one container.
@@ -162,6 +197,8 @@ pub struct Actions {
     /// The pod is being deleted: stop everything within the grace period, remove the
     /// sandbox, then confirm the deletion. Nothing else is set.
     pub terminate: bool,
+    /// Running containers to stop first (a start of the same name may follow).
+    pub kill: Vec<KillContainer>,
     /// Sandboxes to stop and remove (older ones, or a dead current one).
     pub remove_sandboxes: Vec<String>,
     /// Create a sandbox with this attempt number; containers start in it.
@@ -230,6 +267,78 @@ fn pod_label(pod: &Pod) -> String {
     )
 }
 
+/// The hash of the parts of a container spec that, once changed, need a new container
+/// (only `image` can change on a running pod): FNV-1a 32 in hex, as upstream hashes.
+pub fn container_hash(c: &Container) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in c.image.as_deref().unwrap_or("").bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// upstream's reason and message for a pod past its `activeDeadlineSeconds`.
+pub const DEADLINE_REASON: &str = "DeadlineExceeded";
+pub const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+
+/// Whether `pod` has been active longer than its `activeDeadlineSeconds` at `now`
+/// (counted from `status.startTime`, as upstream).
+pub fn deadline_exceeded(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> bool {
+    let Some(deadline) = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) else {
+        return false;
+    };
+    let Some(start) = pod.status.as_ref().and_then(|s| s.start_time.as_ref()) else {
+        return false;
+    };
+    now.as_second() - start.0.as_second() >= deadline
+}
+
+/// The pod's `terminationGracePeriodSeconds` (30 by default).
+pub fn pod_grace_seconds(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0)
+}
+
+/// Whether the running container `r` of spec `c` must be killed, and why.
+fn kill_for(
+    pod: &Pod,
+    c: &Container,
+    r: &ContainerRecord,
+    memory: &PodMemory,
+) -> Option<KillContainer> {
+    let (reason, message, grace) = if !r.spec_hash.is_empty() && r.spec_hash != container_hash(c) {
+        (
+            KillReason::SpecChanged,
+            format!("Container {} definition changed, will be restarted", c.name),
+            pod_grace_seconds(pod),
+        )
+    } else if let Some(kind) = memory.probes.failed_restart_probe(&r.id) {
+        let probe_grace = kind.of(c).and_then(|p| p.termination_grace_period_seconds);
+        (
+            KillReason::ProbeFailed(kind),
+            format!(
+                "Container {} failed {} probe, will be restarted",
+                c.name,
+                kind.title().to_lowercase()
+            ),
+            probe_grace.unwrap_or_else(|| pod_grace_seconds(pod)).max(0),
+        )
+    } else {
+        return None;
+    };
+    Some(KillContainer {
+        id: r.id.clone(),
+        name: c.name.clone(),
+        reason,
+        grace_seconds: grace,
+        message,
+    })
+}
+
 /// Decides the next step for `pod` given the runtime's `state` and the worker's
 /// `memory` at `now`.
 pub fn compute_pod_actions(
@@ -249,6 +358,22 @@ pub fn compute_pod_actions(
     let Some(spec) = pod.spec.as_ref() else {
         return a;
     };
+    if memory.pod_failure.is_some() {
+        // The pod failed as a whole: stop what runs, start nothing.
+        a.kill = state
+            .containers
+            .iter()
+            .filter(|r| matches!(r.phase, ContainerPhase::Running | ContainerPhase::Created))
+            .map(|r| KillContainer {
+                id: r.id.clone(),
+                name: r.name.clone(),
+                reason: KillReason::PodFailed,
+                grace_seconds: pod_grace_seconds(pod),
+                message: format!("Stopping container {}", r.name),
+            })
+            .collect();
+        return a;
+    }
     let policy = restart_policy(pod);
 
     // The newest sandbox is the pod's; older ones go. A dead newest one is replaced
@@ -306,6 +431,28 @@ pub fn compute_pod_actions(
         }
     };
     // Decide one container: None (nothing to do) or the start to make.
+    // Crash back-off: the container restarted recently; wait before the next restart.
+    let crash_held = |a: &mut Actions, c: &Container| -> bool {
+        let Some(b) = memory.crash_backoff.get(&c.name).filter(|b| b.until > now) else {
+            return false;
+        };
+        hold(
+            a,
+            &c.name,
+            Waiting::new(
+                "CrashLoopBackOff",
+                format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    b.delay.as_secs(),
+                    c.name,
+                    pod_label(pod)
+                ),
+            ),
+            b.until,
+        );
+        true
+    };
+    // Decide one container: None (nothing to do) or the start to make.
     let decide = |a: &mut Actions, c: &Container, init: bool| -> Option<StartContainer> {
         match fresh.latest(&c.name) {
             None => (!pull_held(a, c)).then(|| StartContainer {
@@ -314,26 +461,37 @@ pub fn compute_pod_actions(
                 attempt: 0,
                 restart: false,
             }),
-            Some(r) if r.phase == ContainerPhase::Running => None,
-            Some(r) if r.phase == ContainerPhase::Exited => {
-                if !should_restart(policy, r.exit_code) || (init && r.exit_code == 0) {
+            Some(r) if r.phase == ContainerPhase::Running => {
+                if init {
                     return None;
                 }
-                if let Some(b) = memory.crash_backoff.get(&c.name).filter(|b| b.until > now) {
-                    hold(
-                        a,
-                        &c.name,
-                        Waiting::new(
-                            "CrashLoopBackOff",
-                            format!(
-                                "back-off {}s restarting failed container={} pod={}",
-                                b.delay.as_secs(),
-                                c.name,
-                                pod_label(pod)
-                            ),
-                        ),
-                        b.until,
-                    );
+                let kill = kill_for(pod, c, r, memory)?;
+                let reason = kill.reason;
+                a.kill.push(kill);
+                let start = |restart: bool| StartContainer {
+                    name: c.name.clone(),
+                    init,
+                    attempt: r.attempt + 1,
+                    restart,
+                };
+                match reason {
+                    // A changed spec is recreated at once (no back-off, any policy).
+                    KillReason::SpecChanged => (!pull_held(a, c)).then(|| start(false)),
+                    // A failed probe restarts the container unless the policy is
+                    // Never — whatever its exit code — after the crash back-off, as
+                    // upstream (the first restart is immediate).
+                    KillReason::ProbeFailed(_) if policy != "Never" => {
+                        (!crash_held(a, c) && !pull_held(a, c)).then(|| start(true))
+                    }
+                    _ => None,
+                }
+            }
+            Some(r) if r.phase == ContainerPhase::Exited => {
+                let killed = policy != "Never" && memory.killed_by_probe.contains(&r.id);
+                if !(killed || should_restart(policy, r.exit_code)) || (init && r.exit_code == 0) {
+                    return None;
+                }
+                if crash_held(a, c) {
                     return None;
                 }
                 (!pull_held(a, c)).then(|| StartContainer {
@@ -454,6 +612,7 @@ mod tests {
             finished_at: 0,
             image: String::new(),
             image_ref: String::new(),
+            spec_hash: String::new(),
         }
     }
 
@@ -666,5 +825,145 @@ mod tests {
         assert_eq!(pull_policy(&c("reg:5000/a:v1", None)), "IfNotPresent");
         assert_eq!(pull_policy(&c("reg/a@sha256:00", None)), "IfNotPresent");
         assert_eq!(pull_policy(&c("reg/a:v1", Some("Never"))), "Never");
+    }
+
+    #[test]
+    fn failed_liveness_or_startup_kills_and_the_exit_restarts_per_policy() {
+        use crate::kubelet::probes::{ProbeKind, ProbeResult};
+        use k8s_openapi::api::core::v1::Probe;
+        let now = Instant::now();
+        let mut p = pod("Always", &[], &["a", "b"]);
+        p.spec.as_mut().unwrap().containers[0].liveness_probe = Some(Probe {
+            termination_grace_period_seconds: Some(2),
+            ..Default::default()
+        });
+        let st = state(vec![rec("a", 0, Running, 0), rec("b", 0, Running, 0)]);
+        let mut m = PodMemory::default();
+        // Healthy: nothing to do.
+        m.probes
+            .set("a-0", ProbeKind::Liveness, ProbeResult::Success);
+        assert!(compute_pod_actions(&p, &st, &m, now).kill.is_empty());
+        // Failed liveness: killed with the probe's grace period and restarted at once
+        // (no back-off yet).
+        m.probes
+            .set("a-0", ProbeKind::Liveness, ProbeResult::Failure);
+        let a = compute_pod_actions(&p, &st, &m, now);
+        assert_eq!(
+            a.kill,
+            vec![KillContainer {
+                id: "a-0".into(),
+                name: "a".into(),
+                reason: KillReason::ProbeFailed(ProbeKind::Liveness),
+                grace_seconds: 2,
+                message: "Container a failed liveness probe, will be restarted".into(),
+            }]
+        );
+        assert_eq!(starts(&a), vec![s("a", 1, true)]);
+        // In back-off: killed, held as CrashLoopBackOff.
+        let mut held = m.clone();
+        held.crash_backoff
+            .insert("a".into(), BackoffPolicy::default().next(None, now));
+        let a = compute_pod_actions(&p, &st, &held, now);
+        assert_eq!(a.kill.len(), 1);
+        assert!(a.start.is_empty());
+        assert_eq!(a.waiting["a"].reason, "CrashLoopBackOff");
+        // With restartPolicy Never: killed only.
+        let mut never = p.clone();
+        never.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+        let a = compute_pod_actions(&never, &st, &m, now);
+        assert_eq!((a.kill.len(), a.start.len()), (1, 0));
+        // Failed startup: the pod's grace period.
+        let mut m = PodMemory::default();
+        m.probes
+            .set("b-0", ProbeKind::Startup, ProbeResult::Failure);
+        let a = compute_pod_actions(&p, &st, &m, now);
+        assert_eq!(a.kill.len(), 1);
+        assert_eq!(a.kill[0].grace_seconds, 30);
+        assert_eq!(
+            a.kill[0].message,
+            "Container b failed startup probe, will be restarted"
+        );
+        // A probe-killed container that exited 0 still restarts under OnFailure
+        // (after its back-off); never under Never.
+        let st = state(vec![rec("a", 0, Exited, 0), rec("b", 0, Running, 0)]);
+        let mut m = PodMemory::default();
+        let mut on_failure = p.clone();
+        on_failure.spec.as_mut().unwrap().restart_policy = Some("OnFailure".into());
+        assert!(compute_pod_actions(&on_failure, &st, &m, now)
+            .start
+            .is_empty());
+        m.killed_by_probe.insert("a-0".into());
+        assert_eq!(
+            starts(&compute_pod_actions(&on_failure, &st, &m, now)),
+            vec![s("a", 1, true)]
+        );
+        assert!(compute_pod_actions(&never, &st, &m, now).start.is_empty());
+    }
+
+    #[test]
+    fn a_changed_image_recreates_the_container_at_once() {
+        let now = Instant::now();
+        let m = PodMemory::default();
+        let p = pod("Never", &[], &["a"]);
+        let mut r = rec("a", 0, Running, 0);
+        r.spec_hash = container_hash(&p.spec.as_ref().unwrap().containers[0]);
+        assert!(compute_pod_actions(&p, &state(vec![r.clone()]), &m, now)
+            .kill
+            .is_empty());
+        let mut changed = p.clone();
+        changed.spec.as_mut().unwrap().containers[0].image = Some("reg/a:v2".into());
+        let a = compute_pod_actions(&changed, &state(vec![r.clone()]), &m, now);
+        assert_eq!(a.kill.len(), 1);
+        assert_eq!(a.kill[0].reason, KillReason::SpecChanged);
+        assert_eq!(
+            a.kill[0].message,
+            "Container a definition changed, will be restarted"
+        );
+        // Recreated in the same sync, even with restartPolicy Never.
+        assert_eq!(starts(&a), vec![s("a", 1, false)]);
+        // A container without a hash (started by an older kubelet) is left alone.
+        r.spec_hash.clear();
+        assert!(compute_pod_actions(&changed, &state(vec![r]), &m, now)
+            .kill
+            .is_empty());
+    }
+
+    #[test]
+    fn a_failed_pod_stops_everything_and_starts_nothing() {
+        let now = Instant::now();
+        let m = PodMemory {
+            pod_failure: Some(Waiting::new(DEADLINE_REASON, DEADLINE_MESSAGE)),
+            ..Default::default()
+        };
+        let p = pod("Always", &[], &["a", "b"]);
+        let a = compute_pod_actions(
+            &p,
+            &state(vec![rec("a", 0, Running, 0), rec("b", 0, Exited, 1)]),
+            &m,
+            now,
+        );
+        assert_eq!(a.kill.len(), 1);
+        assert_eq!(a.kill[0].reason, KillReason::PodFailed);
+        assert!(a.start.is_empty() && a.create_sandbox.is_none());
+    }
+
+    #[test]
+    fn active_deadline() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let mut p = pod("Always", &[], &["a"]);
+        assert!(!deadline_exceeded(&p, t(1_000_000)));
+        p.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
+        // No start time yet: not running, no deadline.
+        assert!(!deadline_exceeded(&p, t(1_000_000)));
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            start_time: Some(Time(t(100))),
+            ..Default::default()
+        });
+        let cases = [(100, false), (104, false), (105, true), (200, true)];
+        for (now, want) in cases {
+            assert_eq!(deadline_exceeded(&p, t(now)), want, "at {now}");
+        }
     }
 }

@@ -3,9 +3,8 @@
 //! messages for a `CreateContainerConfigError` waiting state (the worker retries).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, KeyToPath, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
 use kelp_cri_api::v1 as cri;
 use kube::{Api, Client};
 
@@ -17,6 +16,56 @@ pub struct PodContext {
     pub pod_ip: String,
     pub host_ip: String,
     pub node_name: String,
+    /// The node's allocatable CPU (cores) and memory (bytes): what `limits.*` of a
+    /// container without limits resolve to.
+    pub allocatable_cpu: f64,
+    pub allocatable_memory: f64,
+}
+
+/// A downward API `resourceFieldRef` value of container `c`: `limits.cpu`,
+/// `requests.memory`, … divided by `divisor` and rounded up, as upstream (CPU by
+/// millicores, so `1m` divisors give millicores). Absent limits fall back to the
+/// node's allocatable; absent requests to the limits set on the container, else 0.
+pub fn resource_field_ref(
+    c: &Container,
+    ctx: &PodContext,
+    resource: &str,
+    divisor: Option<&str>,
+) -> Result<String, String> {
+    let get = |which: &str, name: &str| -> Option<f64> {
+        let r = c.resources.as_ref()?;
+        let m = if which == "limits" {
+            r.limits.as_ref()
+        } else {
+            r.requests.as_ref()
+        }?;
+        spec::parse_quantity(&m.get(name)?.0)
+    };
+    let (which, name) = resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported container resource: {resource:?}"))?;
+    let value = match (which, name) {
+        ("limits", "cpu") => get("limits", "cpu").unwrap_or(ctx.allocatable_cpu),
+        ("limits", "memory") => get("limits", "memory").unwrap_or(ctx.allocatable_memory),
+        ("limits", "ephemeral-storage") => get("limits", "ephemeral-storage").unwrap_or(0.0),
+        ("requests", n @ ("cpu" | "memory" | "ephemeral-storage")) => get("requests", n)
+            .or_else(|| get("limits", n))
+            .unwrap_or(0.0),
+        _ => return Err(format!("unsupported container resource: {resource:?}")),
+    };
+    let divisor = match divisor.filter(|d| !d.is_empty()) {
+        Some(d) => spec::parse_quantity(d)
+            .filter(|d| *d > 0.0)
+            .ok_or_else(|| format!("invalid divisor {d:?}"))?,
+        None => 1.0,
+    };
+    let n = if name == "cpu" {
+        // Millicores over millicores, as upstream's MilliValue arithmetic.
+        ((value * 1000.0).ceil() / (divisor * 1000.0).round()).ceil()
+    } else {
+        (value.ceil() / divisor.round().max(1.0)).ceil()
+    };
+    Ok(format!("{}", n as i64))
 }
 
 /// A `$(VAR)` reference expansion over the variables defined so far (upstream's rule:
@@ -64,6 +113,16 @@ fn subscript(path: &str) -> Option<(&str, &str)> {
     Some((field, rest.strip_suffix("']")?))
 }
 
+/// `metadata.labels`/`annotations` as a downwardAPI volume file holds them:
+/// `key="value"` lines, sorted, values quoted as Go's `%q`.
+pub fn format_map(m: Option<&BTreeMap<String, String>>) -> String {
+    m.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A downward API `fieldRef` value.
 pub fn field_ref(pod: &Pod, ctx: &PodContext, path: &str) -> Result<String, String> {
     let spec = pod.spec.as_ref();
@@ -77,6 +136,8 @@ pub fn field_ref(pod: &Pod, ctx: &PodContext, path: &str) -> Result<String, Stri
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
+        "metadata.labels" => format_map(pod.metadata.labels.as_ref()),
+        "metadata.annotations" => format_map(pod.metadata.annotations.as_ref()),
         "status.podIP" | "status.podIPs" => ctx.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => ctx.host_ip.clone(),
         other => match subscript(other) {
@@ -98,7 +159,7 @@ pub fn field_ref(pod: &Pod, ctx: &PodContext, path: &str) -> Result<String, Stri
 }
 
 /// Fetches and caches ConfigMaps and Secrets of one namespace for one resolution.
-struct Lookups<'a> {
+pub(super) struct Lookups<'a> {
     client: &'a Client,
     namespace: &'a str,
     config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
@@ -106,7 +167,7 @@ struct Lookups<'a> {
 }
 
 impl<'a> Lookups<'a> {
-    fn new(client: &'a Client, namespace: &'a str) -> Self {
+    pub(super) fn new(client: &'a Client, namespace: &'a str) -> Self {
         Lookups {
             client,
             namespace,
@@ -136,7 +197,7 @@ impl<'a> Lookups<'a> {
         Ok(v)
     }
 
-    async fn config_map_bytes(
+    pub(super) async fn config_map_bytes(
         &mut self,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
@@ -147,7 +208,7 @@ impl<'a> Lookups<'a> {
     }
 
     /// The Secret's data (stringData merged), `None` if absent.
-    async fn secret_bytes(
+    pub(super) async fn secret_bytes(
         &mut self,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
@@ -187,6 +248,7 @@ impl<'a> Lookups<'a> {
 async fn env_value(
     l: &mut Lookups<'_>,
     pod: &Pod,
+    c: &Container,
     ctx: &PodContext,
     vars: &BTreeMap<String, String>,
     e: &EnvVar,
@@ -230,10 +292,24 @@ async fn env_value(
             None => Err(format!("secret {:?} not found", r.name)),
         };
     }
-    Err(format!(
-        "env {:?}: resourceFieldRef is not supported yet",
-        e.name
-    ))
+    if let Some(r) = &from.resource_field_ref {
+        let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => pod
+                .spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .find(|x| x.name == n)
+                .ok_or_else(|| format!("env {:?}: no container {n:?}", e.name))?,
+            None => c,
+        };
+        let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
+        return resource_field_ref(target, ctx, &r.resource, divisor).map(Some);
+    }
+    Err(format!("env {:?}: unsupported valueFrom", e.name))
 }
 
 /// The container's environment: `envFrom` first, then `env` in order (later entries
@@ -275,7 +351,7 @@ pub async fn resolve_env(
         }
     }
     for e in c.env.iter().flatten() {
-        if let Some(v) = env_value(&mut l, pod, ctx, &vars, e).await? {
+        if let Some(v) = env_value(&mut l, pod, c, ctx, &vars, e).await? {
             set(&mut vars, e.name.clone(), v);
         }
     }
@@ -286,125 +362,6 @@ pub async fn resolve_env(
             key: k,
         })
         .collect())
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
-    move |e| format!("{}: {e}", path.display())
-}
-
-/// Writes `files` (key → content) into `dir` (keys, or `items` key → path), replacing
-/// what was there.
-fn write_files(
-    dir: &Path,
-    files: &BTreeMap<String, Vec<u8>>,
-    items: Option<&Vec<KeyToPath>>,
-) -> Result<(), String> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-    }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let wanted: Vec<(String, String)> = match items {
-        Some(items) => items
-            .iter()
-            .map(|i| (i.key.clone(), i.path.clone()))
-            .collect(),
-        None => files.keys().map(|k| (k.clone(), k.clone())).collect(),
-    };
-    for (key, rel) in wanted {
-        if rel.split('/').any(|p| p == ".." || p.is_empty()) {
-            return Err(format!("invalid volume item path {rel:?}"));
-        }
-        let Some(content) = files.get(&key) else {
-            return Err(format!("volume key {key:?} not found"));
-        };
-        let path = dir.join(&rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::write(&path, content).map_err(io(&path))?;
-    }
-    Ok(())
-}
-
-/// Prepares the pod's volumes under `<pod dir>/volumes/` and returns each volume's
-/// host directory: emptyDir (created once, kept across restarts), configMap and
-/// secret (written at each call: a container start sees current data), hostPath.
-pub async fn prepare_volumes(
-    client: &Client,
-    pod: &Pod,
-    pod_dir: &Path,
-) -> Result<BTreeMap<String, PathBuf>, String> {
-    let mut l = Lookups::new(client, spec::namespace(pod));
-    let mut out = BTreeMap::new();
-    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
-    for v in volumes {
-        let base = pod_dir.join("volumes");
-        let dir = if v.empty_dir.is_some() {
-            let d = base.join("kubernetes.io~empty-dir").join(&v.name);
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
-            d
-        } else if let Some(cm) = &v.config_map {
-            let d = base.join("kubernetes.io~configmap").join(&v.name);
-            match l.config_map_bytes(&cm.name).await? {
-                Some(files) => write_files(&d, &files, cm.items.as_ref())?,
-                None if cm.optional.unwrap_or(false) => write_files(&d, &BTreeMap::new(), None)?,
-                None => return Err(format!("configmap {:?} not found", cm.name)),
-            }
-            d
-        } else if let Some(s) = &v.secret {
-            let d = base.join("kubernetes.io~secret").join(&v.name);
-            let name = s.secret_name.clone().unwrap_or_default();
-            match l.secret_bytes(&name).await? {
-                Some(files) => write_files(&d, &files, s.items.as_ref())?,
-                None if s.optional.unwrap_or(false) => write_files(&d, &BTreeMap::new(), None)?,
-                None => return Err(format!("secret {name:?} not found")),
-            }
-            d
-        } else if let Some(h) = &v.host_path {
-            PathBuf::from(&h.path)
-        } else {
-            // Not supported yet (downwardAPI, projected, …): mounting it fails clearly.
-            continue;
-        };
-        out.insert(v.name.clone(), dir);
-    }
-    Ok(out)
-}
-
-/// The CRI mounts of `c` over prepared `volumes`.
-pub fn mounts(
-    c: &Container,
-    volumes: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<cri::Mount>, String> {
-    c.volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| {
-            let base = volumes.get(&m.name).ok_or_else(|| {
-                format!(
-                    "volume {:?} of mount {:?} is missing or of an unsupported type",
-                    m.name, m.mount_path
-                )
-            })?;
-            let host = match m.sub_path.as_deref().filter(|p| !p.is_empty()) {
-                Some(sub) if sub.split('/').any(|p| p == "..") => {
-                    return Err(format!("subPath {sub:?} must not contain '..'"))
-                }
-                Some(sub) => {
-                    let p = base.join(sub);
-                    std::fs::create_dir_all(&p).map_err(io(&p))?;
-                    p
-                }
-                None => base.clone(),
-            };
-            Ok(cri::Mount {
-                container_path: m.mount_path.clone(),
-                host_path: host.display().to_string(),
-                readonly: m.read_only.unwrap_or(false),
-                ..Default::default()
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -431,6 +388,7 @@ mod tests {
             pod_ip: "10.0.0.5".into(),
             host_ip: "192.168.1.2".into(),
             node_name: "n1".into(),
+            ..Default::default()
         };
         let f = |path: &str| field_ref(&p, &ctx, path);
         assert_eq!(f("metadata.name").unwrap(), "p");
@@ -441,5 +399,54 @@ mod tests {
         assert_eq!(f("spec.nodeName").unwrap(), "n1");
         assert_eq!(f("metadata.labels['app']").unwrap(), "web");
         assert!(f("spec.bogus").is_err());
+    }
+
+    #[test]
+    fn resource_field_refs_default_as_upstream() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let q = |v: &str| Quantity(v.into());
+        let c = Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                limits: Some(
+                    [
+                        ("cpu".to_string(), q("500m")),
+                        ("memory".to_string(), q("128Mi")),
+                    ]
+                    .into(),
+                ),
+                requests: Some([("cpu".to_string(), q("250m"))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bare = Container::default();
+        let ctx = PodContext {
+            allocatable_cpu: 2.0,
+            allocatable_memory: 8.0 * 1024.0 * 1024.0 * 1024.0,
+            ..Default::default()
+        };
+        let cases: Vec<(&Container, &str, Option<&str>, &str)> = vec![
+            (&c, "limits.cpu", None, "1"), // 0.5 core rounds up
+            (&c, "limits.cpu", Some("1m"), "500"),
+            (&c, "requests.cpu", Some("1m"), "250"),
+            (&c, "limits.memory", None, "134217728"),
+            (&c, "limits.memory", Some("1Mi"), "128"),
+            (&c, "requests.memory", Some("1Mi"), "128"), // requests default to limits
+            (&bare, "limits.cpu", None, "2"),            // node allocatable
+            (&bare, "limits.memory", Some("1Gi"), "8"),
+            (&bare, "requests.cpu", None, "0"),
+        ];
+        for (c, res, div, want) in cases {
+            assert_eq!(
+                resource_field_ref(c, &ctx, res, div).unwrap(),
+                want,
+                "{} {res} {div:?}",
+                c.name
+            );
+        }
+        assert!(resource_field_ref(&c, &ctx, "limits.gpu", None).is_err());
+        assert!(resource_field_ref(&c, &ctx, "limits.cpu", Some("0")).is_err());
     }
 }

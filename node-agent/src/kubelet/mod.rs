@@ -10,8 +10,11 @@ pub mod actions;
 pub mod env;
 pub mod events;
 pub mod node;
+pub mod probes;
+pub mod pull_secrets;
 pub mod spec;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +58,9 @@ pub struct KubeletConfig {
     pub node_status_interval: Duration,
     /// How often a busy pod worker relists its containers (exits are found this way).
     pub sync_interval: Duration,
+    /// How often a running pod's configMap/secret/downwardAPI/projected volumes are
+    /// rewritten from their sources.
+    pub volume_sync_interval: Duration,
     pub crash_backoff: BackoffPolicy,
     pub pull_backoff: BackoffPolicy,
 }
@@ -73,6 +79,7 @@ impl KubeletConfig {
             lease_renew_interval: Duration::from_secs(10),
             node_status_interval: Duration::from_secs(60),
             sync_interval: Duration::from_secs(1),
+            volume_sync_interval: Duration::from_secs(5),
             crash_backoff: BackoffPolicy::default(),
             pull_backoff: BackoffPolicy::default(),
         }
@@ -141,8 +148,11 @@ impl Kubelet {
             runtime_version,
         );
         let heartbeat = tokio::spawn(node.run());
+        let facts = node::HostFacts::detect();
         let shared = Arc::new(worker::Shared {
             client: client.clone(),
+            allocatable_cpu: facts.cpus as f64,
+            allocatable_memory: facts.memory_bytes as f64,
             events: events::EventRecorder::start(client.clone(), config.node_name.clone()),
             cfg: config.clone(),
             router: runtimes,

@@ -13,6 +13,9 @@ pub const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
 pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
+/// Container annotation with [`super::actions::container_hash`]: a running container
+/// whose spec no longer hashes the same is recreated.
+pub const CONTAINER_HASH_ANNOTATION: &str = "io.kubernetes.container.hash";
 /// Container annotation with the declared ports (JSON), as upstream's kubelet writes it.
 pub const CONTAINER_PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
 
@@ -176,10 +179,16 @@ pub fn container_config(
         (CONTAINER_NAME_LABEL.to_string(), c.name.clone()),
     ]);
     labels.retain(|_, v| !v.is_empty());
-    let mut annotations = HashMap::from([(
-        "io.kubernetes.container.restartCount".to_string(),
-        attempt.to_string(),
-    )]);
+    let mut annotations = HashMap::from([
+        (
+            "io.kubernetes.container.restartCount".to_string(),
+            attempt.to_string(),
+        ),
+        (
+            CONTAINER_HASH_ANNOTATION.to_string(),
+            super::actions::container_hash(c),
+        ),
+    ]);
     if let Some(ports) = c.ports.as_ref().filter(|p| !p.is_empty()) {
         if let Ok(json) = serde_json::to_string(ports) {
             annotations.insert(CONTAINER_PORTS_ANNOTATION.into(), json);

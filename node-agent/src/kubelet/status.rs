@@ -15,6 +15,7 @@ use super::actions::{
     is_terminal, restart_policy, should_restart, ContainerPhase, ContainerRecord, RuntimeState,
     Waiting,
 };
+use super::probes::ProbeResults;
 
 /// What status needs besides the pod and the runtime state.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct StatusContext<'a> {
     /// A failure of the whole pod (unknown runtime handler, …): phase Failed with this
     /// reason and message.
     pub pod_failure: Option<&'a Waiting>,
+    /// Readiness and startup probe results (a container without probes is ready and
+    /// started once running).
+    pub probes: &'a ProbeResults,
     pub now: Timestamp,
 }
 
@@ -108,13 +112,14 @@ fn container_status(
         _ => (waiting_state(not_yet, ""), exited_state(previous, scheme)),
     };
     let running = st.running.is_some();
+    let id = latest.map_or("", |r| r.id.as_str());
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         image_id: latest.map(|r| r.image_ref.clone()).unwrap_or_default(),
         container_id: latest.map(|r| format!("{scheme}://{}", r.id)),
-        ready: running,
-        started: Some(running),
+        ready: running && ctx.probes.ready(c, id),
+        started: Some(running && ctx.probes.started(c, id)),
         restart_count: latest.map_or(0, |r| r.attempt as i32),
         state: Some(st),
         last_state: Some(last.unwrap_or_default()),
@@ -461,6 +466,7 @@ mod tests {
             },
             image: format!("reg/{name}:v1"),
             image_ref: "sha256:abc".into(),
+            spec_hash: String::new(),
         }
     }
 
@@ -486,6 +492,7 @@ mod tests {
                 id_scheme: "wasm",
                 waiting,
                 pod_failure: None,
+                probes: &ProbeResults::default(),
                 now: Timestamp::from_second(1_700_000_100).unwrap(),
             },
         )
@@ -641,6 +648,7 @@ mod tests {
                 id_scheme: "wasm",
                 waiting: &BTreeMap::new(),
                 pod_failure: None,
+                probes: &ProbeResults::default(),
                 now: Timestamp::from_second(1_800_000_000).unwrap(),
             },
         );
@@ -659,5 +667,107 @@ mod tests {
     fn qos() {
         let p = pod("Always", &[], &["a"]);
         assert_eq!(qos_class(&p), "BestEffort");
+    }
+
+    #[test]
+    fn readiness_and_startup_probes_drive_ready_and_started() {
+        use crate::kubelet::probes::{ProbeKind, ProbeResult};
+        use k8s_openapi::api::core::v1::Probe;
+        let mut p = pod("Always", &[], &["a", "b"]);
+        p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(Probe::default());
+        p.spec.as_mut().unwrap().containers[1].startup_probe = Some(Probe::default());
+        let st = state(vec![rec("a", 0, Running, 0), rec("b", 0, Running, 0)]);
+        let at = |probes: &ProbeResults| {
+            compute_pod_status(
+                &p,
+                &st,
+                &StatusContext {
+                    host_ip: "10.1.1.1",
+                    id_scheme: "wasm",
+                    waiting: &BTreeMap::new(),
+                    pod_failure: None,
+                    probes,
+                    now: Timestamp::from_second(1_700_000_100).unwrap(),
+                },
+            )
+        };
+        let flags = |s: &PodStatus| -> Vec<(bool, Option<bool>)> {
+            s.container_statuses
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|c| (c.ready, c.started))
+                .collect()
+        };
+        // (readiness of a, startup of b) → (ready, started) of a and b, pod Ready.
+        let cases = [
+            (
+                None,
+                None,
+                vec![(false, Some(true)), (false, Some(false))],
+                "False",
+            ),
+            (
+                Some(ProbeResult::Success),
+                Some(ProbeResult::Unknown),
+                vec![(true, Some(true)), (false, Some(false))],
+                "False",
+            ),
+            (
+                Some(ProbeResult::Success),
+                Some(ProbeResult::Success),
+                vec![(true, Some(true)), (true, Some(true))],
+                "True",
+            ),
+            (
+                Some(ProbeResult::Failure),
+                Some(ProbeResult::Success),
+                vec![(false, Some(true)), (true, Some(true))],
+                "False",
+            ),
+        ];
+        for (ready_a, started_b, want, pod_ready) in cases {
+            let mut r = ProbeResults::default();
+            if let Some(x) = ready_a {
+                r.set("a0", ProbeKind::Readiness, x);
+            }
+            if let Some(x) = started_b {
+                r.set("b0", ProbeKind::Startup, x);
+            }
+            let s = at(&r);
+            assert_eq!(flags(&s), want, "{ready_a:?} {started_b:?}");
+            assert_eq!(cond(&s, "Ready").status, pod_ready);
+            assert_eq!(cond(&s, "ContainersReady").status, pod_ready);
+            if pod_ready == "False" {
+                assert_eq!(
+                    cond(&s, "Ready").reason.as_deref(),
+                    Some("ContainersNotReady")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_failure_fails_the_pod_with_its_reason() {
+        let p = pod("Always", &[], &["a"]);
+        let failure = Waiting::new(
+            "DeadlineExceeded",
+            "Pod was active on the node longer than the specified deadline",
+        );
+        let s = compute_pod_status(
+            &p,
+            &state(vec![rec("a", 0, Exited, 143)]),
+            &StatusContext {
+                host_ip: "10.1.1.1",
+                id_scheme: "wasm",
+                waiting: &BTreeMap::new(),
+                pod_failure: Some(&failure),
+                probes: &ProbeResults::default(),
+                now: Timestamp::from_second(1_700_000_100).unwrap(),
+            },
+        );
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        assert_eq!(s.reason.as_deref(), Some("DeadlineExceeded"));
+        assert_eq!(s.message.as_deref(), Some(failure.message.as_str()));
     }
 }

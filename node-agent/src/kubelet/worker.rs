@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::jiff::Timestamp;
 use kelp_cri_api::tonic::Status;
@@ -19,19 +19,26 @@ use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::actions::{
-    compute_pod_actions, is_terminal, pull_policy, Actions, ContainerPhase, ContainerRecord,
-    PodMemory, RuntimeState, SandboxRecord, StartContainer, Waiting,
+    compute_pod_actions, deadline_exceeded, is_deleting, is_terminal, pull_policy, Actions,
+    ContainerPhase, ContainerRecord, KillReason, PodMemory, RuntimeState, SandboxRecord,
+    StartContainer, Waiting, DEADLINE_MESSAGE, DEADLINE_REASON,
 };
 use super::env::{self, PodContext};
 use super::events::{EventRecorder, EventType};
+use super::probes::ProbeManager;
+use super::pull_secrets;
 use super::spec;
 use super::status::{compute_pod_status, differs, status_patch, StatusContext};
+use super::volumes;
 use super::KubeletConfig;
 use crate::cri::{CriRuntime, RoutedRuntime, RuntimeRouter};
 
 /// What every worker shares.
 pub(crate) struct Shared {
     pub client: Client,
+    /// The node's allocatable CPU (cores) and memory (bytes), for `resourceFieldRef`.
+    pub allocatable_cpu: f64,
+    pub allocatable_memory: f64,
     pub cfg: KubeletConfig,
     pub router: RuntimeRouter,
     pub events: EventRecorder,
@@ -48,7 +55,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>
         pod_failure: None,
         deleted: false,
         backing_off: BTreeMap::new(),
+        probes: ProbeManager::default(),
+        volumes_synced: None,
+        warned: Default::default(),
     };
+    let wake = w.probes.wake.clone();
     let mut last_pod: Option<Pod> = None;
     loop {
         let current = rx.borrow_and_update().clone();
@@ -69,6 +80,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>
                 }
             }
             _ = tokio::time::sleep(next) => {}
+            // A probe result changed.
+            _ = wake.notified() => {}
         }
     }
 }
@@ -85,6 +98,11 @@ struct PodWorker {
     deleted: bool,
     /// Containers held back in the previous sync, with the reason.
     backing_off: BTreeMap<String, String>,
+    probes: ProbeManager,
+    /// When projection volumes were last rewritten.
+    volumes_synced: Option<Instant>,
+    /// Warnings already sent as events (once per pod).
+    warned: std::collections::BTreeSet<String>,
 }
 
 fn cri_error(s: &Status) -> String {
@@ -175,6 +193,11 @@ async fn observe(rt: &dyn CriRuntime, uid: &str) -> Result<RuntimeState, Status>
             finished_at: st.finished_at,
             image: st.image.map(|i| i.image).unwrap_or_default(),
             image_ref: st.image_ref.clone(),
+            spec_hash: st
+                .annotations
+                .get(spec::CONTAINER_HASH_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
         });
     }
     Ok(state)
@@ -205,6 +228,50 @@ fn grace_period(pod: &Pod) -> i64 {
 impl PodWorker {
     fn cfg(&self) -> &KubeletConfig {
         &self.shared.cfg
+    }
+
+    fn pod_context(&self, pod_ip: String) -> PodContext {
+        PodContext {
+            pod_ip,
+            host_ip: self.cfg().node_ip.to_string(),
+            node_name: self.cfg().node_name.clone(),
+            allocatable_cpu: self.shared.allocatable_cpu,
+            allocatable_memory: self.shared.allocatable_memory,
+        }
+    }
+
+    /// While the pod runs: projection volumes follow their sources (every
+    /// `volume_sync_interval`), and emptyDirs over their `sizeLimit` evict the pod.
+    async fn watch_volumes(&mut self, pod: &Pod, state: &RuntimeState) {
+        let running = state
+            .containers
+            .iter()
+            .any(|c| c.phase == ContainerPhase::Running);
+        if !running || is_terminal(pod) || is_deleting(pod) || self.memory.pod_failure.is_some() {
+            return;
+        }
+        let pod_dir = spec::pod_dir(&self.cfg().root_dir, pod);
+        if let Some(message) = volumes::over_limit(pod, &pod_dir) {
+            warn!(message = %message, "evicting the pod");
+            self.events()
+                .pod(pod, None, EventType::Warning, "Evicted", message.clone());
+            self.memory.pod_failure = Some(Waiting::new("Evicted", message));
+            return;
+        }
+        if !volumes::has_projections(pod)
+            || self
+                .volumes_synced
+                .is_some_and(|t| t.elapsed() < self.cfg().volume_sync_interval)
+        {
+            return;
+        }
+        self.volumes_synced = Some(Instant::now());
+        let ip = state.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+        let ctx = self.pod_context(ip);
+        let changed = volumes::refresh(&self.shared.client, pod, &pod_dir, &ctx).await;
+        if !changed.is_empty() {
+            info!(volumes = ?changed, "volumes updated");
+        }
     }
 
     fn events(&self) -> &EventRecorder {
@@ -284,6 +351,38 @@ impl PodWorker {
                 return self.cfg().sync_interval;
             }
         };
+        if self.memory.pod_failure.is_none() && !is_terminal(pod) && !is_deleting(pod) {
+            let mut known = pod.clone();
+            if let (Some(w), None) = (
+                &self.last_written,
+                pod.status.as_ref().and_then(|s| s.start_time.as_ref()),
+            ) {
+                known.status = Some(w.clone());
+            }
+            if deadline_exceeded(&known, Timestamp::now()) {
+                info!("pod exceeded its activeDeadlineSeconds");
+                self.events().pod(
+                    pod,
+                    None,
+                    EventType::Normal,
+                    DEADLINE_REASON,
+                    DEADLINE_MESSAGE.to_string(),
+                );
+                self.memory.pod_failure = Some(Waiting::new(DEADLINE_REASON, DEADLINE_MESSAGE));
+            }
+        }
+        self.memory
+            .killed_by_probe
+            .retain(|id| state.containers.iter().any(|c| &c.id == id));
+        self.watch_volumes(pod, &state).await;
+        let pod_ip = state.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+        self.memory.probes = if is_terminal(pod) || self.memory.pod_failure.is_some() {
+            self.probes.stop();
+            Default::default()
+        } else {
+            let events = self.shared.events.clone();
+            self.probes.sync(pod, &state, &pod_ip, &rt, &events)
+        };
         let actions = compute_pod_actions(pod, &state, &self.memory, Instant::now());
         debug!(?actions, "pod actions");
         if actions.terminate {
@@ -344,7 +443,28 @@ impl PodWorker {
         if let Some(r) = actions.requeue_after {
             next = next.min(r + Duration::from_millis(10));
         }
+        if let Some(left) = self.deadline_left(pod) {
+            next = next.min(left + Duration::from_millis(10));
+        }
         next
+    }
+
+    /// How long until the pod's `activeDeadlineSeconds` runs out (None: no deadline
+    /// or already handled).
+    fn deadline_left(&self, pod: &Pod) -> Option<Duration> {
+        if self.memory.pod_failure.is_some() || is_terminal(pod) {
+            return None;
+        }
+        let deadline = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.clone())
+            .or_else(|| self.last_written.as_ref()?.start_time.clone())?;
+        let end = start.0.as_second() + deadline;
+        let now = Timestamp::now();
+        let left_ms = (end * 1000 - now.as_millisecond()).max(0);
+        Some(Duration::from_millis(left_ms as u64))
     }
 
     fn image_of(&self, pod: &Pod, name: &str) -> String {
@@ -355,6 +475,28 @@ impl PodWorker {
 
     async fn act(&mut self, pod: &Pod, routed: &RoutedRuntime, state: &RuntimeState, a: &Actions) {
         let rt = routed.runtime.as_ref();
+        for k in &a.kill {
+            if matches!(k.reason, KillReason::ProbeFailed(_)) {
+                self.memory.killed_by_probe.insert(k.id.clone());
+            }
+            info!(container = %k.name, id = %k.id, reason = ?k.reason, grace = k.grace_seconds, "killing container");
+            self.events().pod(
+                pod,
+                Some(&k.name),
+                EventType::Normal,
+                "Killing",
+                k.message.clone(),
+            );
+            if let Err(e) = rt
+                .stop_container(cri::StopContainerRequest {
+                    container_id: k.id.clone(),
+                    timeout: k.grace_seconds,
+                })
+                .await
+            {
+                warn!(container = %k.name, error = %cri_error(&e), "cannot stop container");
+            }
+        }
         for id in &a.remove_sandboxes {
             let _ = rt
                 .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -421,12 +563,18 @@ impl PodWorker {
         };
 
         if !a.start.is_empty() {
-            let ctx = PodContext {
-                pod_ip,
-                host_ip: self.cfg().node_ip.to_string(),
-                node_name: self.cfg().node_name.clone(),
-            };
-            let volumes = env::prepare_volumes(&self.shared.client, pod, &pod_dir).await;
+            let ctx = self.pod_context(pod_ip);
+            let volumes = volumes::prepare(&self.shared.client, pod, &pod_dir, &ctx)
+                .await
+                .map(|p| {
+                    for w in p.warnings {
+                        if self.warned.insert(w.clone()) {
+                            self.events()
+                                .pod(pod, None, EventType::Warning, "FailedMount", w);
+                        }
+                    }
+                    p.dirs
+                });
             for s in &a.start {
                 self.start_container(
                     pod,
@@ -514,17 +662,30 @@ impl PodWorker {
             format!("Pulling image {image:?}"),
         );
         let started = Instant::now();
-        match rt
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-        {
+        let creds = self.pull_credentials(pod, &image).await;
+        // Each matching credential in turn (upstream's keyring order), else anonymous.
+        let attempts: Vec<Option<cri::AuthConfig>> = if creds.is_empty() {
+            vec![None]
+        } else {
+            creds.into_iter().map(Some).collect()
+        };
+        let mut result = Err(Status::unknown("no pull attempted"));
+        for auth in attempts {
+            result = rt
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    auth,
+                    sandbox_config: None,
+                })
+                .await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        match result {
             Ok(_) => {
                 self.memory.pull_backoff.remove(&image);
                 self.events().pod(
@@ -559,6 +720,53 @@ impl PodWorker {
         }
     }
 
+    /// Registry credentials for `image` from the pod's `imagePullSecrets`.
+    async fn pull_credentials(&mut self, pod: &Pod, image: &str) -> Vec<cri::AuthConfig> {
+        let names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return vec![];
+        }
+        let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), spec::namespace(pod));
+        let mut secrets = Vec::new();
+        let mut missing = Vec::new();
+        for n in names {
+            match api.get_opt(&n).await {
+                Ok(Some(s)) => secrets.push((
+                    s.type_.unwrap_or_default(),
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect(),
+                )),
+                Ok(None) => missing.push(n),
+                Err(e) => {
+                    warn!(secret = %n, error = %e, "cannot read image pull secret");
+                    missing.push(n)
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.events().pod(
+                pod,
+                None,
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
+            );
+        }
+        pull_secrets::credentials_for(image, &secrets)
+    }
+
     #[allow(clippy::too_many_arguments)] // one start needs all of the sync's context
     async fn start_container(
         &mut self,
@@ -584,7 +792,7 @@ impl PodWorker {
         let mounts = match volumes
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|v| env::mounts(&c, v))
+            .and_then(|v| volumes::mounts(&c, v))
         {
             Ok(m) => m,
             Err(m) => return self.fail(pod, &c.name, "CreateContainerConfigError", m),
@@ -667,7 +875,11 @@ impl PodWorker {
                 host_ip: &host_ip,
                 id_scheme,
                 waiting,
-                pod_failure: self.pod_failure.as_ref(),
+                pod_failure: self
+                    .pod_failure
+                    .as_ref()
+                    .or(self.memory.pod_failure.as_ref()),
+                probes: &self.memory.probes,
                 now: Timestamp::now(),
             },
         );
@@ -755,6 +967,7 @@ impl PodWorker {
             }
         }
         let dir = spec::pod_dir(&self.cfg().root_dir, pod);
+        volumes::unmount_all(&dir);
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 debug!(dir = %dir.display(), error = %e, "cannot remove the pod directory");

@@ -3,7 +3,10 @@
 //!
 //! Optional arguments exercise the sandbox (used by Kelp's runtime tests):
 //! `--stdin` reads stdin to the end, `--net` tries a TCP connection, `--cwd` prints
-//! the working directory, `--stderr` writes a line to stderr.
+//! the working directory, `--stderr` writes a line to stderr, `--env NAME` prints
+//! `NAME=value`, `--cat PATH` prints `PATH: content` (what a pod sees of its env and
+//! volumes), `--ls DIR` prints the sorted non-hidden entries of a directory, `--write PATH BYTES`
+//! writes a file of that many bytes, `--sleep SECS` sleeps.
 
 use std::io::Read;
 
@@ -12,8 +15,48 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     println!("args: {}", args.join(" "));
     println!("HOSTNAME={}", std::env::var("HOSTNAME").unwrap_or_default());
-    for arg in args.iter().skip(1) {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
         match arg.as_str() {
+            "--env" => {
+                let name = rest.next().cloned().unwrap_or_default();
+                println!("{name}={}", std::env::var(&name).unwrap_or_default());
+            }
+            "--cat" => {
+                let path = rest.next().cloned().unwrap_or_default();
+                match std::fs::read_to_string(&path) {
+                    Ok(s) => println!("{path}: {s}"),
+                    Err(e) => println!("{path}: error: {e}"),
+                }
+            }
+            "--write" => {
+                let path = rest.next().cloned().unwrap_or_default();
+                let n: usize = rest.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                match std::fs::write(&path, vec![b'x'; n]) {
+                    Ok(()) => println!("wrote {n} bytes to {path}"),
+                    Err(e) => println!("{path}: error: {e}"),
+                }
+            }
+            "--sleep" => {
+                let secs: u64 = rest.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+            }
+            "--ls" => {
+                let dir = rest.next().cloned().unwrap_or_default();
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => {
+                        let mut names: Vec<String> = entries
+                            .filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            // Hidden entries (a volume's `..data`) are left out, as `ls`.
+                            .filter(|n| !n.starts_with('.'))
+                            .collect();
+                        names.sort();
+                        println!("{dir}: {}", names.join(" "));
+                    }
+                    Err(e) => println!("{dir}: error: {e}"),
+                }
+            }
             "--stdin" => {
                 let mut input = String::new();
                 match std::io::stdin().read_to_string(&mut input) {

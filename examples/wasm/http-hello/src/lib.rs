@@ -4,6 +4,12 @@
 //! Three paths misbehave on purpose, for Kelp's runtime tests: `/trap` panics (a
 //! trap), `/hog` allocates until the memory limit ends the request, `/spin` loops
 //! until the request's deadline or a stop interrupts it.
+//!
+//! Paths for probes (Kelp's kubelet tests): `/healthz` answers 503 while the file
+//! named by the `READY_FILE` environment variable (e.g. in a mounted ConfigMap or
+//! emptyDir volume) says `unready`, else 200; `/status/N` answers status N. `/env/NAME`
+//! answers the value of environment variable NAME, `/file/PATH` the content of file
+//! `/PATH` (what a wasi:http pod sees of its env and volumes).
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{
@@ -32,15 +38,53 @@ impl Guest for HttpHello {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            "/healthz" => {
+                let unready = std::env::var("READY_FILE")
+                    .ok()
+                    .and_then(|f| std::fs::read_to_string(f).ok())
+                    .is_some_and(|s| s.trim() == "unready");
+                return if unready {
+                    respond(response_out, 503, "unready\n".into())
+                } else {
+                    respond(response_out, 200, "ok\n".into())
+                };
+            }
             _ => {}
         }
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code = code.parse().unwrap_or(400);
+            return respond(response_out, code, format!("status {code}\n"));
+        }
+        if let Some(name) = path.strip_prefix("/env/") {
+            return match std::env::var(name) {
+                Ok(v) => respond(response_out, 200, format!("{v}\n")),
+                Err(_) => respond(response_out, 404, format!("{name} is not set\n")),
+            };
+        }
+        if let Some(file) = path.strip_prefix("/file/") {
+            let file = format!("/{file}");
+            return match std::fs::read_to_string(&file) {
+                Ok(v) => respond(response_out, 200, v),
+                Err(e) => respond(response_out, 404, format!("{file}: {e}\n")),
+            };
+        }
+        respond(
+            response_out,
+            200,
+            format!("Hello from Kelp over wasi:http\n{path}\n"),
+        );
+    }
+}
+
+/// Answers `status` with `text` as a plain-text body.
+fn respond(response_out: ResponseOutparam, status: u16, text: String) {
+    {
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
         let response = OutgoingResponse::new(headers);
-        let _ = response.set_status_code(200);
+        let _ = response.set_status_code(status);
         let body = response.body().expect("the response body is taken once");
         ResponseOutparam::set(response_out, Ok(response));
-        let text = format!("Hello from Kelp over wasi:http\n{path}\n");
         {
             let stream = body.write().expect("the body stream is taken once");
             stream
