@@ -67,7 +67,9 @@ fn wait_event(c: &Cluster, agent: &Agent, pod: &str, reason: &str, text: &str) {
 fn probes_flip_readiness_with_a_configmap_update_and_restart_on_liveness_failure() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
+    let counter = format!("{}/kelp/counter:v1", reg.addr);
     push(&example("wasm32-wasip2", "http_hello"), &image);
+    push(&example("wasm32-wasip1", "counter"), &counter);
     let c = Cluster::start(Backend::Sqlite);
     let agent = Agent::start(&c);
     let node = &agent.name;
@@ -138,6 +140,34 @@ spec:
       periodSeconds: 1
       failureThreshold: 2
       terminationGracePeriodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: starts}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: counter
+    image: {counter}
+    startupProbe:
+      exec: {{command: [counter, --once]}}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {{port: 9}}
+      initialDelaySeconds: 3600
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: never-starts}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: counter
+    image: {counter}
+    startupProbe:
+      exec: {{command: [/nowhere/check.wasm]}}
+      periodSeconds: 1
+      failureThreshold: 1
 "#
         ),
     );
@@ -377,6 +407,21 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: mem}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: mem
+    image: {hello}
+    args: [--write, /mem/f, "1000", --cat, /mem/f]
+    volumeMounts: [{{name: mem, mountPath: /mem}}]
+  volumes:
+  - name: mem
+    emptyDir: {{medium: Memory, sizeLimit: 4Mi}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: swap}}
 spec:
   nodeName: {node}
@@ -474,6 +519,38 @@ spec:
     );
     k.finish(&agent.log());
     wait_event(&c, &agent, "hog", "Evicted", "scratch");
+
+    // emptyDir medium Memory: a tmpfs when the agent may mount (root), unmounted with
+    // the pod; a plain directory otherwise.
+    let pod = wait_pod(&c, &agent, "mem", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let dir = agent
+        .pod_dir(&pod)
+        .join("volumes/kubernetes.io~empty-dir/mem");
+    let log = std::fs::read_to_string(agent.pod_dir(&pod).join("mem/0.log")).unwrap_or_default();
+    assert!(log.contains("wrote 1000 bytes to /mem/f"), "{log}");
+    let mounted = |d: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split_whitespace().nth(1) == Some(&d.display().to_string())
+                    && l.starts_with("tmpfs ")
+            })
+    };
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert_eq!(
+        mounted(&dir),
+        root,
+        "tmpfs at {} (root: {root})",
+        dir.display()
+    );
+    c.kubectl_ok(&["delete", "pod", "mem", "--wait=true", "--timeout=60s"]);
+    assert!(!mounted(&dir), "the tmpfs is unmounted with the pod");
 
     // A changed image recreates the running container.
     let before = wait_pod(&c, &agent, "swap", "Running", |p| {

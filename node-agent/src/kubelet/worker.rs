@@ -376,13 +376,15 @@ impl PodWorker {
             .retain(|id| state.containers.iter().any(|c| &c.id == id));
         self.watch_volumes(pod, &state).await;
         let pod_ip = state.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
-        self.memory.probes = if is_terminal(pod) || self.memory.pod_failure.is_some() {
-            self.probes.stop();
-            Default::default()
-        } else {
-            let events = self.shared.events.clone();
-            self.probes.sync(pod, &state, &pod_ip, &rt, &events)
-        };
+        // No probing of a pod that is done or on its way out.
+        self.memory.probes =
+            if is_terminal(pod) || is_deleting(pod) || self.memory.pod_failure.is_some() {
+                self.probes.stop();
+                Default::default()
+            } else {
+                let events = self.shared.events.clone();
+                self.probes.sync(pod, &state, &pod_ip, &rt, &events)
+            };
         let actions = compute_pod_actions(pod, &state, &self.memory, Instant::now());
         debug!(?actions, "pod actions");
         if actions.terminate {

@@ -39,7 +39,11 @@ fn main() {
             }
             "--sleep" => {
                 let secs: u64 = rest.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                std::thread::sleep(std::time::Duration::from_secs(secs));
+                // One second at a time: a stop interrupts the guest between host
+                // calls, not during one.
+                for _ in 0..secs {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
             }
             "--ls" => {
                 let dir = rest.next().cloned().unwrap_or_default();

@@ -521,4 +521,48 @@ mod tests {
             "{g:?}"
         );
     }
+
+    #[tokio::test]
+    async fn grpc_health_checks() {
+        use kelp_cri_api::tonic::transport::Server;
+        use tonic_health::ServingStatus;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("db", ServingStatus::NotServing)
+            .await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream_of(l)),
+        );
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            grpc("127.0.0.1", port, String::new(), t).await,
+            Outcome::success()
+        );
+        assert_eq!(
+            grpc("127.0.0.1", port, "db".into(), t).await,
+            Outcome::failure("service unhealthy (responded with \"NOT_SERVING\")")
+        );
+        let unknown = grpc("127.0.0.1", port, "nope".into(), t).await;
+        assert!(
+            !unknown.ok && unknown.message.contains("NotFound"),
+            "{unknown:?}"
+        );
+    }
+
+    /// A listener as the stream of connections tonic's server takes.
+    fn tokio_stream_of(
+        l: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures::stream::unfold(l, |l| async move {
+            let r = l.accept().await.map(|(s, _)| s);
+            Some((r, l))
+        })
+    }
 }
