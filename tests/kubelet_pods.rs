@@ -517,6 +517,11 @@ spec:
         &pod["status"]["message"],
         "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ",
     );
+    k.eq(
+        "DisruptionTarget",
+        &condition(&pod, "DisruptionTarget")["reason"],
+        "TerminationByKubelet",
+    );
     k.finish(&agent.log());
     wait_event(&c, &agent, "hog", "Evicted", "scratch");
 

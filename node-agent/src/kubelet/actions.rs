@@ -358,8 +358,14 @@ pub fn compute_pod_actions(
     let Some(spec) = pod.spec.as_ref() else {
         return a;
     };
-    if memory.pod_failure.is_some() {
-        // The pod failed as a whole: stop what runs, start nothing.
+    if let Some(failure) = &memory.pod_failure {
+        // The pod failed as a whole: stop what runs, start nothing. An eviction
+        // kills at once, as upstream's eviction manager for local storage limits.
+        let grace = if failure.reason == "Evicted" {
+            0
+        } else {
+            pod_grace_seconds(pod)
+        };
         a.kill = state
             .containers
             .iter()
@@ -368,7 +374,7 @@ pub fn compute_pod_actions(
                 id: r.id.clone(),
                 name: r.name.clone(),
                 reason: KillReason::PodFailed,
-                grace_seconds: pod_grace_seconds(pod),
+                grace_seconds: grace,
                 message: format!("Stopping container {}", r.name),
             })
             .collect();

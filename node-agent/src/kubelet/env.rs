@@ -384,6 +384,11 @@ mod tests {
         p.metadata.namespace = Some("ns".into());
         p.metadata.uid = Some("u".into());
         p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        p.metadata.annotations = Some([("a/b".to_string(), "v".to_string())].into());
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: Some("sa".into()),
+            ..Default::default()
+        });
         let ctx = PodContext {
             pod_ip: "10.0.0.5".into(),
             host_ip: "192.168.1.2".into(),
@@ -398,6 +403,10 @@ mod tests {
         assert_eq!(f("status.hostIP").unwrap(), "192.168.1.2");
         assert_eq!(f("spec.nodeName").unwrap(), "n1");
         assert_eq!(f("metadata.labels['app']").unwrap(), "web");
+        assert_eq!(f("metadata.labels['absent']").unwrap(), "");
+        assert_eq!(f("metadata.labels").unwrap(), "app=\"web\"");
+        assert_eq!(f("metadata.annotations['a/b']").unwrap(), "v");
+        assert_eq!(f("spec.serviceAccountName").unwrap(), "sa");
         assert!(f("spec.bogus").is_err());
     }
 

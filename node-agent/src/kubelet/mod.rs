@@ -3,8 +3,11 @@
 //! through CRI and reports their status.
 //!
 //! Layout: [`node`] (registration, heartbeat), [`actions`] (the pure decision),
-//! [`spec`] (pod → CRI configs), [`env`] (env values and volumes), [`status`] (pure pod
-//! status), [`events`], and `worker` (the executor).
+//! [`spec`] (pod → CRI configs), [`env`] (env values, the downward API),
+//! [`volumes`] (the pod's volumes on disk, the atomic writer, sizeLimit),
+//! [`probes`] (liveness/readiness/startup probers and their handlers),
+//! [`pull_secrets`] (imagePullSecrets → CRI auth), [`status`] (pure pod status),
+//! [`events`], and `worker` (the executor).
 
 pub mod actions;
 pub mod env;

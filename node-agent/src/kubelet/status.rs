@@ -331,7 +331,7 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
         )
     };
     let containers_ready = unready.is_empty() && !containers.is_empty();
-    let conditions = vec![
+    let mut conditions = vec![
         condition(
             old,
             now,
@@ -371,6 +371,17 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
         ),
         condition(old, now, "PodScheduled", true, None, None),
     ];
+    // A pod the kubelet evicted says so, as upstream's (reason TerminationByKubelet).
+    if let Some(f) = ctx.pod_failure.filter(|f| f.reason == "Evicted") {
+        conditions.push(condition(
+            old,
+            now,
+            "DisruptionTarget",
+            true,
+            Some("TerminationByKubelet"),
+            Some(f.message.clone()),
+        ));
+    }
 
     let pod_ip = state
         .sandbox()
@@ -769,5 +780,34 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         assert_eq!(s.reason.as_deref(), Some("DeadlineExceeded"));
         assert_eq!(s.message.as_deref(), Some(failure.message.as_str()));
+        let has_disruption = |s: &PodStatus| {
+            s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        };
+        assert!(!has_disruption(&s));
+        let evicted = Waiting::new(
+            "Evicted",
+            "Usage of EmptyDir volume \"v\" exceeds the limit \"1Mi\". ",
+        );
+        let s = compute_pod_status(
+            &p,
+            &state(vec![rec("a", 0, Exited, 137)]),
+            &StatusContext {
+                host_ip: "10.1.1.1",
+                id_scheme: "wasm",
+                waiting: &BTreeMap::new(),
+                pod_failure: Some(&evicted),
+                probes: &ProbeResults::default(),
+                now: Timestamp::from_second(1_700_000_100).unwrap(),
+            },
+        );
+        assert_eq!(s.reason.as_deref(), Some("Evicted"));
+        assert!(has_disruption(&s));
+        assert_eq!(
+            cond(&s, "DisruptionTarget").reason.as_deref(),
+            Some("TerminationByKubelet")
+        );
     }
 }
