@@ -2,7 +2,8 @@
 //! API, ConfigMaps and Secrets, and the pod's volumes prepared on disk. Failures are
 //! messages for a `CreateContainerConfigError` waiting state (the worker retries).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
 use kelp_cri_api::v1 as cri;
@@ -158,90 +159,159 @@ pub fn field_ref(pod: &Pod, ctx: &PodContext, path: &str) -> Result<String, Stri
     })
 }
 
-/// Fetches and caches ConfigMaps and Secrets of one namespace for one resolution.
+/// The data of a ConfigMap (`data` and `binaryData`) or Secret (`data` and
+/// `stringData`), `None` when the object does not exist.
+type ObjectData = Option<BTreeMap<String, Vec<u8>>>;
+
+/// (kind, namespace, name).
+type ObjectKey = (&'static str, String, String);
+
+/// ConfigMaps and Secrets read recently, shared by the node's pod workers, so the
+/// periodic volume refresh of many pods reading one object costs one GET per period.
+#[derive(Default)]
+pub struct ObjectCache {
+    entries: std::sync::Mutex<HashMap<ObjectKey, (Instant, ObjectData)>>,
+}
+
+impl ObjectCache {
+    fn get(&self, key: &ObjectKey, max_age: Duration) -> Option<ObjectData> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() <= max_age)
+            .map(|(_, d)| d.clone())
+    }
+
+    fn put(&self, key: ObjectKey, data: ObjectData) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Old entries go when the cache is touched, so objects no pod reads are dropped.
+        entries.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(300));
+        entries.insert(key, (Instant::now(), data));
+    }
+}
+
+/// Fetches ConfigMaps and Secrets of one namespace for one resolution (each object
+/// once), optionally through an [`ObjectCache`] that may answer with data up to
+/// `max_age` old.
 pub(super) struct Lookups<'a> {
     client: &'a Client,
     namespace: &'a str,
-    config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
-    secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    shared: Option<(&'a ObjectCache, Duration)>,
+    local: BTreeMap<(&'static str, String), ObjectData>,
 }
 
 impl<'a> Lookups<'a> {
-    pub(super) fn new(client: &'a Client, namespace: &'a str) -> Self {
+    /// Fresh reads (a container start sees current data); they refresh `cache`.
+    pub(super) fn new(
+        client: &'a Client,
+        namespace: &'a str,
+        cache: Option<&'a ObjectCache>,
+    ) -> Self {
         Lookups {
             client,
             namespace,
-            config_maps: BTreeMap::new(),
-            secrets: BTreeMap::new(),
+            shared: cache.map(|c| (c, Duration::ZERO)),
+            local: BTreeMap::new(),
         }
     }
 
-    /// The ConfigMap's data (binaryData as lossy UTF-8), `None` if absent.
-    async fn config_map(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
-        if let Some(v) = self.config_maps.get(name) {
+    /// Reads that accept cached data up to `max_age` old (periodic refreshes).
+    pub(super) fn cached(
+        client: &'a Client,
+        namespace: &'a str,
+        cache: &'a ObjectCache,
+        max_age: Duration,
+    ) -> Self {
+        Lookups {
+            client,
+            namespace,
+            shared: Some((cache, max_age)),
+            local: BTreeMap::new(),
+        }
+    }
+
+    async fn fetch(&mut self, kind: &'static str, name: &str) -> Result<ObjectData, String> {
+        if let Some(v) = self.local.get(&(kind, name.to_string())) {
             return Ok(v.clone());
         }
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
-        let v = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("configmap {name:?}: {e}"))?
-            .map(|cm| {
-                let mut data = cm.data.unwrap_or_default();
-                for (k, b) in cm.binary_data.unwrap_or_default() {
-                    data.insert(k, String::from_utf8_lossy(&b.0).into_owned());
+        let key = (kind, self.namespace.to_string(), name.to_string());
+        let cached = self
+            .shared
+            .filter(|(_, age)| !age.is_zero())
+            .and_then(|(c, age)| c.get(&key, age));
+        let v = match cached {
+            Some(v) => v,
+            None => {
+                let v = if kind == "configmap" {
+                    let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
+                    api.get_opt(name)
+                        .await
+                        .map_err(|e| format!("configmap {name:?}: {e}"))?
+                        .map(|cm| {
+                            let mut data: BTreeMap<String, Vec<u8>> = cm
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.into_bytes()))
+                                .collect();
+                            for (k, b) in cm.binary_data.unwrap_or_default() {
+                                data.insert(k, b.0);
+                            }
+                            data
+                        })
+                } else {
+                    let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+                    api.get_opt(name)
+                        .await
+                        .map_err(|e| format!("secret {name:?}: {e}"))?
+                        .map(|s| {
+                            let mut data: BTreeMap<String, Vec<u8>> = s
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
+                            for (k, v) in s.string_data.unwrap_or_default() {
+                                data.insert(k, v.into_bytes());
+                            }
+                            data
+                        })
+                };
+                if let Some((c, _)) = self.shared {
+                    c.put(key, v.clone());
                 }
-                data
-            });
-        self.config_maps.insert(name.to_string(), v.clone());
+                v
+            }
+        };
+        self.local.insert((kind, name.to_string()), v.clone());
         Ok(v)
     }
 
-    pub(super) async fn config_map_bytes(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-        Ok(self
-            .config_map(name)
-            .await?
-            .map(|d| d.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()))
+    /// The ConfigMap's `data` and `binaryData` as bytes.
+    pub(super) async fn config_map_bytes(&mut self, name: &str) -> Result<ObjectData, String> {
+        self.fetch("configmap", name).await
     }
 
-    /// The Secret's data (stringData merged), `None` if absent.
-    pub(super) async fn secret_bytes(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
-        let s = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("secret {name:?}: {e}"))?;
-        Ok(s.map(|s| {
-            let mut data: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            for (k, v) in s.string_data.unwrap_or_default() {
-                data.insert(k, v.into_bytes());
-            }
-            data
-        }))
+    /// The Secret's `data` (with `stringData` merged).
+    pub(super) async fn secret_bytes(&mut self, name: &str) -> Result<ObjectData, String> {
+        self.fetch("secret", name).await
     }
 
-    async fn secret(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
-        if let Some(v) = self.secrets.get(name) {
-            return Ok(v.clone());
-        }
-        let v = self.secret_bytes(name).await?.map(|d| {
+    fn text(d: ObjectData) -> Option<BTreeMap<String, String>> {
+        d.map(|d| {
             d.into_iter()
                 .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                 .collect()
-        });
-        self.secrets.insert(name.to_string(), v.clone());
-        Ok(v)
+        })
+    }
+
+    /// As text (env values): binary values as lossy UTF-8.
+    async fn config_map(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        Ok(Self::text(self.config_map_bytes(name).await?))
+    }
+
+    async fn secret(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        Ok(Self::text(self.secret_bytes(name).await?))
     }
 }
 
@@ -316,11 +386,12 @@ async fn env_value(
 /// win, `$(VAR)` expands over what came before), as upstream.
 pub async fn resolve_env(
     client: &Client,
+    cache: Option<&ObjectCache>,
     pod: &Pod,
     c: &Container,
     ctx: &PodContext,
 ) -> Result<Vec<cri::KeyValue>, String> {
-    let mut l = Lookups::new(client, spec::namespace(pod));
+    let mut l = Lookups::new(client, spec::namespace(pod), cache);
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut set = |vars: &mut BTreeMap<String, String>, k: String, v: String| {
@@ -457,5 +528,20 @@ mod tests {
         }
         assert!(resource_field_ref(&c, &ctx, "limits.gpu", None).is_err());
         assert!(resource_field_ref(&c, &ctx, "limits.cpu", Some("0")).is_err());
+    }
+
+    #[test]
+    fn the_object_cache_answers_within_max_age() {
+        let c = ObjectCache::default();
+        let key = ("configmap", "ns".to_string(), "cm".to_string());
+        assert_eq!(c.get(&key, Duration::from_secs(5)), None);
+        let data: ObjectData = Some([("k".to_string(), b"v".to_vec())].into());
+        c.put(key.clone(), data.clone());
+        assert_eq!(c.get(&key, Duration::from_secs(5)), Some(data));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.get(&key, Duration::from_millis(1)), None);
+        // An absent object is cached as absent.
+        c.put(key.clone(), None);
+        assert_eq!(c.get(&key, Duration::from_secs(5)), Some(None));
     }
 }

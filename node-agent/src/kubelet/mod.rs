@@ -156,6 +156,7 @@ impl Kubelet {
             client: client.clone(),
             allocatable_cpu: facts.cpus as f64,
             allocatable_memory: facts.memory_bytes as f64,
+            objects: Default::default(),
             events: events::EventRecorder::start(client.clone(), config.node_name.clone()),
             cfg: config.clone(),
             router: runtimes,

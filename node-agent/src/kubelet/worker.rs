@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// The node's allocatable CPU (cores) and memory (bytes), for `resourceFieldRef`.
     pub allocatable_cpu: f64,
     pub allocatable_memory: f64,
+    /// ConfigMaps and Secrets read recently (volume refreshes share them).
+    pub objects: env::ObjectCache,
     pub cfg: KubeletConfig,
     pub router: RuntimeRouter,
     pub events: EventRecorder,
@@ -268,7 +270,15 @@ impl PodWorker {
         self.volumes_synced = Some(Instant::now());
         let ip = state.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
         let ctx = self.pod_context(ip);
-        let changed = volumes::refresh(&self.shared.client, pod, &pod_dir, &ctx).await;
+        let changed = volumes::refresh(
+            &self.shared.client,
+            &self.shared.objects,
+            self.cfg().volume_sync_interval,
+            pod,
+            &pod_dir,
+            &ctx,
+        )
+        .await;
         if !changed.is_empty() {
             info!(volumes = ?changed, "volumes updated");
         }
@@ -566,17 +576,23 @@ impl PodWorker {
 
         if !a.start.is_empty() {
             let ctx = self.pod_context(pod_ip);
-            let volumes = volumes::prepare(&self.shared.client, pod, &pod_dir, &ctx)
-                .await
-                .map(|p| {
-                    for w in p.warnings {
-                        if self.warned.insert(w.clone()) {
-                            self.events()
-                                .pod(pod, None, EventType::Warning, "FailedMount", w);
-                        }
+            let volumes = volumes::prepare(
+                &self.shared.client,
+                Some(&self.shared.objects),
+                pod,
+                &pod_dir,
+                &ctx,
+            )
+            .await
+            .map(|p| {
+                for w in p.warnings {
+                    if self.warned.insert(w.clone()) {
+                        self.events()
+                            .pod(pod, None, EventType::Warning, "FailedMount", w);
                     }
-                    p.dirs
-                });
+                }
+                p.dirs
+            });
             for s in &a.start {
                 self.start_container(
                     pod,
@@ -787,7 +803,15 @@ impl PodWorker {
         if !self.ensure_image(pod, rt, &c).await {
             return;
         }
-        let envs = match env::resolve_env(&self.shared.client, pod, &c, ctx).await {
+        let envs = match env::resolve_env(
+            &self.shared.client,
+            Some(&self.shared.objects),
+            pod,
+            &c,
+            ctx,
+        )
+        .await
+        {
             Ok(e) => e,
             Err(m) => return self.fail(pod, &c.name, "CreateContainerConfigError", m),
         };

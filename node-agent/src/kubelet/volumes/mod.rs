@@ -19,7 +19,7 @@ use kube::Client;
 use tracing::{debug, warn};
 
 use self::atomic::FileProjection;
-use super::env::{field_ref, resource_field_ref, Lookups, PodContext};
+use super::env::{field_ref, resource_field_ref, Lookups, ObjectCache, PodContext};
 use super::spec;
 
 /// upstream's `defaultMode` (0644).
@@ -316,7 +316,13 @@ pub fn unmount_all(pod_dir: &Path) {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|p| p.starts_with(&prefix))
     {
-        let _ = std::process::Command::new("umount").arg(point).status();
+        // Lazily (MNT_DETACH): the runtime may still hold a handle on the directory
+        // for a moment after the container is removed.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(point)
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -330,11 +336,12 @@ pub fn size_limit(v: &Volume) -> Option<u64> {
 /// (created once, kept across restarts), projections (written now), hostPath.
 pub async fn prepare(
     client: &Client,
+    cache: Option<&ObjectCache>,
     pod: &Pod,
     pod_dir: &Path,
     ctx: &PodContext,
 ) -> Result<Prepared, String> {
-    let mut l = Lookups::new(client, spec::namespace(pod));
+    let mut l = Lookups::new(client, spec::namespace(pod), cache);
     let mut out = Prepared::default();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let dir = volume_dir(pod_dir, v);
@@ -360,11 +367,19 @@ pub async fn prepare(
     Ok(out)
 }
 
-/// Rewrites the projection volumes with current data (a running pod sees ConfigMap,
-/// Secret and label/annotation updates). A volume whose source cannot be read keeps
-/// its content, as upstream's. Returns the names of the volumes that changed.
-pub async fn refresh(client: &Client, pod: &Pod, pod_dir: &Path, ctx: &PodContext) -> Vec<String> {
-    let mut l = Lookups::new(client, spec::namespace(pod));
+/// Rewrites the projection volumes with data at most `max_age` old from `cache` (a
+/// running pod sees ConfigMap, Secret and label/annotation updates). A volume whose
+/// source cannot be read keeps its content, as upstream's. Returns the names of the
+/// volumes that changed.
+pub async fn refresh(
+    client: &Client,
+    cache: &ObjectCache,
+    max_age: std::time::Duration,
+    pod: &Pod,
+    pod_dir: &Path,
+    ctx: &PodContext,
+) -> Vec<String> {
+    let mut l = Lookups::cached(client, spec::namespace(pod), cache, max_age);
     let mut changed = Vec::new();
     let mut warnings = Vec::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
