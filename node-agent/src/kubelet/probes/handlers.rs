@@ -174,24 +174,76 @@ async fn http_get(
     timeout: Duration,
 ) -> Outcome {
     let url = probe_url(scheme, host, port, path);
-    match tokio::time::timeout(timeout, http_status(scheme, host, port, &url, headers)).await {
+    let chain = follow(scheme, host, port, path, headers);
+    match tokio::time::timeout(timeout, chain).await {
         Ok(Ok(code)) if (200..400).contains(&code) => Outcome::success(),
         Ok(Ok(code)) => Outcome::failure(format!("HTTP probe failed with statuscode: {code}")),
-        Ok(Err(e)) => Outcome::failure(format!("Get {url:?}: {e}")),
+        Ok(Err((at, e))) => Outcome::failure(format!("Get {at:?}: {e}")),
         Err(_) => Outcome::failure(format!(
             "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
     }
 }
 
-/// GETs `url` and returns the response status (the body is read and dropped).
+/// How many redirects a probe follows (Go's http.Client).
+const MAX_REDIRECTS: usize = 10;
+
+/// GETs the URL, following redirects to the same host as upstream's prober (a
+/// redirect elsewhere ends the chain: its 3xx counts). Errors carry the URL they
+/// happened at.
+async fn follow(
+    scheme: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<u16, (String, String)> {
+    let (mut scheme, mut port, mut path) = (scheme.to_string(), port, path.to_string());
+    for hop in 0..=MAX_REDIRECTS {
+        let url = probe_url(&scheme, host, port, &path);
+        let (code, location) = http_status(&scheme, host, port, &url, headers)
+            .await
+            .map_err(|e| (url.clone(), e))?;
+        let Some(location) = location.filter(|_| (300..400).contains(&code)) else {
+            return Ok(code);
+        };
+        if hop == MAX_REDIRECTS {
+            return Err((url, format!("stopped after {MAX_REDIRECTS} redirects")));
+        }
+        let next: http::Uri = location
+            .parse()
+            .map_err(|e| (url.clone(), format!("invalid redirect {location:?}: {e}")))?;
+        match next.host() {
+            Some(h) if h.trim_matches(['[', ']']) != host => return Ok(code),
+            Some(_) => {
+                scheme = next.scheme_str().unwrap_or(&scheme).to_string();
+                port = next
+                    .port_u16()
+                    .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            }
+            None => {}
+        }
+        path = match next.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
+            // A relative reference: against the current path's directory.
+            Some(pq) => {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                format!("{dir}/{}", pq.as_str())
+            }
+            None => "/".to_string(),
+        };
+    }
+    unreachable!("the loop returns by its last hop")
+}
+
+/// GETs `url` once: the response status and its `Location` header.
 async fn http_status(
     scheme: &str,
     host: &str,
     port: u16,
     url: &str,
     headers: &[(String, String)],
-) -> Result<u16, String> {
+) -> Result<(u16, Option<String>), String> {
     let addr = authority(host, port);
     let tcp = TcpStream::connect(&addr)
         .await
@@ -237,7 +289,7 @@ async fn http_status(
     }
 }
 
-async fn send<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<u16, String>
+async fn send<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<(u16, Option<String>), String>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -248,7 +300,13 @@ where
     let resp = sender.send_request(req).await.map_err(|e| e.to_string());
     let out = match resp {
         // Only the status counts; the body is not read (the connection is dropped).
-        Ok(resp) => Ok(resp.status().as_u16()),
+        Ok(resp) => Ok((
+            resp.status().as_u16(),
+            resp.headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_string),
+        )),
         Err(e) => Err(e),
     };
     conn.abort();
@@ -453,8 +511,13 @@ mod tests {
                     } else {
                         code
                     };
+                    // /redirect/TARGET answers 302 to TARGET (`_` for `/`).
+                    let (code, location) = match path.strip_prefix("/redirect/") {
+                        Some(t) => (302, format!("location: {}\r\n", t.replace('_', "/"))),
+                        None => (code, String::new()),
+                    };
                     let resp = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        "HTTP/1.1 {code} X\r\n{location}content-length: 2\r\nconnection: close\r\n\r\nok"
                     );
                     let _ = s.write_all(resp.as_bytes()).await;
                 });
@@ -471,7 +534,23 @@ mod tests {
             http_get("http", "127.0.0.1", port, path, &headers, t).await
         };
         assert!(get("/code/200", vec![]).await.ok);
-        assert!(get("/code/302", vec![]).await.ok);
+        assert!(
+            get("/code/302", vec![]).await.ok,
+            "a 3xx without Location counts"
+        );
+        // Redirects to the same host are followed; elsewhere, the 3xx counts.
+        assert!(get("/redirect/_code_200", vec![]).await.ok);
+        assert_eq!(
+            get("/redirect/_code_503", vec![]).await,
+            Outcome::failure("HTTP probe failed with statuscode: 503")
+        );
+        assert!(!get("/redirect/_redirect__code_500", vec![]).await.ok);
+        assert!(get("/redirect/http:__other.invalid_x", vec![]).await.ok);
+        let endless = get("/redirect/_redirect__redirect__redirect__redirect__redirect__redirect__redirect__redirect__redirect__redirect__redirect__code_200", vec![]).await;
+        assert!(
+            !endless.ok && endless.message.contains("stopped after 10 redirects"),
+            "{endless:?}"
+        );
         assert!(get("/code/399", vec![]).await.ok);
         assert_eq!(
             get("/code/500", vec![]).await,
