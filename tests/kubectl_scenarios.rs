@@ -35,6 +35,7 @@ fn kubeconfig_works_on_bind_address() {
         Backend::Sqlite,
         Options {
             tls_san_for_bind_address: false,
+            ..Options::default()
         },
     );
     assert_eq!(c.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");

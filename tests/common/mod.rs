@@ -200,12 +200,15 @@ pub struct Options {
     /// Pass `--tls-san <bind address>`. The server should put its bind address in the
     /// serving certificate by itself; `false` tests exactly that.
     pub tls_san_for_bind_address: bool,
+    /// Run `kelp up` with an in-process node of this name instead of `kelp server`.
+    pub up_node: Option<&'static str>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             tls_san_for_bind_address: true,
+            up_node: None,
         }
     }
 }
@@ -289,8 +292,11 @@ impl Cluster {
             .expect("server log");
         let _ = writeln!(log, "===== harness: start #{} =====", self.starts);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelp"));
-        cmd.arg("server")
-            .arg("--data-dir")
+        cmd.arg(self.command());
+        if let Some(node) = self.opts.up_node {
+            cmd.args(["--node-name", node]);
+        }
+        cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--https-port", &self.port.to_string()])
             .args(["--bind-address", &self.ip.to_string()])
@@ -342,6 +348,15 @@ impl Cluster {
         );
     }
 
+    /// `server`, or `up` (with a node).
+    fn command(&self) -> &'static str {
+        if self.opts.up_node.is_some() {
+            "up"
+        } else {
+            "server"
+        }
+    }
+
     /// The server prints its banner once it serves; after a restart the old banner is
     /// in the log too, so look only at the part after the last harness marker.
     fn log_says_serving(&self) -> bool {
@@ -350,7 +365,8 @@ impl Cluster {
         log.rsplit_once(&marker)
             .map(|(_, after)| {
                 after.contains(&format!(
-                    "kelp server is serving the Kubernetes API at {}",
+                    "kelp {} is serving the Kubernetes API at {}",
+                    self.command(),
                     self.url()
                 ))
             })
