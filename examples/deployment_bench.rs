@@ -78,17 +78,19 @@ async fn main() -> anyhow::Result<()> {
         let st = d.status.unwrap_or_default();
         if created_at.is_none() && st.replicas.unwrap_or(0) >= replicas {
             created_at = Some(start.elapsed());
+            eprintln!("[{:>7.2} s] all {replicas} pods created", start.elapsed().as_secs_f64());
         }
         if half_at.is_none() && st.ready_replicas.unwrap_or(0) >= replicas / 2 {
             half_at = Some(start.elapsed());
+            eprintln!("[{:>7.2} s] half ready", start.elapsed().as_secs_f64());
         }
         if st.ready_replicas.unwrap_or(0) >= replicas
             && st.available_replicas.unwrap_or(0) >= replicas
         {
             break start.elapsed();
         }
-        if start.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("not all ready after 600 s: {st:?}");
+        if start.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("not all ready after 1800 s: {st:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
