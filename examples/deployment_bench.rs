@@ -30,7 +30,9 @@ async fn client(kubeconfig: &str) -> anyhow::Result<Client> {
 }
 
 async fn running_pods(pods: &Api<Pod>) -> anyhow::Result<(usize, usize)> {
-    let list = pods.list(&ListParams::default().labels("app=bench")).await?;
+    let list = pods
+        .list(&ListParams::default().labels("app=bench"))
+        .await?;
     let running = list
         .items
         .iter()
@@ -78,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
         let st = d.status.unwrap_or_default();
         if created_at.is_none() && st.replicas.unwrap_or(0) >= replicas {
             created_at = Some(start.elapsed());
-            eprintln!("[{:>7.2} s] all {replicas} pods created", start.elapsed().as_secs_f64());
+            eprintln!(
+                "[{:>7.2} s] all {replicas} pods created",
+                start.elapsed().as_secs_f64()
+            );
         }
         if half_at.is_none() && st.ready_replicas.unwrap_or(0) >= replicas / 2 {
             half_at = Some(start.elapsed());
@@ -115,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let del = Instant::now();
-    deployments.delete("bench", &DeleteParams::background()).await?;
+    deployments
+        .delete("bench", &DeleteParams::background())
+        .await?;
     loop {
         let (total, _) = running_pods(&pods).await?;
         if total == 0 {
