@@ -628,3 +628,148 @@ fn replicasets_adopt_release_and_keep_exact_counts() {
     );
     k.finish(&c.log_tail());
 }
+
+/// A `kelp controller-manager` process, killed by pid on drop.
+struct Manager {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Manager {
+    fn start(c: &Cluster, name: &str) -> Manager {
+        let log = c.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("manager log");
+        let child = kelp()
+            .arg("controller-manager")
+            .arg("--kubeconfig")
+            .arg(c.kubeconfig())
+            .env("KELP_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("manager log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn kelp controller-manager");
+        Manager { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn leads(&self) -> bool {
+        self.log().contains("became leader")
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exited = wait_until(DEADLINE, || self.child.try_wait().ok().flatten().is_some());
+        assert!(
+            exited,
+            "controller-manager ignored SIGTERM:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn controller_managers_elect_one_leader_and_hand_over() {
+    let c = Cluster::start_with(
+        Backend::Sqlite,
+        Options {
+            apiserver_only: true,
+            ..Options::default()
+        },
+    );
+    let mut k = Checks::default();
+
+    // `kelp apiserver` alone runs no controllers: a deleted namespace stays Terminating.
+    c.kubectl_ok(&["create", "namespace", "doomed"]);
+    c.kubectl_ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    k.eq(
+        "namespace Terminating without a controller-manager",
+        &c.kubectl_json(&["get", "namespace", "doomed"])["status"]["phase"],
+        "Terminating",
+    );
+    let bad = kelp()
+        .args([
+            "controller-manager",
+            "--controllers",
+            "nope",
+            "--kubeconfig",
+        ])
+        .arg(c.kubeconfig())
+        .output()
+        .expect("kelp controller-manager");
+    k.that(
+        "an unknown controller is refused",
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("unknown controller \"nope\""),
+    );
+
+    let mut a = Manager::start(&c, "manager-a");
+    let mut b = Manager::start(&c, "manager-b");
+    let elected = wait_until(DEADLINE, || a.leads() || b.leads());
+    assert!(elected, "nobody became leader:\n{}\n{}", a.log(), b.log());
+    let (leader, standby) = if a.leads() {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let holder = c.kubectl_json(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "kube-controller-manager",
+    ]);
+    k.that(
+        "the Lease names a holder",
+        holder["spec"]["holderIdentity"].is_string(),
+    );
+
+    // The leader's controllers act: the namespace goes, a ReplicaSet gets its pods.
+    let gone = wait_until(DEADLINE, || {
+        !c.kubectl(&["get", "namespace", "doomed"]).ok()
+    });
+    k.that("namespace finalized once a controller-manager leads", gone);
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "ha"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "ha"}},
+                     "template": {"metadata": {"labels": {"app": "ha"}},
+                                  "spec": {"containers": [{"name": "c", "image": "example.com/none:v1"}]}}}
+        })
+        .to_string(),
+    );
+    k.that(
+        "3 pods from the leader",
+        wait_until(DEADLINE, || pods(&c, "default", "app=ha").len() == 3),
+    );
+    k.that("the standby does not lead", !standby.leads());
+
+    // SIGTERM releases the Lease: the standby takes over at once and acts.
+    leader.terminate();
+    let took_over = wait_until(DEADLINE, || standby.leads());
+    assert!(took_over, "the standby never took over:\n{}", standby.log());
+    c.kubectl_ok(&["scale", "rs", "ha", "--replicas=5"]);
+    k.that(
+        "5 pods from the new leader",
+        wait_until(DEADLINE, || pods(&c, "default", "app=ha").len() == 5),
+    );
+    k.finish(&format!(
+        "{}\n--- standby ---\n{}",
+        c.log_tail(),
+        standby.log()
+    ));
+}

@@ -202,6 +202,8 @@ pub struct Options {
     pub tls_san_for_bind_address: bool,
     /// Run `kelp up` with an in-process node of this name instead of `kelp server`.
     pub up_node: Option<&'static str>,
+    /// Run `kelp apiserver` (no controllers) instead of `kelp server`.
+    pub apiserver_only: bool,
 }
 
 impl Default for Options {
@@ -209,6 +211,7 @@ impl Default for Options {
         Options {
             tls_san_for_bind_address: true,
             up_node: None,
+            apiserver_only: false,
         }
     }
 }
@@ -348,10 +351,12 @@ impl Cluster {
         );
     }
 
-    /// `server`, or `up` (with a node).
+    /// `server`, `up` (with a node) or `apiserver` (alone).
     fn command(&self) -> &'static str {
         if self.opts.up_node.is_some() {
             "up"
+        } else if self.opts.apiserver_only {
+            "apiserver"
         } else {
             "server"
         }
