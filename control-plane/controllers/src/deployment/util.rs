@@ -722,7 +722,39 @@ pub fn rollout_status(
             );
         }
     }
+    match replica_failure(new_rs, all) {
+        Some(c) => set_condition(&mut s, c),
+        None => remove_condition(&mut s, "ReplicaFailure"),
+    }
     s
+}
+
+/// A ReplicaSet's `ReplicaFailure` (the new one's first), as the Deployment reports it
+/// (upstream `getReplicaFailures`).
+fn replica_failure(
+    new_rs: Option<&ReplicaSet>,
+    all: &[&ReplicaSet],
+) -> Option<DeploymentCondition> {
+    new_rs
+        .into_iter()
+        .chain(all.iter().copied())
+        .find_map(|rs| {
+            let c = rs
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure")?;
+            Some(DeploymentCondition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                last_update_time: c.last_transition_time.clone(),
+                last_transition_time: c.last_transition_time.clone(),
+            })
+        })
 }
 
 /// When to look again at a rollout that is not progressing, to time it out.
