@@ -299,3 +299,25 @@ fn history_beyond_the_limit_is_cleaned_oldest_revision_first() {
     // Limit 1 of 3 old: two oldest revisions (r1, r2) go; both are scaled to zero.
     assert_eq!(names, ["r1", "r2"]);
 }
+
+#[test]
+fn a_replica_set_failure_shows_on_the_deployment_until_it_clears() {
+    use k8s_openapi::api::apps::v1::ReplicaSetCondition;
+    let d = deployment(3, pct("25%"), pct("25%"));
+    let mut new = rs("new", "v2", 3, 0, 10, 2);
+    new.status.as_mut().unwrap().conditions = Some(vec![ReplicaSetCondition {
+        type_: "ReplicaFailure".into(),
+        status: "True".into(),
+        reason: Some("FailedCreate".into()),
+        message: Some("quota exceeded".into()),
+        last_transition_time: Some(Time(ts(0))),
+    }]);
+    let s = rollout_status(&d, Some(&new), &[&new], ts(1));
+    let c = condition(&s, "ReplicaFailure").expect("ReplicaFailure reported");
+    assert_eq!(c.reason.as_deref(), Some("FailedCreate"));
+    let mut d2 = d.clone();
+    d2.status = Some(s);
+    new.status.as_mut().unwrap().conditions = None;
+    let s2 = rollout_status(&d2, Some(&new), &[&new], ts(2));
+    assert!(condition(&s2, "ReplicaFailure").is_none());
+}
