@@ -72,6 +72,65 @@ struct ControlPlaneArgs {
     /// The port range NodePort Services are allocated from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    #[command(flatten)]
+    controller_flags: ControllerFlags,
+}
+
+/// The controllers' own flags (upstream kube-controller-manager names and defaults).
+#[derive(Args, Clone)]
+struct ControllerFlags {
+    /// Pod addresses of the cluster: node IPAM gives each node a subnet of it
+    /// (`spec.podCIDR`). Empty turns node IPAM off.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a node's Lease may go unrenewed before the node is marked
+    /// NotReady (Ready=Unknown) and tainted unreachable, e.g. `40s`.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How often node health is checked, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_monitor_period: std::time::Duration,
+}
+
+/// `40s`, `2m`, `1h`, `500ms`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+impl ControllerFlags {
+    fn settings(&self) -> anyhow::Result<kelp_control_plane::controllers::settings::Settings> {
+        kelp_control_plane::controllers::settings::Settings::from_flags(
+            &self.cluster_cidr,
+            self.node_cidr_mask_size,
+            self.node_monitor_grace_period,
+            self.node_monitor_period,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// The in-process controller-manager's options.
+    fn manager_options(&self) -> anyhow::Result<kelp_control_plane::controllers::manager::ManagerOptions> {
+        Ok(kelp_control_plane::controllers::manager::ManagerOptions {
+            settings: self.settings()?,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Args, Clone)]
@@ -85,6 +144,8 @@ struct ControllerManagerArgs {
     /// Controllers to run: `*` (all), `NAME`, `-NAME` (comma-separated, as upstream).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    #[command(flatten)]
+    controller_flags: ControllerFlags,
 }
 
 async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
@@ -92,6 +153,7 @@ async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<(
     let opts = manager::ManagerOptions {
         leader_elect: args.leader_elect,
         controllers: args.controllers,
+        settings: args.controller_flags.settings()?,
     };
     // Reject a bad --controllers before dialing anything.
     manager::select_controllers(&opts.controllers)?;
@@ -147,7 +209,11 @@ impl ControlPlaneArgs {
 async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow::Result<()> {
     // `kelp server` runs the controllers in-process; `kelp apiserver` is the API alone.
     let mut cfg = args.config()?;
-    cfg.controllers = (what == "server").then(Default::default);
+    cfg.controllers = if what == "server" {
+        Some(args.controller_flags.manager_options()?)
+    } else {
+        None
+    };
     kelp_control_plane::run(cfg, shutdown_signal(), |s| {
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
         println!("  admin kubeconfig: {}", s.kubeconfig.display());

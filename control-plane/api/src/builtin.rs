@@ -83,7 +83,7 @@ const ROWS: &[Row] = &[
     row("", "v1", "Pod", "pods", true, "io.k8s.api.core.v1.Pod")
         .short(&["po"])
         .all()
-        .sub(&["status", "binding"]),
+        .sub(&["status", "binding", "eviction"]),
     row("", "v1", "Node", "nodes", false, "io.k8s.api.core.v1.Node")
         .short(&["no"])
         .sub(&["status"]),

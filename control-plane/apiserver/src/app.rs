@@ -329,6 +329,9 @@ async fn route(
         (Method::POST, true, Some("binding")) => {
             subresources::bind(&app, t, q, headers, body).await
         }
+        (Method::POST, true, Some("eviction")) if t.info.gvk.kind == "Pod" => {
+            crate::eviction::evict(&app, t, q, headers, body).await
+        }
         (Method::PUT, true, Some("finalize")) => {
             subresources::finalize(&app, t, q, headers, body).await
         }

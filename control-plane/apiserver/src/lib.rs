@@ -10,6 +10,7 @@ pub mod tls;
 pub mod app;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod filter;
 pub mod kubernetes_service;
 pub mod objects;

@@ -143,6 +143,9 @@ pub fn prepare_create(
         }
     }
     reset_status_on_create(info, obj);
+    if info.gvk.group == "batch" && info.gvk.kind == "Job" {
+        generate_job_selector(obj);
+    }
     normalize(info, obj)?;
     defaults::apply(&info.gvk, obj);
     if info.gvk.group.is_empty() && info.gvk.kind == "Pod" {
@@ -155,6 +158,44 @@ pub fn prepare_create(
         }
     }
     validate(info, obj, None)
+}
+
+/// Upstream's job strategy `generateSelector`: unless `spec.manualSelector` is true,
+/// the selector is the job's uid and the template carries the matching labels (the
+/// `batch.kubernetes.io/` ones and their legacy short forms).
+fn generate_job_selector(obj: &mut Value) {
+    if obj.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let uid = meta_str(obj, "uid").unwrap_or("").to_string();
+    let name = meta_str(obj, "name").unwrap_or("").to_string();
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let Some(tpl) = spec.get_mut("template").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tm = tpl.entry("metadata").or_insert_with(|| json!({}));
+    if !tm.is_object() {
+        *tm = json!({});
+    }
+    let labels = tm
+        .as_object_mut()
+        .expect("object")
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    let l = labels.as_object_mut().expect("object");
+    l.insert("batch.kubernetes.io/controller-uid".into(), json!(uid));
+    l.insert("batch.kubernetes.io/job-name".into(), json!(name));
+    l.insert("controller-uid".into(), json!(uid));
+    l.insert("job-name".into(), json!(name));
 }
 
 fn reset_status_on_create(info: &ResourceInfo, obj: &mut Value) {

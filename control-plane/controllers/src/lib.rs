@@ -2,16 +2,31 @@
 //! reflectors), level-triggered and idempotent, registered in [`CONTROLLERS`]. The
 //! whole set runs while this process holds the `kube-controller-manager` Lease.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
+pub mod endpoints;
 pub mod events;
+pub mod expectations;
 pub mod gc;
+pub mod history;
+pub mod informer;
+pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod ops;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod scheduling;
 pub mod serviceaccount;
+pub mod settings;
+pub mod ttlafterfinished;
+pub mod util;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,6 +59,8 @@ pub fn is_status(e: &kube::Error, code: u16) -> bool {
 pub struct Context {
     pub client: Client,
     pub identity: String,
+    /// Flags of the controllers that have any.
+    pub settings: std::sync::Arc<settings::Settings>,
 }
 
 pub type ControllerFuture = Pin<Box<dyn Future<Output = Result<(), ControllerError>> + Send>>;
@@ -76,6 +93,42 @@ pub const CONTROLLERS: &[ControllerDef] = &[
     ControllerDef {
         name: "serviceaccount",
         run: serviceaccount::run,
+    },
+    ControllerDef {
+        name: "job",
+        run: job::run,
+    },
+    ControllerDef {
+        name: "cronjob",
+        run: cronjob::run,
+    },
+    ControllerDef {
+        name: "daemonset",
+        run: daemonset::run,
+    },
+    ControllerDef {
+        name: "disruption",
+        run: disruption::run,
+    },
+    ControllerDef {
+        name: "endpointslice",
+        run: endpoints::run_slices,
+    },
+    ControllerDef {
+        name: "endpoint",
+        run: endpoints::run_endpoints,
+    },
+    ControllerDef {
+        name: "nodelifecycle",
+        run: nodelifecycle::run,
+    },
+    ControllerDef {
+        name: "nodeipam",
+        run: nodeipam::run,
+    },
+    ControllerDef {
+        name: "ttl-after-finished",
+        run: ttlafterfinished::run,
     },
 ];
 

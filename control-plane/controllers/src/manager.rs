@@ -20,6 +20,8 @@ pub struct ManagerOptions {
     pub leader_elect: bool,
     /// Upstream `--controllers` syntax: `*` (every controller), `NAME`, `-NAME`.
     pub controllers: Vec<String>,
+    /// The controllers' flags (node monitor grace period, cluster CIDR, …).
+    pub settings: crate::settings::Settings,
 }
 
 impl Default for ManagerOptions {
@@ -27,6 +29,7 @@ impl Default for ManagerOptions {
         ManagerOptions {
             leader_elect: true,
             controllers: vec!["*".into()],
+            settings: Default::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ pub async fn run_manager(
     let ctx = Context {
         client: client.clone(),
         identity: identity(),
+        settings: std::sync::Arc::new(opts.settings.clone()),
     };
     tracing::info!(controllers = ?names, leader_elect = opts.leader_elect, "controller-manager starting");
     tokio::pin!(shutdown);

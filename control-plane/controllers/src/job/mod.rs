@@ -1,0 +1,284 @@
+//! The Job controller: runs a Job's pods to completion (upstream
+//! `pkg/controller/job`). Pods carry the `batch.kubernetes.io/job-tracking`
+//! finalizer until their outcome is recorded in the Job's status, so a pod deleted
+//! right after it finished is still counted exactly once: finished pods go to
+//! `status.uncountedTerminatedPods`, their finalizers are removed, then they move to
+//! `succeeded`/`failed`.
+
+pub mod decide;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{Job, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+
+use crate::expectations::{Expectations, Seen};
+use crate::informer::reflect;
+use crate::ops::{self, error_policy};
+use crate::util::{controller_of, controller_ref, is_controlled_by, key_of, random_suffix};
+use crate::{Context, ControllerError, ControllerFuture};
+
+use decide::{decide, BackoffRecord, NewPod, COMPLETION_INDEX, TRACKING_FINALIZER};
+
+pub struct JobController {
+    client: kube::Client,
+    pods: Store<Pod>,
+    jobs: Store<Job>,
+    expectations: Expectations,
+    backoff: Mutex<HashMap<String, BackoffRecord>>,
+}
+
+pub fn run(ctx: Context) -> ControllerFuture {
+    Box::pin(async move {
+        let client = ctx.client.clone();
+        let (jobs, job_events) =
+            reflect(Api::<Job>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) =
+            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let state = Arc::new(JobController {
+            client: client.clone(),
+            pods: pods.clone(),
+            jobs: jobs.clone(),
+            expectations: Expectations::default(),
+            backoff: Mutex::new(HashMap::new()),
+        });
+        // Pods whose Job is gone still hold our finalizer: let them go.
+        let orphans = state.clone();
+        let pod_events = pod_events.then(move |ev| {
+            let st = orphans.clone();
+            async move {
+                if let Ok(pod) = &ev {
+                    release_orphan(&st, pod).await;
+                }
+                ev
+            }
+        });
+        Controller::for_stream(job_events, jobs)
+            .owns_stream(pod_events)
+            .run(reconcile, error_policy, state)
+            .for_each(|_| async {})
+            .await;
+        Ok(())
+    })
+}
+
+async fn release_orphan(st: &JobController, pod: &Pod) {
+    let holds = pod
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    if !holds {
+        return;
+    }
+    st.jobs.wait_until_ready().await.ok();
+    let ns = pod.namespace().unwrap_or_default();
+    let owner_alive = controller_of(&pod.metadata)
+        .filter(|r| r.kind == "Job")
+        .and_then(|r| {
+            st.jobs
+                .get(&ObjectRef::new(&r.name).within(&ns))
+                .filter(|j| j.uid().as_deref() == Some(r.uid.as_str()))
+        });
+    if owner_alive.is_none() {
+        let api: Api<Pod> = Api::namespaced(st.client.clone(), &ns);
+        if let Err(e) = ops::remove_finalizer(&api, pod, TRACKING_FINALIZER).await {
+            tracing::debug!(pod = %key_of(&pod.metadata), error = %e, "releasing orphan pod");
+        }
+    }
+}
+
+fn seen(pods: &Store<Pod>, ns: &str, name: &str) -> Seen {
+    match pods.get(&ObjectRef::new(name).within(ns)) {
+        None => Seen::Absent,
+        Some(p) if p.metadata.deletion_timestamp.is_some() => Seen::Terminating,
+        Some(_) => Seen::Present,
+    }
+}
+
+/// The pod a Job creates (upstream `getPodsForJob` + `podTemplate` handling).
+pub fn pod_for(job: &Job, new: &NewPod) -> Pod {
+    let tpl = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let job_name = job.name_any();
+    let mut meta = tpl.metadata.unwrap_or_default();
+    let mut spec = tpl.spec.unwrap_or_default();
+    let name = match new.index {
+        Some(i) => format!("{job_name}-{i}-{}", random_suffix(5)),
+        None => format!("{job_name}-{}", random_suffix(5)),
+    };
+    let mut labels = meta.labels.take().unwrap_or_default();
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    if let Some(i) = new.index {
+        labels.insert(COMPLETION_INDEX.into(), i.to_string());
+        annotations.insert(COMPLETION_INDEX.into(), i.to_string());
+        // JOB_COMPLETION_INDEX from the annotation, as upstream injects it.
+        let env = EnvVar {
+            name: "JOB_COMPLETION_INDEX".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                }),
+                ..Default::default()
+            }),
+        };
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            let envs = c.env.get_or_insert_with(Vec::new);
+            if !envs.iter().any(|e| e.name == env.name) {
+                envs.push(env.clone());
+            }
+        }
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: job.namespace(),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![controller_ref(job)]),
+            finalizers: Some(vec![TRACKING_FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, ControllerError> {
+    st.pods
+        .wait_until_ready()
+        .await
+        .map_err(|e| ControllerError::Other(e.to_string()))?;
+    let ns = job.namespace().unwrap_or_default();
+    let key = key_of(&job.metadata);
+    let uid = job.uid().unwrap_or_default();
+    if !st.expectations.satisfied(&key, |n| seen(&st.pods, &ns, n)) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let owned: Vec<Arc<Pod>> = st
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && is_controlled_by(&p.metadata, &uid)
+        })
+        .collect();
+    let pods_api: Api<Pod> = Api::namespaced(st.client.clone(), &ns);
+    let by_name = |n: &str| owned.iter().find(|p| p.metadata.name.as_deref() == Some(n));
+
+    // A Job being deleted lets its pods go (the garbage collector removes them).
+    if job.metadata.deletion_timestamp.is_some() {
+        for p in &owned {
+            ops::remove_finalizer(&pods_api, p, TRACKING_FINALIZER).await?;
+        }
+        st.expectations.clear(&key);
+        return Ok(Action::await_change());
+    }
+
+    let record = st
+        .backoff
+        .lock()
+        .expect("backoff lock")
+        .get(&uid)
+        .cloned()
+        .unwrap_or_default();
+    let refs: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).collect();
+    let d = decide(&job, &refs, &record, Timestamp::now());
+    let jobs_api: Api<Job> = Api::namespaced(st.client.clone(), &ns);
+    let mut current: Job = (*job).clone();
+
+    // 1. Record newly finished pods as uncounted before their finalizers go.
+    if !d.newly_succeeded.is_empty() || !d.newly_failed.is_empty() {
+        let mut status = current.status.clone().unwrap_or_default();
+        let unc = status
+            .uncounted_terminated_pods
+            .get_or_insert_with(UncountedTerminatedPods::default);
+        unc.succeeded
+            .get_or_insert_with(Vec::new)
+            .extend(d.newly_succeeded.iter().cloned());
+        unc.failed
+            .get_or_insert_with(Vec::new)
+            .extend(d.newly_failed.iter().cloned());
+        current.status = Some(status);
+        current = write_status(&jobs_api, &current).await?;
+    }
+    // 2. Deletions and creations.
+    for name in &d.delete {
+        st.expectations.expect_delete(&key, name);
+        if let Err(e) = ops::delete_pod(&pods_api, name).await {
+            st.expectations.forget(&key, name);
+            return Err(e);
+        }
+    }
+    let creates = d.create.iter().map(|new| {
+        let pod = pod_for(&job, new);
+        let name = pod.name_any();
+        st.expectations.expect_create(&key, &name);
+        let api = pods_api.clone();
+        let st = st.clone();
+        let key = key.clone();
+        async move {
+            let r = ops::create_pod(&api, &pod).await;
+            if r.is_err() {
+                st.expectations.forget(&key, &name);
+            }
+            r
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let mut create_err = None;
+    for r in results {
+        match r {
+            Ok(p) => tracing::info!(job = %key, pod = %p.name_any(), "created pod"),
+            Err(e) => create_err = Some(e),
+        }
+    }
+    // 3. Finalizers of counted pods.
+    for name in &d.remove_finalizers {
+        if let Some(p) = by_name(name) {
+            ops::remove_finalizer(&pods_api, p, TRACKING_FINALIZER).await?;
+        }
+    }
+    // 4. The final status, counts moved out of uncounted.
+    if current.status.as_ref() != Some(&d.status) {
+        current.status = Some(d.status.clone());
+        write_status(&jobs_api, &current).await?;
+    }
+    st.backoff
+        .lock()
+        .expect("backoff lock")
+        .insert(uid, d.backoff.clone());
+    if let Some(e) = create_err {
+        return Err(e.into());
+    }
+    Ok(match d.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+async fn write_status(api: &Api<Job>, job: &Job) -> Result<Job, ControllerError> {
+    Ok(api
+        .replace_status(&job.name_any(), &PostParams::default(), job)
+        .await?)
+}
