@@ -125,7 +125,9 @@ impl ControllerFlags {
     }
 
     /// The in-process controller-manager's options.
-    fn manager_options(&self) -> anyhow::Result<kelp_control_plane::controllers::manager::ManagerOptions> {
+    fn manager_options(
+        &self,
+    ) -> anyhow::Result<kelp_control_plane::controllers::manager::ManagerOptions> {
         Ok(kelp_control_plane::controllers::manager::ManagerOptions {
             settings: self.settings()?,
             ..Default::default()

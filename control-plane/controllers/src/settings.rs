@@ -41,10 +41,9 @@ impl Settings {
     ) -> Result<Settings, String> {
         let cluster_cidr: Option<Ipv4Net> = match cluster_cidr.trim() {
             "" => None,
-            c => Some(
-                c.parse()
-                    .map_err(|e| format!("--cluster-cidr {c:?}: {e} (an IPv4 CIDR such as 10.42.0.0/16)"))?,
-            ),
+            c => Some(c.parse().map_err(|e| {
+                format!("--cluster-cidr {c:?}: {e} (an IPv4 CIDR such as 10.42.0.0/16)")
+            })?),
         };
         if let Some(c) = &cluster_cidr {
             if node_cidr_mask_size < c.prefix_len() || node_cidr_mask_size > 32 {
@@ -73,8 +72,14 @@ mod tests {
     #[test]
     fn flags_are_checked() {
         let s = Duration::from_secs(1);
-        assert!(Settings::from_flags("10.42.0.0/16", 24, s, s).unwrap().cluster_cidr.is_some());
-        assert!(Settings::from_flags("", 24, s, s).unwrap().cluster_cidr.is_none());
+        assert!(Settings::from_flags("10.42.0.0/16", 24, s, s)
+            .unwrap()
+            .cluster_cidr
+            .is_some());
+        assert!(Settings::from_flags("", 24, s, s)
+            .unwrap()
+            .cluster_cidr
+            .is_none());
         assert!(Settings::from_flags("10.42.0.0/16", 8, s, s).is_err());
         assert!(Settings::from_flags("nope", 24, s, s).is_err());
     }
