@@ -25,6 +25,7 @@ pub mod runner;
 pub mod scheduling;
 pub mod serviceaccount;
 pub mod settings;
+pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod util;
 
@@ -125,6 +126,10 @@ pub const CONTROLLERS: &[ControllerDef] = &[
     ControllerDef {
         name: "nodeipam",
         run: nodeipam::run,
+    },
+    ControllerDef {
+        name: "statefulset",
+        run: statefulset::run,
     },
     ControllerDef {
         name: "ttl-after-finished",
