@@ -54,7 +54,7 @@ fn up(extra: &'static [&'static str]) -> Cluster {
     let c = Cluster::start_with(
         Backend::Sqlite,
         Options {
-            command: "up",
+            up_node: Some("main"),
             extra_args: extra,
             ..Default::default()
         },

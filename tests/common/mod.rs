@@ -204,6 +204,8 @@ pub struct Options {
     pub up_node: Option<&'static str>,
     /// Run `kelp apiserver` (no controllers) instead of `kelp server`.
     pub apiserver_only: bool,
+    /// Extra arguments for the control-plane command (e.g. controller flags).
+    pub extra_args: &'static [&'static str],
 }
 
 impl Default for Options {
@@ -212,6 +214,7 @@ impl Default for Options {
             tls_san_for_bind_address: true,
             up_node: None,
             apiserver_only: false,
+            extra_args: &[],
         }
     }
 }
@@ -299,6 +302,7 @@ impl Cluster {
         if let Some(node) = self.opts.up_node {
             cmd.args(["--node-name", node]);
         }
+        cmd.args(self.opts.extra_args);
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--https-port", &self.port.to_string()])

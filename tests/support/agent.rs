@@ -1,3 +1,6 @@
+// Each test binary uses a different part of these helpers.
+#![allow(dead_code)]
+
 //! `kelp agent` processes for multi-node tests: each with its own data dir, node name
 //! and 127.0.0.x address, joined with the node token; killed by pid on drop.
 

@@ -207,7 +207,7 @@ pub fn subsets(svc: &Service, groups: &Groups) -> Vec<EndpointSubset> {
             .collect();
         let not_ready: Vec<EndpointAddress> = eps
             .iter()
-            .filter(|e| !e.ready && !e.terminating && !(publish_not_ready && e.serving))
+            .filter(|e| !(e.ready || e.terminating || (publish_not_ready && e.serving)))
             .map(addr)
             .collect();
         if ready.is_empty() && not_ready.is_empty() {
