@@ -476,3 +476,89 @@ spec:
     });
     assert!(gone, "Endpoints not removed with the Service");
 }
+
+/// The node each pod of `selector` runs on (pods not being deleted).
+fn pod_nodes(c: &Cluster, selector: &str) -> Vec<String> {
+    items(&c.kubectl_json(&["get", "pods", "-l", selector]))
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn cordon_and_drain_move_pods_off_a_node_within_the_disruption_budget() {
+    let c = up(&[]);
+    let other = agent::Agent::start(&c, "drain");
+    let reg = registry::Registry::start();
+    let counter = push(&reg, "counter");
+    // Everything starts on the agent's node: the in-process node is cordoned.
+    c.kubectl_ok(&["cordon", "main"]);
+    c.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={counter}"),
+        "--replicas=4",
+    ]);
+    c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(pod_nodes(&c, "app=web").iter().all(|n| *n == other.name));
+    c.kubectl_ok(&["uncordon", "main"]);
+
+    // A budget that allows no disruption: drain evicts nothing and times out.
+    c.kubectl_ok(&[
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--min-available=4",
+    ]);
+    wait_json(&c, &["get", "pdb", "web"], "budget computed", |b| {
+        b["status"]["currentHealthy"] == 4 && b["status"]["observedGeneration"] == 1
+    });
+    let blocked = c.kubectl(&[
+        "drain",
+        &other.name,
+        "--ignore-daemonsets",
+        "--force",
+        "--timeout=4s",
+    ]);
+    assert!(!blocked.ok());
+    assert!(
+        blocked
+            .stderr
+            .contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{}",
+        blocked.stderr
+    );
+    assert_eq!(pod_nodes(&c, "app=web").len(), 4, "no pod evicted");
+    let node = c.kubectl_json(&["get", "node", &other.name]);
+    assert_eq!(node["spec"]["unschedulable"], true, "drain cordons first");
+
+    // One disruption at a time: drain evicts, waits for replacements, finishes.
+    c.kubectl_ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":3}}"#,
+    ]);
+    c.kubectl_ok(&[
+        "drain",
+        &other.name,
+        "--ignore-daemonsets",
+        "--force",
+        "--timeout=90s",
+    ]);
+    c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let nodes = pod_nodes(&c, "app=web");
+    assert_eq!(nodes.len(), 4);
+    assert!(
+        nodes.iter().all(|n| n == "main"),
+        "all pods moved off the drained node: {nodes:?}"
+    );
+    let pdb = c.kubectl_json(&["get", "pdb", "web"]);
+    assert_eq!(pdb["status"]["expectedPods"], 4);
+    assert_eq!(pdb["status"]["desiredHealthy"], 3);
+}

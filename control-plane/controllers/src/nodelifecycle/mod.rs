@@ -141,6 +141,8 @@ impl Monitor {
         let api: Api<Node> = Api::all(self.client.clone());
         let ts = Timestamp::now();
 
+        // The node as last written, so the taint patch below is not refused as stale.
+        let mut node = std::borrow::Cow::Borrowed(node);
         if silent > self.grace {
             let conds = node
                 .status
@@ -149,13 +151,15 @@ impl Monitor {
                 .unwrap_or_default();
             if let Some(conds) = unknown_conditions(&conds, &now()) {
                 tracing::info!(node = %name, silent_secs = silent.as_secs(), "node stopped posting status: Ready=Unknown");
-                let mut n = node.clone();
+                let mut n = node.clone().into_owned();
                 n.status.get_or_insert_with(Default::default).conditions = Some(conds);
-                api.replace_status(&name, &PostParams::default(), &n)
-                    .await?;
+                node = std::borrow::Cow::Owned(
+                    api.replace_status(&name, &PostParams::default(), &n)
+                        .await?,
+                );
             }
         }
-        let current = node_taints(node).to_vec();
+        let current = node_taints(&node).to_vec();
         let taints = match desired_taints(&current, h, ts) {
             Some(next) => {
                 tracing::info!(node = %name, health = ?h, "updating node taints");
