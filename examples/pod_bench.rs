@@ -1,0 +1,279 @@
+//! Pod start benchmark against a running Kelp cluster: pod create → Running, as seen
+//! through a watch, for one pod at a time and for bursts of N pods; optionally the
+//! resident memory of the node's process before and after.
+//!
+//! `scripts/bench-pods.sh` starts the cluster and runs this; by hand:
+//! `cargo run --release --example pod_bench -- --kubeconfig F --node N --image REF
+//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Config};
+use tokio::sync::Mutex;
+
+struct Args {
+    kubeconfig: String,
+    node: String,
+    image: String,
+    singles: usize,
+    bursts: Vec<usize>,
+    rss_pid: Option<u32>,
+    /// Leave spec.nodeName empty so the scheduler places the pods.
+    schedule: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        kubeconfig: String::new(),
+        node: String::new(),
+        image: String::new(),
+        singles: 50,
+        bursts: Vec::new(),
+        rss_pid: None,
+        schedule: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--kubeconfig" => a.kubeconfig = val()?,
+            "--node" => a.node = val()?,
+            "--image" => a.image = val()?,
+            "--singles" => a.singles = val()?.parse()?,
+            "--burst" => a.bursts.push(val()?.parse()?),
+            "--rss-pid" => a.rss_pid = Some(val()?.parse()?),
+            "--schedule" => a.schedule = true,
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    anyhow::ensure!(
+        !a.kubeconfig.is_empty() && !a.node.is_empty() && !a.image.is_empty(),
+        "usage: pod_bench --kubeconfig F --node N --image REF [--singles K] [--burst N]... [--rss-pid PID] [--schedule]"
+    );
+    if a.bursts.is_empty() {
+        a.bursts = vec![100, 1000];
+    }
+    Ok(a)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pod(name: &str, run: &str, a: &Args) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("bench".to_string(), run.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: (!a.schedule).then(|| a.node.clone()),
+            termination_grace_period_seconds: Some(0),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some(a.image.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creation instants by pod name, and the create → Running latency of each pod once
+/// a watch event shows it Running.
+#[derive(Default)]
+struct Timings {
+    created: HashMap<String, Instant>,
+    running: HashMap<String, Duration>,
+}
+
+/// Watches the run's pods and records when each is first seen Running; returns once
+/// `expected` pods were seen so.
+async fn watch_running(
+    pods: Api<Pod>,
+    run: String,
+    expected: usize,
+    timings: Arc<Mutex<Timings>>,
+) -> anyhow::Result<()> {
+    let cfg = watcher::Config::default().labels(&format!("bench={run}"));
+    let mut stream = watcher::watcher(pods, cfg).boxed();
+    while let Some(ev) = stream.try_next().await? {
+        let now = Instant::now();
+        let objs: Vec<Pod> = match ev {
+            Event::Apply(p) | Event::InitApply(p) => vec![p],
+            _ => continue,
+        };
+        let mut t = timings.lock().await;
+        for p in objs {
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let name = p.metadata.name.unwrap_or_default();
+            if running && !t.running.contains_key(&name) {
+                if let Some(start) = t.created.get(&name).copied() {
+                    t.running.insert(name, now - start);
+                }
+            }
+        }
+        if t.running.len() >= expected {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watch ended early")
+}
+
+/// Creates `n` pods (32 creates in flight) and waits until all are Running.
+async fn run_burst(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    a: &Args,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let round = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run = format!("b{n}-r{round}");
+    let timings = Arc::new(Mutex::new(Timings::default()));
+    let watch = tokio::spawn(watch_running(pods.clone(), run.clone(), n, timings.clone()));
+    // Let the watch establish before the first create.
+    pods.list(
+        &ListParams::default()
+            .labels(&format!("bench={run}"))
+            .limit(1),
+    )
+    .await?;
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (pods, timings, run) = (pods.clone(), timings.clone(), run.clone());
+            let name = format!("{run}-{i}");
+            let body = pod(&name, &run, a);
+            async move {
+                timings.lock().await.created.insert(name, Instant::now());
+                pods.create(&PostParams::default(), &body).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    tokio::time::timeout(Duration::from_secs(600), watch)
+        .await
+        .context("pods not all Running within 10 minutes")???;
+    let all = start.elapsed();
+    let mut lat: Vec<Duration> = timings.lock().await.running.values().copied().collect();
+    lat.sort();
+    Ok((lat, all))
+}
+
+async fn delete_all(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete_collection(
+        &DeleteParams::default().grace_period(0),
+        &ListParams::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    let kc = Kubeconfig::read_from(&a.kubeconfig)?;
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(cfg)?;
+    let ns = format!("pod-bench-{}", std::process::id());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    if let Some(pid) = a.rss_pid {
+        println!(
+            "node process RSS idle: {:.1} MiB",
+            rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+        );
+    }
+
+    if a.singles > 0 {
+        // One pod at a time: the latency a user sees for `kubectl run`.
+        let mut lat = Vec::new();
+        for _ in 0..a.singles {
+            let (l, _) = run_burst(&client, &ns, 1, &a).await?;
+            lat.extend(l);
+            delete_all(&client, &ns).await?;
+        }
+        lat.sort();
+        println!(
+            "single pod create → Running: n={} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            lat.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(*lat.last().unwrap_or(&Duration::ZERO)),
+        );
+    }
+    for &n in &a.bursts {
+        let (lat, all) = run_burst(&client, &ns, n, &a).await?;
+        println!(
+            "{n} pods create → Running: all in {:.2} s ({:.0} pods/s); per pod p50 {:.1} ms p99 {:.1} ms",
+            all.as_secs_f64(),
+            n as f64 / all.as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+        );
+        if let Some(pid) = a.rss_pid {
+            println!(
+                "node process RSS with {n} running pods: {:.1} MiB",
+                rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+            );
+        }
+        delete_all(&client, &ns).await?;
+        // Wait until the pods are gone so the next burst starts from an idle node.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !pods.list(&ListParams::default()).await?.items.is_empty() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pods not deleted within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
