@@ -562,3 +562,107 @@ fn cordon_and_drain_move_pods_off_a_node_within_the_disruption_budget() {
     assert_eq!(pdb["status"]["expectedPods"], 4);
     assert_eq!(pdb["status"]["desiredHealthy"], 3);
 }
+
+#[test]
+fn statefulset_orders_names_scales_down_from_the_top_and_rolls_with_a_partition() {
+    let c = up(&[]);
+    let reg = registry::Registry::start();
+    let counter = push(&reg, "counter");
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      containers: [{{name: counter, image: "{counter}"}}]
+"#
+        ),
+    );
+    // OrderedReady: db-1 is created only once db-0 is Ready, and so on.
+    let sts = wait_json(&c, &["get", "sts", "db"], "3 ready replicas", |s| {
+        s["status"]["readyReplicas"] == 3
+    });
+    let pods = items(&c.kubectl_json(&["get", "pods", "-l", "app=db"]));
+    let mut names: Vec<&str> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    let created = |n: &str| {
+        pods.iter()
+            .find(|p| p["metadata"]["name"] == n)
+            .and_then(|p| p["metadata"]["creationTimestamp"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    assert!(created("db-0") <= created("db-1") && created("db-1") <= created("db-2"));
+    for p in &pods {
+        assert_eq!(p["spec"]["hostname"], p["metadata"]["name"]);
+        assert_eq!(p["spec"]["subdomain"], "db");
+        assert_eq!(
+            p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+            p["metadata"]["name"]
+        );
+    }
+    let first_rev = sts["status"]["updateRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sts["status"]["currentRevision"], first_rev.as_str());
+
+    // A partitioned rolling update only replaces ordinals at or above the partition.
+    c.kubectl_ok(&[
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    c.kubectl_ok(&["set", "env", "sts/db", "ROLL=1"]);
+    let sts = wait_json(&c, &["get", "sts", "db"], "db-2 updated", |s| {
+        s["status"]["updatedReplicas"] == 1 && s["status"]["readyReplicas"] == 3
+    });
+    let new_rev = sts["status"]["updateRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_rev, first_rev);
+    let rev_of = |n: &str| {
+        c.kubectl_json(&["get", "pod", n])["metadata"]["labels"]["controller-revision-hash"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(rev_of("db-2"), new_rev);
+    assert_eq!(rev_of("db-0"), first_rev);
+    assert_eq!(rev_of("db-1"), first_rev);
+
+    // Scale down: the highest ordinals go.
+    c.kubectl_ok(&["scale", "sts", "db", "--replicas=1"]);
+    wait_json(
+        &c,
+        &["get", "pods", "-l", "app=db"],
+        "only db-0 left",
+        |v| {
+            let names: Vec<&str> = items_ref(v)
+                .iter()
+                .filter_map(|p| p["metadata"]["name"].as_str())
+                .collect();
+            names == ["db-0"]
+        },
+    );
+}
+
+fn items_ref(v: &Value) -> &[Value] {
+    v["items"].as_array().map(Vec::as_slice).unwrap_or_default()
+}
