@@ -165,6 +165,25 @@ spec:
         "tracking finalizers removed once counted"
     );
 
+    let reasons = wait_json(
+        &c,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=ten",
+        ],
+        "job events",
+        |v| {
+            let r: Vec<&str> = items_ref(v)
+                .iter()
+                .filter_map(|e| e["reason"].as_str())
+                .collect();
+            r.contains(&"SuccessfulCreate") && r.contains(&"Completed")
+        },
+    );
+    assert!(!items(&reasons).is_empty());
+
     // A failing Job (exit 3) stops at backoffLimit 1: two pods, Failed.
     c.kubectl_stdin_ok(
         &["apply", "-f", "-"],

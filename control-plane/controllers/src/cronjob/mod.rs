@@ -31,6 +31,7 @@ pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-tim
 
 struct CronController {
     client: kube::Client,
+    events: crate::events::Recorder,
     jobs: Store<Job>,
 }
 
@@ -43,7 +44,11 @@ pub fn run(ctx: Context) -> ControllerFuture {
         );
         let (jobs, job_events) =
             reflect(Api::<Job>::all(client.clone()), watcher::Config::default());
-        let state = Arc::new(CronController { client, jobs });
+        let state = Arc::new(CronController {
+            events: crate::events::Recorder::new(client.clone(), "cronjob-controller"),
+            client,
+            jobs,
+        });
         Controller::for_stream(cj_events, cronjobs)
             .owns_stream(job_events)
             .run(reconcile, error_policy, state)
@@ -220,7 +225,12 @@ async fn reconcile(cj: Arc<CronJob>, st: Arc<CronController>) -> Result<Action, 
                     Err(e) if is_status(&e, 409) => jobs_api.get(&name).await?,
                     Err(e) => return Err(e.into()),
                 };
-                tracing::info!(cronjob = %cj.name_any(), job = %name, "created job");
+                st.events.record(
+                    cj.as_ref(),
+                    false,
+                    "SuccessfulCreate",
+                    format!("Created job {name}"),
+                );
                 active.push(job_ref(&created));
                 status.last_schedule_time = Some(Time(t));
             }
@@ -251,6 +261,12 @@ async fn reconcile(cj: Arc<CronJob>, st: Arc<CronController>) -> Result<Action, 
         let excess = of_kind.len().saturating_sub(limit.max(0) as usize);
         for (_, _, name) in of_kind.into_iter().take(excess) {
             delete_job(&jobs_api, name).await?;
+            st.events.record(
+                cj.as_ref(),
+                false,
+                "SuccessfulDelete",
+                format!("Deleted job {name}"),
+            );
         }
     }
 

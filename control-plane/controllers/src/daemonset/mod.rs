@@ -31,6 +31,7 @@ use decide::{add_default_tolerations, decide, pin_to_node};
 
 struct DsController {
     client: kube::Client,
+    events: crate::events::Recorder,
     pods: Store<Pod>,
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
@@ -54,6 +55,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
         );
         drive(rev_events);
         let state = Arc::new(DsController {
+            events: crate::events::Recorder::new(client.clone(), "daemonset-controller"),
             client,
             pods,
             nodes,
@@ -222,7 +224,21 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<DsController>) -> Result<Action, 
         }
     });
     for r in futures::future::join_all(creates).await {
-        r?;
+        let p = r?;
+        st.events.record(
+            ds.as_ref(),
+            false,
+            "SuccessfulCreate",
+            format!("Created pod: {}", p.name_any()),
+        );
+    }
+    for name in &d.delete {
+        st.events.record(
+            ds.as_ref(),
+            false,
+            "SuccessfulDelete",
+            format!("Deleted pod: {name}"),
+        );
     }
     let in_use: HashSet<String> = owned
         .iter()

@@ -32,6 +32,7 @@ use decide::{decide, BackoffRecord, NewPod, COMPLETION_INDEX, TRACKING_FINALIZER
 
 pub struct JobController {
     client: kube::Client,
+    events: crate::events::Recorder,
     pods: Store<Pod>,
     jobs: Store<Job>,
     expectations: Expectations,
@@ -47,6 +48,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
         let state = Arc::new(JobController {
             client: client.clone(),
+            events: crate::events::Recorder::new(client.clone(), "job-controller"),
             pods: pods.clone(),
             jobs: jobs.clone(),
             expectations: Expectations::default(),
@@ -249,7 +251,15 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     let mut create_err = None;
     for r in results {
         match r {
-            Ok(p) => tracing::info!(job = %key, pod = %p.name_any(), "created pod"),
+            Ok(p) => {
+                tracing::info!(job = %key, pod = %p.name_any(), "created pod");
+                st.events.record(
+                    job.as_ref(),
+                    false,
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", p.name_any()),
+                );
+            }
             Err(e) => create_err = Some(e),
         }
     }
@@ -257,6 +267,42 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     for name in &d.remove_finalizers {
         if let Some(p) = by_name(name) {
             ops::remove_finalizer(&pods_api, p, TRACKING_FINALIZER).await?;
+        }
+    }
+    for name in &d.delete {
+        st.events.record(
+            job.as_ref(),
+            false,
+            "SuccessfulDelete",
+            format!("Deleted pod: {name}"),
+        );
+    }
+    // Newly reached terminal conditions, as upstream reports them.
+    let was = |ty: &str| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
+    };
+    for c in d
+        .status
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status == "True")
+    {
+        match c.type_.as_str() {
+            "Complete" if !was("Complete") => {
+                st.events
+                    .record(job.as_ref(), false, "Completed", "Job completed".into())
+            }
+            "Failed" if !was("Failed") => st.events.record(
+                job.as_ref(),
+                true,
+                c.reason.as_deref().unwrap_or("Failed"),
+                c.message.clone().unwrap_or_default(),
+            ),
+            _ => {}
         }
     }
     // 4. The final status, counts moved out of uncounted.

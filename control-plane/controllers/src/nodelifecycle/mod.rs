@@ -55,6 +55,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
         // than every second.
         let period = ctx.settings.node_monitor_period.min(Duration::from_secs(1));
         let mut monitor = Monitor {
+            events: crate::events::Recorder::new(client.clone(), "node-controller"),
             client,
             nodes,
             leases,
@@ -73,6 +74,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
 
 struct Monitor {
     client: kube::Client,
+    events: crate::events::Recorder,
     nodes: Store<Node>,
     leases: Store<Lease>,
     pods: Store<Pod>,
@@ -151,6 +153,12 @@ impl Monitor {
                 .unwrap_or_default();
             if let Some(conds) = unknown_conditions(&conds, &now()) {
                 tracing::info!(node = %name, silent_secs = silent.as_secs(), "node stopped posting status: Ready=Unknown");
+                self.events.record(
+                    node.as_ref(),
+                    false,
+                    "NodeNotReady",
+                    format!("Node {name} status is now: NodeNotReady"),
+                );
                 let mut n = node.clone().into_owned();
                 n.status.get_or_insert_with(Default::default).conditions = Some(conds);
                 node = std::borrow::Cow::Owned(
@@ -190,6 +198,16 @@ impl Monitor {
             if eviction_delay(&taints, &tols, ts) == Some(Duration::ZERO) {
                 tracing::info!(pod = %pod.name_any(), node = %name, "evicting pod from a NoExecute-tainted node");
                 ops::delete_pod(&pods_api, &pod.name_any()).await?;
+                self.events.record(
+                    pod.as_ref(),
+                    false,
+                    "TaintManagerEviction",
+                    format!(
+                        "Marking for deletion Pod {}/{}",
+                        pod.namespace().unwrap_or_default(),
+                        pod.name_any()
+                    ),
+                );
                 continue;
             }
             if is_pod_ready(pod) {

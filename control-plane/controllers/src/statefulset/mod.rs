@@ -35,6 +35,7 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 struct StsController {
     client: kube::Client,
+    events: crate::events::Recorder,
     pods: Store<Pod>,
     revisions: Store<ControllerRevision>,
 }
@@ -54,6 +55,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
         );
         drive(rev_events);
         let state = Arc::new(StsController {
+            events: crate::events::Recorder::new(client.clone(), "statefulset-controller"),
             client,
             pods,
             revisions,
@@ -225,17 +227,28 @@ async fn reconcile(
                     set_pod(&sts, &current_template, *ordinal, &current_name)
                 };
                 match ops::create_pod(&pods_api, &pod).await {
-                    Ok(_) => {
-                        tracing::info!(statefulset = %set_name, pod = %pod.name_any(), "created pod")
-                    }
+                    Ok(_) => st.events.record(
+                        sts.as_ref(),
+                        false,
+                        "SuccessfulCreate",
+                        format!(
+                            "create Pod {} in StatefulSet {set_name} successful",
+                            pod.name_any()
+                        ),
+                    ),
                     // Still terminating from a previous life: wait for it to go.
                     Err(e) if is_status(&e, 409) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
             Step::Delete { name } => {
-                tracing::info!(statefulset = %set_name, pod = %name, "deleting pod");
                 ops::delete_pod(&pods_api, name).await?;
+                st.events.record(
+                    sts.as_ref(),
+                    false,
+                    "SuccessfulDelete",
+                    format!("delete Pod {name} in StatefulSet {set_name} successful"),
+                );
             }
         }
     }
