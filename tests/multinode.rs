@@ -162,6 +162,19 @@ spec:
         "{printed}"
     );
 
+    // Until they are evicted, the pods on the lost node are marked not Ready.
+    let not_ready = wait_until(DEADLINE, || {
+        live_pods(&c)
+            .iter()
+            .filter(|(_, n, _)| *n == lost.name)
+            .all(|(_, _, ready)| !ready)
+    });
+    assert!(
+        not_ready,
+        "pods on a NotReady node still Ready: {:?}",
+        live_pods(&c)
+    );
+
     // After tolerationSeconds the pods are evicted and replaced on the other nodes.
     let moved = wait_until(DEADLINE, || {
         let pods = live_pods(&c);

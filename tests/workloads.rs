@@ -223,6 +223,39 @@ spec:
         "--timeout=10s",
     ]);
 
+    // podFailurePolicy: exit code 42 fails the Job at once, whatever backoffLimit says.
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: policy}}
+spec:
+  backoffLimit: 6
+  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes: {{operator: In, values: [42]}}
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: hello
+        image: "{hello}"
+        env: [{{name: EXIT_CODE, value: "42"}}]
+"#
+        ),
+    );
+    let j = wait_json(&c, &["get", "job", "policy"], "job policy Failed", |j| {
+        condition(j, "Failed")["status"] == "True"
+    });
+    assert_eq!(condition(&j, "Failed")["reason"], "PodFailurePolicy");
+    assert!(condition(&j, "Failed")["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("exit code 42")));
+    assert_eq!(j["status"]["failed"], 1);
+
     // Indexed: each index once, in the completion index annotation; TTL deletes it.
     c.kubectl_stdin_ok(
         &["apply", "-f", "-"],
