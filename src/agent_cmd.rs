@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// `capacity.pods` the Node reports.
     #[arg(long, default_value_t = 10_000)]
     max_pods: u32,
+    /// The kubelet server's HTTPS port on the node IP (0: any free port; the Node
+    /// advertises the bound one).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 /// `kelp agent`: join a cluster as a node.
@@ -80,6 +84,9 @@ pub struct UpArgs {
     /// A registry reached over plain http although not on loopback (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// The in-process node's kubelet server port (0: any free port).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 /// The runtimes of a node: the in-process Wasm runtime, or a remote CRI runtime with
@@ -133,13 +140,19 @@ async fn runtimes(node: &NodeArgs) -> anyhow::Result<RuntimeRouter> {
     Ok(RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm))
 }
 
-fn kubelet_config(node: &NodeArgs, server: Option<&str>) -> KubeletConfig {
+fn kubelet_config(
+    node: &NodeArgs,
+    server: Option<&str>,
+    client_ca_pem: Option<String>,
+) -> KubeletConfig {
     let name = node
         .node_name
         .clone()
         .unwrap_or_else(kelp_node_agent::kubelet::node::hostname);
     let mut cfg = KubeletConfig::new(name, node.data_dir.join("kubelet"));
     cfg.max_pods = node.max_pods;
+    cfg.kubelet_port = node.kubelet_port;
+    cfg.client_ca_pem = client_ca_pem;
     cfg.node_ip = node
         .node_ip
         .or_else(|| server.map(client::local_ip_towards))
@@ -151,10 +164,11 @@ async fn run_node(
     node: NodeArgs,
     client: Client,
     server: Option<String>,
+    client_ca_pem: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let router = runtimes(&node).await?;
-    let cfg = kubelet_config(&node, server.as_deref());
+    let cfg = kubelet_config(&node, server.as_deref(), client_ca_pem);
     println!(
         "kelp kubelet: node {} (InternalIP {}) serving handlers {:?}",
         cfg.node_name,
@@ -191,7 +205,16 @@ pub async fn run_agent(
             (c, Some(server))
         }
     };
-    run_node(args.node, client, server, shutdown).await
+    // The kubelet server trusts client certificates of the cluster CA.
+    let ca = match (&args.ca_file, &args.kubeconfig) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --ca-file {}", f.display()))?,
+        ),
+        (None, Some(kc)) => client::kubeconfig_ca(kc),
+        (None, None) => None,
+    };
+    run_node(args.node, client, server, ca, shutdown).await
 }
 
 pub async fn run_kubelet(
@@ -202,7 +225,8 @@ pub async fn run_kubelet(
         .await
         .with_context(|| format!("kubeconfig {}", args.kubeconfig.display()))?;
     let server = client::kubeconfig_server(&args.kubeconfig);
-    run_node(args.node, client, server, shutdown).await
+    let ca = client::kubeconfig_ca(&args.kubeconfig);
+    run_node(args.node, client, server, ca, shutdown).await
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -217,6 +241,7 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         container_runtime_endpoint: None,
         insecure_registry: up.insecure_registry.clone(),
         max_pods: 10_000,
+        kubelet_port: up.kubelet_port,
     }
 }
 
@@ -251,7 +276,16 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
                 let client = client::from_token(&url, &token, Some(&ca))
                     .await
                     .context("building the node's API client")?;
-                run_node(node, client, Some(url.clone()), stopped(node_rx)).await
+                let ca_pem = std::fs::read_to_string(&ca)
+                    .with_context(|| format!("reading {}", ca.display()))?;
+                run_node(
+                    node,
+                    client,
+                    Some(url.clone()),
+                    Some(ca_pem),
+                    stopped(node_rx),
+                )
+                .await
             };
             if let Err(e) = run.await {
                 tracing::error!(error = format!("{e:#}"), "the node of kelp up stopped");

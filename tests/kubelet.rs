@@ -82,7 +82,7 @@ impl Agent {
             .arg(c.data_dir().join("node-token"))
             .arg("--ca-file")
             .arg(c.data_dir().join("tls/ca.crt"))
-            .args(["--node-name", &name])
+            .args(["--node-name", &name, "--kubelet-port", "0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
@@ -772,6 +772,8 @@ fn kelp_up_runs_a_node_in_process() {
             &port,
             "--node-name",
             "solo",
+            "--kubelet-port",
+            "0",
         ]),
         dir.path().join("up.log"),
     );

@@ -206,6 +206,11 @@ pub async fn run(
         cfg.service_ranges.clone(),
     )
     .await?;
+    let _ = app
+        .kubelet
+        .set(kelp_apiserver::node_proxy::KubeletDialer::new(
+            tls::kubelet_client_config(&pki)?,
+        ));
     app.bootstrap().await?;
     spawn_compactor(store, Duration::from_secs(300));
 

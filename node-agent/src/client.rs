@@ -72,6 +72,33 @@ pub fn kubeconfig_server(path: &Path) -> Option<String> {
         .clone()
 }
 
+/// The cluster CA (PEM) of a kubeconfig's current context: `certificate-authority-data`
+/// or the file `certificate-authority` names.
+pub fn kubeconfig_ca(path: &Path) -> Option<String> {
+    let kc = Kubeconfig::read_from(path).ok()?;
+    let ctx_name = kc.current_context.clone()?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)?
+        .context
+        .clone()?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)?
+        .cluster
+        .clone()?;
+    if let Some(data) = cluster.certificate_authority_data {
+        use base64::Engine;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok()?;
+        return String::from_utf8(pem).ok();
+    }
+    std::fs::read_to_string(cluster.certificate_authority?).ok()
+}
+
 /// The local address this machine uses to reach `server` (the node's InternalIP by
 /// default): a UDP "connect" picks the route without sending anything.
 pub fn local_ip_towards(server: &str) -> IpAddr {

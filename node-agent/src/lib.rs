@@ -10,6 +10,7 @@
 pub mod client;
 pub mod cri;
 pub mod kubelet;
+pub mod server;
 
 pub use cri::{CriRuntime, RemoteRuntime, RuntimeRouter};
 pub use kubelet::{Kubelet, KubeletConfig, KubeletError};

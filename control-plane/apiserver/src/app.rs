@@ -42,6 +42,9 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// ClusterIP and NodePort allocation for Services.
     pub services: ServiceAllocator,
+    /// How pod logs, exec, attach and port-forward reach kubelets (set once at
+    /// start-up; unset, those subresources answer 500).
+    pub kubelet: std::sync::OnceLock<crate::node_proxy::KubeletDialer>,
 }
 
 impl App {
@@ -74,6 +77,7 @@ impl App {
             server_address,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             services: ServiceAllocator::new(store, service_ranges),
+            kubelet: std::sync::OnceLock::new(),
         }))
     }
 
@@ -252,7 +256,17 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
     let headers = parts.headers.clone();
     let method = parts.method.clone();
 
-    let attrs = RequestAttributes::from_request(&method, &path, &q.0, user.clone());
+    let mut attrs = RequestAttributes::from_request(&method, &path, &q.0, user.clone());
+    // Streams that can run commands or reach ports need `create` whatever the HTTP
+    // method (upstream's AuthorizePodWebsocketUpgradeCreatePermission, on by default).
+    if attrs.resource == "pods"
+        && matches!(
+            attrs.subresource.as_str(),
+            "exec" | "attach" | "portforward"
+        )
+    {
+        attrs.verb = "create".into();
+    }
     let denied = match app.authz.authorize(&attrs) {
         Decision::Allow => None,
         Decision::Deny(reason) => Some(reason),
@@ -286,6 +300,10 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
         }
         PathKind::Resource(t) => t,
     };
+    if crate::node_proxy::is_node_subresource(&t) {
+        drop(body);
+        return crate::node_proxy::serve(app, &t, parts, &q).await;
+    }
     let body = read_body(body).await?;
     route(app, &t, &method, &q, &headers, &body, &user).await
 }

@@ -4,6 +4,7 @@
 pub mod authn;
 pub mod authz;
 pub mod metrics;
+pub mod node_proxy;
 pub mod serve;
 pub mod tls;
 

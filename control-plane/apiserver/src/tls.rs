@@ -3,7 +3,8 @@
 //! and reused across restarts.
 //!
 //! Layout of `DATA_DIR/tls/`: `ca.crt`, `ca.key`, `server.crt`, `server.key`,
-//! `admin.crt`, `admin.key` (keys mode 0600). The serving certificate is re-issued when
+//! `admin.crt`, `admin.key`, `apiserver-kubelet-client.crt`,
+//! `apiserver-kubelet-client.key` (keys mode 0600). The serving certificate is re-issued when
 //! its name set changes (new `--tls-san`, new hostname), when it was not signed by the
 //! current CA, or when it is about to expire; everything else is reused as is.
 
@@ -45,6 +46,8 @@ const RENEW_BEFORE_DAYS: i64 = 30;
 /// The user and group of the admin client certificate.
 pub const ADMIN_USER: &str = "kelp-admin";
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The user of the certificate the API server presents to kubelets (kubeadm's name).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {
@@ -126,6 +129,9 @@ pub struct Pki {
     pub server_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// What the API server presents to kubelets (logs, exec, port-forward).
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 impl std::fmt::Debug for Pki {
@@ -390,6 +396,8 @@ impl Pki {
             server_key_pem: String::new(),
             admin_cert_pem: String::new(),
             admin_key_pem: String::new(),
+            kubelet_client_cert_pem: String::new(),
+            kubelet_client_key_pem: String::new(),
         };
 
         let sans = server_sans(extra_sans);
@@ -414,6 +422,22 @@ impl Pki {
                 write_public(&crt, &c)?;
                 info!(path = %crt.display(), "issued admin client certificate");
                 (pki.admin_cert_pem, pki.admin_key_pem) = (c, k);
+            }
+        }
+
+        let (crt, key) = (
+            tls.join("apiserver-kubelet-client.crt"),
+            tls.join("apiserver-kubelet-client.key"),
+        );
+        match pki.reusable(&crt, &key, ca_created, None)? {
+            Some((c, k)) => (pki.kubelet_client_cert_pem, pki.kubelet_client_key_pem) = (c, k),
+            None => {
+                let (c, k) =
+                    pki.issue_client_cert(KUBELET_CLIENT_USER, &[ADMIN_GROUP.to_string()])?;
+                write_private(&key, &k)?;
+                write_public(&crt, &c)?;
+                info!(path = %crt.display(), "issued kubelet client certificate");
+                (pki.kubelet_client_cert_pem, pki.kubelet_client_key_pem) = (c, k);
             }
         }
         Ok(pki)
@@ -604,6 +628,77 @@ pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// Accepts any kubelet serving certificate: kubelets serve self-signed certificates
+/// by default, and upstream's API server does not verify them either unless
+/// `--kubelet-certificate-authority` is set. The handshake signature is still
+/// checked, so the session is bound to the key the kubelet presented.
+#[derive(Debug)]
+struct AnyKubeletCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyKubeletCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS settings the API server dials kubelets with: the kubelet client
+/// certificate, HTTP/1.1 (streams are upgrades), kubelet certificates not verified
+/// (see [`AnyKubeletCert`]).
+pub fn kubelet_client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyKubeletCert(provider)))
+        .with_client_auth_cert(
+            certs(&pki.kubelet_client_cert_pem)?,
+            key(&pki.kubelet_client_key_pem)?,
+        )
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,13 +743,22 @@ mod tests {
         for f in ["ca.key", "server.key", "admin.key"] {
             assert_eq!(mode(&d.join("tls").join(f)), 0o600, "{f}");
         }
-        for f in ["ca.crt", "server.crt", "admin.crt"] {
+        for f in [
+            "ca.crt",
+            "server.crt",
+            "admin.crt",
+            "apiserver-kubelet-client.crt",
+        ] {
             assert!(d.join("tls").join(f).exists(), "{f}");
         }
         let b = Pki::load_or_create(&d, &[]).expect("reload");
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.server_cert_pem, b.server_cert_pem);
         assert_eq!(a.admin_cert_pem, b.admin_cert_pem);
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem);
+        let (cn, _, _) = subject_of(&a.kubelet_client_cert_pem);
+        assert_eq!(cn, KUBELET_CLIENT_USER);
+        kubelet_client_config(&a).expect("kubelet client config");
 
         // A new SAN re-issues only the serving certificate.
         let c = Pki::load_or_create(&d, &["10.1.2.3".into(), "api.example.com".into()])

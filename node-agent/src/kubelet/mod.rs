@@ -54,8 +54,12 @@ pub struct KubeletConfig {
     pub max_pods: u32,
     /// Extra labels for the Node.
     pub node_labels: BTreeMap<String, String>,
-    /// The kubelet port the Node advertises (`daemonEndpoints`).
+    /// The kubelet server's port on `node_ip` (0: any free port); the Node
+    /// advertises the bound one (`daemonEndpoints`).
     pub kubelet_port: u16,
+    /// PEM of the CA whose client certificates the kubelet server accepts (the
+    /// cluster CA). `None`: only `/healthz` is served.
+    pub client_ca_pem: Option<String>,
     pub lease_duration: Duration,
     pub lease_renew_interval: Duration,
     pub node_status_interval: Duration,
@@ -78,6 +82,7 @@ impl KubeletConfig {
             max_pods: 10_000,
             node_labels: BTreeMap::new(),
             kubelet_port: 10250,
+            client_ca_pem: None,
             lease_duration: Duration::from_secs(40),
             lease_renew_interval: Duration::from_secs(10),
             node_status_interval: Duration::from_secs(60),
@@ -94,6 +99,8 @@ pub enum KubeletError {
     /// The router serves no runtime for its default handler.
     #[error("no runtime serves the default handler {0:?}")]
     NoDefaultRuntime(String),
+    #[error("kubelet server: {0}")]
+    Server(#[from] crate::server::ServerError),
     #[error("cannot create {path}: {source}")]
     Io {
         path: PathBuf,
@@ -114,7 +121,7 @@ impl Kubelet {
     /// runs the pods bound to it. Running pods are left alone on shutdown (as
     /// upstream's kubelet does); an in-process runtime ends them with the process.
     pub async fn run(
-        config: KubeletConfig,
+        mut config: KubeletConfig,
         client: Client,
         runtimes: RuntimeRouter,
         shutdown: impl Future<Output = ()> + Send,
@@ -143,6 +150,16 @@ impl Kubelet {
             }
         };
         info!(node = %config.node_name, runtime = %runtime_version, handlers = ?runtimes.handlers(), "kubelet starting");
+
+        let pod_store = crate::server::PodStore::default();
+        let server = start_server(&config, pod_store.clone(), runtimes.clone()).await?;
+        if let Some(addr) = server.local_addr() {
+            config.kubelet_port = addr.port();
+        }
+        let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server_task = tokio::spawn(server.serve(async {
+            let _ = server_stopped.await;
+        }));
 
         let node = node::NodeAgent::new(
             client.clone(),
@@ -175,14 +192,19 @@ impl Kubelet {
             };
             let Some(ev) = ev else { break };
             match ev {
-                Ok(Event::Apply(pod)) => dispatch(&shared, &mut workers, pod),
+                Ok(Event::Apply(pod)) => {
+                    pod_store.apply(&pod);
+                    dispatch(&shared, &mut workers, pod)
+                }
                 Ok(Event::InitApply(pod)) => {
                     if let Some(l) = listed.as_mut() {
                         l.insert(spec::uid(&pod).to_string());
                     }
+                    pod_store.apply(&pod);
                     dispatch(&shared, &mut workers, pod)
                 }
                 Ok(Event::Delete(pod)) => {
+                    pod_store.remove(&pod);
                     if let Some(w) = workers.get(spec::uid(&pod)) {
                         w.tx.send_replace(None);
                     }
@@ -191,6 +213,7 @@ impl Kubelet {
                 Ok(Event::InitDone) => {
                     // Pods deleted while the watch was down.
                     if let Some(l) = listed.take() {
+                        pod_store.retain_uids(&l);
                         for (uid, w) in &workers {
                             if !l.contains(uid) {
                                 w.tx.send_replace(None);
@@ -207,11 +230,36 @@ impl Kubelet {
         }
         info!(node = %config.node_name, "kubelet stopping");
         heartbeat.abort();
+        let _ = server_stop.send(());
+        server_task.abort();
         for (_, w) in workers {
             w.task.abort();
         }
         Ok(())
     }
+}
+
+/// Binds the kubelet server on the node IP with a fresh self-signed certificate
+/// (written under `<root>/pki/`).
+async fn start_server(
+    config: &KubeletConfig,
+    pods: crate::server::PodStore,
+    router: RuntimeRouter,
+) -> Result<crate::server::KubeletServer, KubeletError> {
+    use crate::server::{tls, KubeletServer, ServerState};
+    let cert = tls::self_signed(config.node_ip, &node::hostname())?;
+    tls::write(&config.root_dir.join("pki"), &cert)?;
+    if config.client_ca_pem.is_none() {
+        warn!("no client CA: the kubelet server authenticates no one (only /healthz is served)");
+    }
+    let tls_cfg = tls::server_config(&cert, config.client_ca_pem.as_deref())?;
+    let state = Arc::new(ServerState {
+        node_name: config.node_name.clone(),
+        pods,
+        router,
+    });
+    let addr = std::net::SocketAddr::new(config.node_ip, config.kubelet_port);
+    Ok(KubeletServer::bind(addr, tls_cfg, state).await?)
 }
 
 fn dispatch(shared: &Arc<worker::Shared>, workers: &mut HashMap<String, WorkerHandle>, pod: Pod) {

@@ -1,0 +1,396 @@
+//! The kubelet server and the API server's proxying to it, end to end: a real
+//! `kelp server`, real `kelp agent` nodes (each kubelet server on a free port of the
+//! node IP), a real registry and real kubectl for `logs`, `exec`, `attach` and
+//! `port-forward`. Pods are pinned with `spec.nodeName`.
+
+mod common;
+#[path = "../runtime-wasm/tests/support/registry.rs"]
+mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{wait_until, Backend, Cluster};
+use serde_json::Value;
+
+/// Bound on every wait for a pod or node condition.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn kelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kelp"))
+}
+
+fn example_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/wasm/target")
+        .join(target)
+        .join("release")
+}
+
+fn example(target: &str, name: &str) -> PathBuf {
+    let p = example_dir(target).join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-wasm-examples.sh",
+        p.display()
+    );
+    p
+}
+
+fn push(file: &Path, reference: &str) {
+    let out = kelp()
+        .arg("push")
+        .arg(file)
+        .arg(reference)
+        .output()
+        .expect("running kelp push");
+    assert!(
+        out.status.success(),
+        "kelp push {reference} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `kelp agent` joined with the node token, its kubelet server on a free port
+/// (`--kubelet-port 0`); killed by pid on drop.
+struct Agent {
+    name: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    fn start(c: &Cluster) -> Agent {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "stream-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let log = c.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("agent log");
+        let child = kelp()
+            .arg("agent")
+            .args(["--server", &c.url()])
+            .arg("--token-file")
+            .arg(c.data_dir().join("node-token"))
+            .arg("--ca-file")
+            .arg(c.data_dir().join("tls/ca.crt"))
+            .args(["--node-name", &name, "--kubelet-port", "0"])
+            .arg("--data-dir")
+            .arg(c.path().join(&name))
+            .env("KELP_LOG", "info,kelp_node_agent=debug")
+            .env_remove("KELP_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("agent log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn kelp agent");
+        let agent = Agent { name, log, child };
+        let ok = wait_until(DEADLINE, || {
+            let r = c.kubectl(&["get", "node", &agent.name, "-o", "json"]);
+            r.ok()
+                && serde_json::from_str::<Value>(&r.stdout)
+                    .ok()
+                    .and_then(|n| {
+                        n["status"]["conditions"]
+                            .as_array()?
+                            .iter()
+                            .find(|c| c["type"] == "Ready")
+                            .map(|c| c["status"] == "True")
+                    })
+                    .unwrap_or(false)
+        });
+        assert!(
+            ok,
+            "node {} never became Ready:\n{}",
+            agent.name,
+            agent.log()
+        );
+        agent
+    }
+
+    fn log(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The kubelet endpoint the Node advertises.
+    fn kubelet_addr(&self, c: &Cluster) -> String {
+        let node = c.kubectl_json(&["get", "node", &self.name]);
+        let ip = node["status"]["addresses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+            .and_then(|a| a["address"].as_str())
+            .expect("InternalIP")
+            .to_string();
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .expect("kubelet port");
+        format!("{ip}:{port}")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- kelp agent {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Polls the pod until `cond` holds; panics with the last pod and the agent log.
+fn wait_pod(
+    c: &Cluster,
+    agent: &Agent,
+    name: &str,
+    what: &str,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        let r = c.kubectl(&["get", "pod", name, "-o", "json"]);
+        last = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+        cond(&last)
+    });
+    assert!(
+        ok,
+        "pod {name} never {what} within {DEADLINE:?}; last seen:\n{}\n--- agent log ---\n{}",
+        serde_json::to_string_pretty(&last["status"]).unwrap(),
+        agent.log()
+    );
+    last
+}
+
+fn running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+#[test]
+fn logs_of_finished_running_and_restarted_containers() {
+    let reg = registry::Registry::start();
+    let hello = format!("{}/kelp/hello:v1", reg.addr);
+    let counter = format!("{}/kelp/counter:v1", reg.addr);
+    push(&example("wasm32-wasip1", "hello"), &hello);
+    push(&example("wasm32-wasip1", "counter"), &counter);
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = &agent.name;
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hello}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - {{name: hello, image: {hello}, args: ["from-args", "--stderr"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: again}}
+spec:
+  nodeName: {node}
+  restartPolicy: Always
+  containers:
+  - {{name: again, image: {hello}, args: ["run"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: counter}}
+spec:
+  nodeName: {node}
+  containers:
+  - {{name: counter, image: {counter}}}
+"#
+        ),
+    );
+
+    // A wasip1 pod that ran to completion: its output, both streams.
+    wait_pod(&c, &agent, "hello", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let out = c.kubectl_ok(&["logs", "hello"]);
+    assert!(
+        out.contains("Hello from Kelp\nargs: hello from-args --stderr\n"),
+        "{out}"
+    );
+    assert!(out.contains("hello on stderr\n"), "{out}");
+    let tail = c.kubectl_ok(&["logs", "hello", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let ts = c.kubectl_ok(&["logs", "hello", "--timestamps", "--limit-bytes=200"]);
+    let first = ts.lines().next().unwrap_or_default();
+    let (stamp, rest) = first.split_once(' ').unwrap_or_default();
+    assert!(
+        stamp.contains('T') && stamp.ends_with('Z') && rest == "Hello from Kelp",
+        "{ts}"
+    );
+    assert!(ts.len() <= 200);
+    let since = c.kubectl_ok(&["logs", "hello", "--since-time=2999-01-01T00:00:00Z"]);
+    assert_eq!(since, "");
+    // Errors in upstream's words.
+    let err = c.kubectl_err(&["logs", "hello", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod hello"),
+        "{err}"
+    );
+    let err = c.kubectl_err(&["logs", "missing"]);
+    assert!(err.contains("pods \"missing\" not found"), "{err}");
+
+    // Following a running counter: lines keep arriving.
+    wait_pod(&c, &agent, "counter", "Running", running);
+    let mut follow = c.kubectl_spawn(&["logs", "-f", "counter"]);
+    let ok = wait_until(Duration::from_secs(20), || {
+        follow.stdout().lines().count() >= 4
+    });
+    let seen = follow.stdout();
+    assert!(
+        ok,
+        "kubectl logs -f printed only {seen:?}; {}",
+        follow.stderr()
+    );
+    let lines: Vec<&str> = seen.lines().collect();
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{seen}");
+    let later = wait_until(Duration::from_secs(10), || {
+        follow.stdout().lines().count() > lines.len()
+    });
+    assert!(later, "no new lines after {seen:?}");
+    assert!(
+        follow.exited().is_none(),
+        "kubectl logs -f ended while the container runs"
+    );
+    drop(follow);
+    let err = c.kubectl_err(&["logs", "counter", "--previous"]);
+    assert!(
+        err.contains("previous terminated container \"counter\" in pod \"counter\" not found"),
+        "{err}"
+    );
+
+    // --previous: the output of the instance before the restart.
+    wait_pod(&c, &agent, "again", "restarted", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1)
+    });
+    let prev = c.kubectl_ok(&["logs", "again", "--previous"]);
+    assert!(prev.contains("args: again run"), "{prev}");
+}
+
+/// `curl` against the kubelet server: (HTTP status, body), or `None` when the
+/// request did not complete (e.g. the TLS handshake was refused).
+fn curl(url: &str, extra: &[&str]) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("running curl");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+#[test]
+fn the_kubelet_server_authenticates_clients_by_ca_signed_certificate() {
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let base = format!("https://{}", agent.kubelet_addr(&c));
+    let tls = c.data_dir().join("tls");
+    let (admin_crt, admin_key) = (tls.join("admin.crt"), tls.join("admin.key"));
+    let cert_args = [
+        "--cert",
+        admin_crt.to_str().unwrap(),
+        "--key",
+        admin_key.to_str().unwrap(),
+    ];
+
+    // /healthz is open; everything else needs a certificate of the cluster CA.
+    assert_eq!(
+        curl(&format!("{base}/healthz"), &[]),
+        Some((200, "ok".into()))
+    );
+    let anon = curl(&format!("{base}/containerLogs/default/p/c"), &[]);
+    assert_eq!(anon, Some((401, "Unauthorized".into())));
+    assert_eq!(
+        curl(&format!("{base}/stats/summary"), &[]).map(|r| r.0),
+        Some(401)
+    );
+    let authed = curl(&format!("{base}/containerLogs/default/p/c"), &cert_args);
+    assert_eq!(
+        authed,
+        Some((404, "pod \"default/p\" does not exist\n".into()))
+    );
+
+    // A certificate from another CA is refused in the handshake.
+    let dir = c.path().join("rogue");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = (dir.join("rogue.crt"), dir.join("rogue.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-subj",
+            "/CN=system:masters-impostor",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl could not make a certificate");
+    let rogue = curl(
+        &format!("{base}/containerLogs/default/p/c"),
+        &[
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        rogue.as_ref().is_none_or(|r| r.0 != 404 && r.0 != 200),
+        "a certificate of another CA was accepted: {rogue:?}"
+    );
+
+    // The serving certificate is the node's own, self-signed, naming the node IP.
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo | openssl s_client -connect {} 2>/dev/null | openssl x509 -noout -text",
+            agent.kubelet_addr(&c)
+        ))
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&served.stdout);
+    let ip = agent
+        .kubelet_addr(&c)
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_string();
+    assert!(text.contains(&format!("IP Address:{ip}")), "{text}");
+    assert!(text.contains("DNS:"), "{text}");
+}
