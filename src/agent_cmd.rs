@@ -256,6 +256,7 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
     let args = up.control_plane.clone();
     let mut cfg = args.config()?;
     cfg.controllers = Some(args.controller_flags.manager_options()?);
+    cfg.scheduler = !args.disable_scheduler;
     let node = (!up.no_node).then(|| node_for_up(&up, &args.data_dir));
     let ca = args.data_dir.join("tls").join("ca.crt");
     let node_rx = rx.clone();

@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod image_cmd;
 mod runtime_cmd;
+mod scheduler_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ enum Command {
     /// Everything in one process on the embedded store (the single-machine default):
     /// the control plane and a node running Wasm pods.
     Up(agent_cmd::UpArgs),
-    /// The control plane without a node (API server; scheduler and controllers as they land).
+    /// The control plane without a node (API server and scheduler; controllers as they land).
     Server(ControlPlaneArgs),
     /// The API server alone.
     Apiserver(ControlPlaneArgs),
@@ -44,6 +45,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// The kubelet alone, with a kubeconfig.
     Kubelet(agent_cmd::KubeletArgs),
+    /// The scheduler alone, with a kubeconfig.
+    Scheduler(scheduler_cmd::SchedulerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -72,6 +75,9 @@ struct ControlPlaneArgs {
     /// The port range NodePort Services are allocated from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Do not run the scheduler in this process (`kelp server` and `kelp up`).
+    #[arg(long)]
+    disable_scheduler: bool,
     #[command(flatten)]
     controller_flags: ControllerFlags,
 }
@@ -204,6 +210,7 @@ impl ControlPlaneArgs {
             .map_err(anyhow::Error::msg)
             .context("--service-cluster-ip-range / --service-node-port-range")?,
             controllers: None,
+            scheduler: false,
         })
     }
 }
@@ -216,6 +223,7 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
     } else {
         None
     };
+    cfg.scheduler = what == "server" && !args.disable_scheduler;
     kelp_control_plane::run(cfg, shutdown_signal(), |s| {
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
         println!("  admin kubeconfig: {}", s.kubeconfig.display());
@@ -252,6 +260,7 @@ fn main() -> anyhow::Result<()> {
             Command::Runtime(a) => runtime_cmd::run(a, shutdown_signal()).await,
             Command::Agent(a) => agent_cmd::run_agent(a, shutdown_signal()).await,
             Command::Kubelet(a) => agent_cmd::run_kubelet(a, shutdown_signal()).await,
+            Command::Scheduler(a) => scheduler_cmd::run(a, shutdown_signal()).await,
         }
     })
 }

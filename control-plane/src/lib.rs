@@ -75,6 +75,8 @@ pub struct Config {
     pub controllers: Option<kelp_controllers::manager::ManagerOptions>,
     /// Where Service ClusterIPs and NodePorts come from.
     pub service_ranges: kelp_apiserver::service_alloc::ServiceRanges,
+    /// Run the scheduler in this process (leader-elected) once the API serves.
+    pub scheduler: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +169,29 @@ fn spawn_controller_manager(
     });
 }
 
+/// The in-process scheduler: an API client on the admin kubeconfig, like any other,
+/// leader-elected so several servers can share one datastore.
+async fn run_scheduler(kubeconfig: PathBuf, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let client = match kelp_scheduler::client_from_kubeconfig(&kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "scheduler: no API client; not scheduling");
+            return;
+        }
+    };
+    let r = kelp_scheduler::run_leader_elected(
+        client,
+        kelp_scheduler::SchedulerConfig::new(),
+        kelp_scheduler::LeaderElection::default(),
+        Default::default(),
+        shutdown,
+    )
+    .await;
+    if let Err(e) = r {
+        warn!(error = %e, "scheduler stopped");
+    }
+}
+
 /// Runs the control plane until `shutdown` resolves. `on_ready` is called once the
 /// API server is serving.
 pub async fn run(
@@ -251,6 +276,12 @@ pub async fn run(
     };
     if let Some(opts) = cfg.controllers.clone() {
         spawn_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
+    }
+    if cfg.scheduler {
+        tokio::spawn(run_scheduler(
+            started.kubeconfig.clone(),
+            stopped(stop_rx.clone()),
+        ));
     }
     kelp_apiserver::serve::serve_https(
         listener,

@@ -62,9 +62,8 @@ impl NodeInfo {
 
     fn set_node(&mut self, node: Arc<Node>) {
         let status = node.status.as_ref();
-        self.allocatable = Resource::from_map(
-            status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
-        );
+        self.allocatable =
+            Resource::from_map(status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())));
         let spec = node.spec.as_ref();
         self.taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
         self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);

@@ -130,7 +130,9 @@ async fn writer(client: Client, component: String, instance: String, mut rx: mps
                     )
                     .await
                 }
-                Work::Unschedulable { pod, message } => set_unschedulable(&client, &pod, &message).await,
+                Work::Unschedulable { pod, message } => {
+                    set_unschedulable(&client, &pod, &message).await
+                }
             };
             if let Err(e) = r {
                 tracing::debug!(error = %e, "scheduler write failed");

@@ -260,7 +260,8 @@ impl Framework {
         }
 
         // PreFilter.
-        let mut active: Vec<(&Arc<dyn FilterPlugin>, State)> = Vec::with_capacity(self.filters.len());
+        let mut active: Vec<(&Arc<dyn FilterPlugin>, State)> =
+            Vec::with_capacity(self.filters.len());
         let mut only: Option<(HashSet<String>, &'static str)> = None;
         for f in &self.filters {
             match f.pre_filter(pod, cache) {
@@ -269,9 +270,7 @@ impl Framework {
                     if let Some(n) = nodes {
                         only = Some(match only {
                             None => (n, f.name()),
-                            Some((prev, name)) => {
-                                (prev.intersection(&n).cloned().collect(), name)
-                            }
+                            Some((prev, name)) => (prev.intersection(&n).cloned().collect(), name),
                         });
                     }
                     active.push((f, state));
@@ -442,7 +441,16 @@ mod tests {
 
     #[test]
     fn sample_sizes_follow_percentage_of_nodes_to_score() {
-        for (n, want) in [(0, 0), (50, 50), (100, 100), (250, 120), (1000, 420), (5000, 500), (10_000, 500), (20_000, 1000)] {
+        for (n, want) in [
+            (0, 0),
+            (50, 50),
+            (100, 100),
+            (250, 120),
+            (1000, 420),
+            (5000, 500),
+            (10_000, 500),
+            (20_000, 1000),
+        ] {
             assert_eq!(num_feasible_nodes_to_find(n), want, "{n}");
         }
     }

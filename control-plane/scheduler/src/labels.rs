@@ -77,9 +77,9 @@ pub fn term_matches(t: &NodeSelectorTerm, node_name: &str, labels: &Labels) -> b
     exprs
         .iter()
         .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            r.key == "metadata.name" && requirement_matches(r, Some(node_name))
-        })
+        && fields
+            .iter()
+            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)))
 }
 
 /// Terms are ORed.
@@ -104,7 +104,8 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
         "Exists" => true,
         "Equal" | "" => {
             // An empty key with Equal is invalid upstream; it tolerates nothing.
-            !key.is_empty() && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            !key.is_empty()
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
         }
         _ => false,
     }
@@ -133,12 +134,30 @@ mod tests {
             (json!({}), true),
             (json!({"matchLabels": {"app": "web"}}), true),
             (json!({"matchLabels": {"app": "db"}}), false),
-            (json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]}), true),
-            (json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}), false),
-            (json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["web"]}]}), true),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}), true),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}), false),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "Bogus"}]}), false),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["web"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "Bogus"}]}),
+                false,
+            ),
         ];
         for (sel, want) in cases {
             let s: LabelSelector = serde_json::from_value(sel.clone()).unwrap();
@@ -150,13 +169,31 @@ mod tests {
     fn node_selector_terms() {
         let l = labels(&[("zone", "a"), ("cores", "8")]);
         let cases = [
-            (json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]), true),
-            (json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
-                    {"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4"]}]}]), true),
-            (json!([{"matchExpressions": [{"key": "cores", "operator": "Lt", "values": ["4"]}]}]), false),
-            (json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]), true),
-            (json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}]), false),
-            (json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n2"]}]}]), true),
+            (
+                json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]),
+                true,
+            ),
+            (
+                json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+                    {"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4"]}]}]),
+                true,
+            ),
+            (
+                json!([{"matchExpressions": [{"key": "cores", "operator": "Lt", "values": ["4"]}]}]),
+                false,
+            ),
+            (
+                json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]),
+                true,
+            ),
+            (
+                json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}]),
+                false,
+            ),
+            (
+                json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n2"]}]}]),
+                true,
+            ),
             (json!([{}]), false),
             (json!([]), false),
         ];
@@ -173,7 +210,10 @@ mod tests {
             serde_json::from_value(json!({"key": "k", "value": "v", "effect": "NoSchedule"}))
                 .unwrap();
         let cases = [
-            (json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}), true),
+            (
+                json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}),
+                true,
+            ),
             (json!({"key": "k", "value": "v"}), true),
             (json!({"key": "k", "value": "w"}), false),
             (json!({"key": "k", "operator": "Exists"}), true),

@@ -5,9 +5,16 @@
 //! it must not depend on storage or the API server.
 
 pub mod cache;
+pub mod events;
 pub mod framework;
 pub mod labels;
 pub mod plugins;
 pub mod pod_info;
 pub mod queue;
 pub mod resources;
+pub mod scheduler;
+
+pub use scheduler::{
+    client_from_kubeconfig, default_identity, run, run_leader_elected, LeaderElection,
+    SchedulerConfig, SchedulerError, Stats, DEFAULT_SCHEDULER_NAME,
+};

@@ -45,13 +45,13 @@ impl AffinityTerm {
             ] {
                 for k in keys.iter().flatten() {
                     if let Some(v) = owner_labels.get(k) {
-                        sel.match_expressions
-                            .get_or_insert_with(Vec::new)
-                            .push(LabelSelectorRequirement {
+                        sel.match_expressions.get_or_insert_with(Vec::new).push(
+                            LabelSelectorRequirement {
                                 key: k.clone(),
                                 operator: op.into(),
                                 values: Some(vec![v.clone()]),
-                            });
+                            },
+                        );
                     }
                 }
             }
@@ -71,9 +71,10 @@ impl AffinityTerm {
             return false;
         };
         let ns_ok = self.namespaces.iter().any(|n| *n == pod.namespace)
-            || self.namespace_selector.as_ref().is_some_and(|s| {
-                selector_matches(s, labels_of(ns_labels.get(&pod.namespace)))
-            });
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, labels_of(ns_labels.get(&pod.namespace))));
         ns_ok && selector_matches(sel, pod.labels())
     }
 }

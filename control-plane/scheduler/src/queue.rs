@@ -31,7 +31,9 @@ impl ClusterEvent {
     /// Could this event help a pod that these plugins rejected?
     fn may_help(self, plugin: &str) -> bool {
         match self {
-            ClusterEvent::NodeAdded | ClusterEvent::NodeUpdated => plugin != "NodeName" || self == ClusterEvent::NodeAdded,
+            ClusterEvent::NodeAdded | ClusterEvent::NodeUpdated => {
+                plugin != "NodeName" || self == ClusterEvent::NodeAdded
+            }
             ClusterEvent::AssignedPodDeleted => matches!(
                 plugin,
                 "NodeResourcesFit" | "NodePorts" | "PodTopologySpread" | "InterPodAffinity"
@@ -118,7 +120,11 @@ impl SchedulingQueue {
 
     /// (active, backoff, unschedulable) sizes.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        (self.active.len(), self.backoff.len(), self.unschedulable.len())
+        (
+            self.active.len(),
+            self.backoff.len(),
+            self.unschedulable.len(),
+        )
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -133,7 +139,8 @@ impl SchedulingQueue {
         };
         p.state = Where::Active;
         p.seq = seq;
-        self.active.insert((-(p.priority as i64), seq, uid.to_string()));
+        self.active
+            .insert((-(p.priority as i64), seq, uid.to_string()));
     }
 
     fn to_backoff(&mut self, uid: &str) {
@@ -152,10 +159,12 @@ impl SchedulingQueue {
         };
         match p.state {
             Where::Active => {
-                self.active.remove(&(-(p.priority as i64), p.seq, uid.to_string()));
+                self.active
+                    .remove(&(-(p.priority as i64), p.seq, uid.to_string()));
             }
             Where::Backoff => {
-                self.backoff.remove(&(p.backoff_until, p.seq, uid.to_string()));
+                self.backoff
+                    .remove(&(p.backoff_until, p.seq, uid.to_string()));
             }
             Where::Unschedulable => {
                 self.unschedulable.remove(uid);
@@ -226,7 +235,11 @@ impl SchedulingQueue {
 
     /// The pod was assumed onto a node: the queue forgets it.
     pub fn done(&mut self, uid: &str) {
-        if self.pods.get(uid).is_some_and(|p| p.state == Where::InFlight) {
+        if self
+            .pods
+            .get(uid)
+            .is_some_and(|p| p.state == Where::InFlight)
+        {
             self.pods.remove(uid);
         }
     }
@@ -335,6 +348,19 @@ impl SchedulingQueue {
         }
     }
 
+    /// After a relist: pods not listed any more are gone (in-flight ones stay).
+    pub fn retain(&mut self, keep: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, p)| p.state != Where::InFlight && !keep.contains(*uid))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.delete(&uid);
+        }
+    }
+
     pub fn has_active(&self) -> bool {
         !self.active.is_empty()
     }
@@ -374,7 +400,11 @@ mod tests {
     fn backoff_doubles_from_one_second_to_ten() {
         let want = [1, 2, 4, 8, 10, 10];
         for (attempts, secs) in (1..).zip(want) {
-            assert_eq!(backoff_for(attempts), Duration::from_secs(secs), "{attempts}");
+            assert_eq!(
+                backoff_for(attempts),
+                Duration::from_secs(secs),
+                "{attempts}"
+            );
         }
         let t0 = Instant::now();
         let mut q = SchedulingQueue::new();

@@ -56,7 +56,11 @@ impl ScorePlugin for ImageLocality {
         let sum: i64 = st
             .images
             .iter()
-            .filter_map(|(n, spread)| node.images.get(n).map(|size| (*size as f64 * spread) as i64))
+            .filter_map(|(n, spread)| {
+                node.images
+                    .get(n)
+                    .map(|size| (*size as f64 * spread) as i64)
+            })
             .sum();
         let max = MAX_CONTAINER_THRESHOLD * st.containers.max(1);
         let sum = sum.clamp(MIN_THRESHOLD, max);

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use crate::cache::{Cache, NodeInfo};
-use crate::framework::{state, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE};
+use crate::framework::{
+    state, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE,
+};
 use crate::pod_info::PodInfo;
 
 pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
@@ -45,11 +47,17 @@ impl FilterPlugin for InterPodAffinity {
         for node in live_nodes(cache) {
             let labels = node.labels();
             if node.pods_with_required_anti_affinity > 0 {
-                for p in node.pods.iter().filter(|p| !p.required_anti_affinity.is_empty()) {
+                for p in node
+                    .pods
+                    .iter()
+                    .filter(|p| !p.required_anti_affinity.is_empty())
+                {
                     for t in &p.required_anti_affinity {
                         if let Some(v) = labels.get(&t.topology_key) {
                             if t.matches(pod, ns) {
-                                *st.existing_anti.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
+                                *st.existing_anti
+                                    .entry((t.topology_key.clone(), v.clone()))
+                                    .or_default() += 1;
                             }
                         }
                     }
@@ -65,14 +73,18 @@ impl FilterPlugin for InterPodAffinity {
                 {
                     for t in &pod.required_affinity {
                         if let Some(v) = labels.get(&t.topology_key) {
-                            *st.affinity.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
+                            *st.affinity
+                                .entry((t.topology_key.clone(), v.clone()))
+                                .or_default() += 1;
                         }
                     }
                 }
                 for t in &pod.required_anti_affinity {
                     if let Some(v) = labels.get(&t.topology_key) {
                         if t.matches(p, ns) {
-                            *st.anti.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
+                            *st.anti
+                                .entry((t.topology_key.clone(), v.clone()))
+                                .or_default() += 1;
                         }
                     }
                 }
@@ -93,7 +105,13 @@ impl FilterPlugin for InterPodAffinity {
             for t in &pod.required_affinity {
                 match labels.get(&t.topology_key) {
                     Some(v) => {
-                        if st.affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) <= 0 {
+                        if st
+                            .affinity
+                            .get(&(t.topology_key.clone(), v.clone()))
+                            .copied()
+                            .unwrap_or(0)
+                            <= 0
+                        {
                             pods_exist = false;
                         }
                     }
@@ -107,14 +125,26 @@ impl FilterPlugin for InterPodAffinity {
         }
         for t in &pod.required_anti_affinity {
             if let Some(v) = labels.get(&t.topology_key) {
-                if st.anti.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                if st
+                    .anti
+                    .get(&(t.topology_key.clone(), v.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+                {
                     return Some(Rejection::unschedulable(ERR_ANTI_AFFINITY));
                 }
             }
         }
         if !st.existing_anti.is_empty() {
             for (k, v) in labels {
-                if st.existing_anti.get(&(k.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                if st
+                    .existing_anti
+                    .get(&(k.clone(), v.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+                {
                     return Some(Rejection::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
                 }
             }
@@ -128,7 +158,8 @@ impl ScorePlugin for InterPodAffinity {
         "InterPodAffinity"
     }
     fn pre_score(&self, pod: &PodInfo, cache: &Cache, _: &[&NodeInfo]) -> PreScore {
-        let incoming = !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
+        let incoming =
+            !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
         let any_existing = live_nodes(cache).any(|n| n.pods_with_affinity > 0);
         if !incoming && !any_existing {
             return PreScore::Skip;

@@ -5,7 +5,10 @@
 use std::collections::HashSet;
 
 use crate::cache::{Cache, NodeInfo};
-use crate::framework::{default_normalize, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE};
+use crate::framework::{
+    default_normalize, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State,
+    MAX_NODE_SCORE,
+};
 use crate::labels::{node_selector_matches, term_matches};
 use crate::pod_info::PodInfo;
 
@@ -31,9 +34,12 @@ fn named_nodes(pod: &PodInfo) -> Option<HashSet<String>> {
     let terms = &pod.required_node_affinity.as_ref()?.node_selector_terms;
     let mut names = HashSet::new();
     for t in terms {
-        let r = t.match_fields.as_deref().unwrap_or(&[]).iter().find(|r| {
-            r.key == "metadata.name" && r.operator == "In"
-        })?;
+        let r = t
+            .match_fields
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .find(|r| r.key == "metadata.name" && r.operator == "In")?;
         names.extend(r.values.iter().flatten().cloned());
     }
     (!terms.is_empty()).then_some(names)

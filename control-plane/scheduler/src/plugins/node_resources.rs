@@ -3,7 +3,9 @@
 //! (prefer nodes whose cpu and memory use stay even).
 
 use crate::cache::{Cache, NodeInfo};
-use crate::framework::{Code, FilterPlugin, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE};
+use crate::framework::{
+    Code, FilterPlugin, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE,
+};
 use crate::pod_info::PodInfo;
 
 pub struct NodeResourcesFit;

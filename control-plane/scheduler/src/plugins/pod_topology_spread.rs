@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 use crate::cache::{Cache, NodeInfo};
-use crate::framework::{state, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE};
+use crate::framework::{
+    state, FilterPlugin, PreFilter, PreScore, Rejection, ScorePlugin, State, MAX_NODE_SCORE,
+};
 use crate::labels::{selector_matches, tolerates};
 use crate::plugins::node_affinity::required_matches;
 use crate::pod_info::PodInfo;
@@ -31,7 +33,11 @@ struct Constraint {
 }
 
 fn constraints(pod: &PodInfo, hard: bool) -> Vec<Constraint> {
-    let want = if hard { "DoNotSchedule" } else { "ScheduleAnyway" };
+    let want = if hard {
+        "DoNotSchedule"
+    } else {
+        "ScheduleAnyway"
+    };
     pod.topology_spread
         .iter()
         .filter(|c| c.when_unsatisfiable == want)
@@ -204,7 +210,11 @@ impl ScorePlugin for PodTopologySpread {
             })
             .collect();
         let counts = count(pod, &cs, cache);
-        PreScore::Run(Some(Box::new(ScoreState { cs, counts, weights })))
+        PreScore::Run(Some(Box::new(ScoreState {
+            cs,
+            counts,
+            weights,
+        })))
     }
     fn score(&self, _: &PodInfo, st: &State, node: &NodeInfo) -> i64 {
         let Some(st) = state::<ScoreState>(st) else {

@@ -35,7 +35,10 @@ impl FilterPlugin for RuntimeClassFilter {
             )));
         }
         let labels = node.labels();
-        let selected = rc.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+        let selected = rc
+            .node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v));
         (!selected).then(|| Rejection::unresolvable(ERR_NODE_AFFINITY))
     }
 }

@@ -2,7 +2,9 @@
 //! a node; untolerated PreferNoSchedule taints lower a node's score.
 
 use crate::cache::NodeInfo;
-use crate::framework::{default_normalize, FilterPlugin, Rejection, ScorePlugin, State, MAX_NODE_SCORE};
+use crate::framework::{
+    default_normalize, FilterPlugin, Rejection, ScorePlugin, State, MAX_NODE_SCORE,
+};
 use crate::labels::tolerates;
 use crate::pod_info::PodInfo;
 
@@ -37,8 +39,10 @@ impl ScorePlugin for TaintToleration {
             .filter(|t| t.effect == "PreferNoSchedule")
             .filter(|t| {
                 !pod.tolerations.iter().any(|tol| {
-                    matches!(tol.effect.as_deref(), None | Some("") | Some("PreferNoSchedule"))
-                        && tolerates(tol, t)
+                    matches!(
+                        tol.effect.as_deref(),
+                        None | Some("") | Some("PreferNoSchedule")
+                    ) && tolerates(tol, t)
                 })
             })
             .count() as i64
