@@ -102,11 +102,13 @@ fn has_condition(pod: &Pod, message: &str) -> bool {
         })
 }
 
+/// (pod uid, reason, message) → (event name, count), to aggregate repeats.
+type Seen = tokio::sync::Mutex<HashMap<(String, String, String), (String, i32)>>;
+
 async fn writer(client: Client, component: String, instance: String, mut rx: mpsc::Receiver<Work>) {
     let limit = Arc::new(Semaphore::new(PARALLEL_WRITES));
     // (pod uid, reason, message) → (event name, count) for aggregation.
-    let seen: Arc<tokio::sync::Mutex<HashMap<(String, String, String), (String, i32)>>> =
-        Default::default();
+    let seen: Arc<Seen> = Default::default();
     while let Some(w) = rx.recv().await {
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return;
@@ -146,7 +148,7 @@ async fn post_event(
     client: &Client,
     component: &str,
     instance: &str,
-    seen: &tokio::sync::Mutex<HashMap<(String, String, String), (String, i32)>>,
+    seen: &Seen,
     pod: &Pod,
     type_: &str,
     reason: &str,

@@ -70,7 +70,7 @@ impl AffinityTerm {
         let Some(sel) = &self.selector else {
             return false;
         };
-        let ns_ok = self.namespaces.iter().any(|n| *n == pod.namespace)
+        let ns_ok = self.namespaces.contains(&pod.namespace)
             || self
                 .namespace_selector
                 .as_ref()

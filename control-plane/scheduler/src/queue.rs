@@ -132,7 +132,7 @@ impl SchedulingQueue {
         self.seq
     }
 
-    fn to_active(&mut self, uid: &str) {
+    fn push_active(&mut self, uid: &str) {
         let seq = self.next_seq();
         let Some(p) = self.pods.get_mut(uid) else {
             return;
@@ -143,7 +143,7 @@ impl SchedulingQueue {
             .insert((-(p.priority as i64), seq, uid.to_string()));
     }
 
-    fn to_backoff(&mut self, uid: &str) {
+    fn push_backoff(&mut self, uid: &str) {
         let seq = self.next_seq();
         let Some(p) = self.pods.get_mut(uid) else {
             return;
@@ -197,7 +197,7 @@ impl SchedulingQueue {
                 state: Where::Active,
             },
         );
-        self.to_active(&uid);
+        self.push_active(&uid);
     }
 
     /// The pod object changed. An unschedulable pod whose spec or labels changed may
@@ -255,7 +255,7 @@ impl SchedulingQueue {
         p.backoff_until = now + backoff_for(p.attempts);
         p.since = now;
         if move_cycle >= p.cycle {
-            self.to_backoff(uid);
+            self.push_backoff(uid);
         } else {
             p.state = Where::Unschedulable;
             self.unschedulable.insert(uid.to_string());
@@ -274,7 +274,7 @@ impl SchedulingQueue {
             p.attempts = p.attempts.max(attempts);
             p.backoff_until = now + backoff_for(p.attempts);
         }
-        self.to_backoff(&uid);
+        self.push_backoff(&uid);
     }
 
     fn requeue(&mut self, uid: &str, now: Instant) {
@@ -282,9 +282,9 @@ impl SchedulingQueue {
             return;
         };
         if p.backoff_until > now {
-            self.to_backoff(uid);
+            self.push_backoff(uid);
         } else {
-            self.to_active(uid);
+            self.push_active(uid);
         }
     }
 
@@ -315,7 +315,7 @@ impl SchedulingQueue {
                 break;
             }
             let (_, _, uid) = self.backoff.pop_first().expect("first exists");
-            self.to_active(&uid);
+            self.push_active(&uid);
         }
         let stale: Vec<String> = self
             .unschedulable

@@ -93,10 +93,10 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, Sc
 }
 
 enum Msg {
-    Pod(Event<Pod>),
-    Node(Event<Node>),
-    RuntimeClass(Event<RuntimeClass>),
-    Namespace(Event<Namespace>),
+    Pod(Box<Event<Pod>>),
+    Node(Box<Event<Node>>),
+    RuntimeClass(Box<Event<RuntimeClass>>),
+    Namespace(Box<Event<Namespace>>),
     Bound {
         pod: Arc<Pod>,
         node: String,
@@ -224,7 +224,7 @@ impl Loop {
     fn handle(&mut self, m: Msg) {
         let now = Instant::now();
         match m {
-            Msg::Pod(ev) => match ev {
+            Msg::Pod(ev) => match *ev {
                 Event::Init => self.pods.seen = Some(HashSet::new()),
                 Event::InitApply(p) | Event::Apply(p) => self.on_pod(p, now),
                 Event::Delete(p) => self.on_pod_deleted(&p, now),
@@ -236,7 +236,7 @@ impl Loop {
                     self.pods.synced = true;
                 }
             },
-            Msg::Node(ev) => match ev {
+            Msg::Node(ev) => match *ev {
                 Event::Init => self.nodes.seen = Some(HashSet::new()),
                 Event::InitApply(n) | Event::Apply(n) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
@@ -263,7 +263,7 @@ impl Loop {
                 }
             },
             Msg::RuntimeClass(ev) => {
-                match ev {
+                match *ev {
                     Event::Init => self.cache.runtime_classes.clear(),
                     Event::InitApply(rc) | Event::Apply(rc) => {
                         let name = rc.metadata.name.clone().unwrap_or_default();
@@ -279,7 +279,7 @@ impl Loop {
                 self.queue.on_event(ClusterEvent::RuntimeClassChanged, now);
             }
             Msg::Namespace(ev) => {
-                match ev {
+                match *ev {
                     Event::Init => self.cache.namespace_labels.clear(),
                     Event::InitApply(ns) | Event::Apply(ns) => {
                         let name = ns.metadata.name.clone().unwrap_or_default();
@@ -432,25 +432,25 @@ pub async fn run(
         )
         .default_backoff(),
         tx.clone(),
-        Msg::Pod,
+        |e| Msg::Pod(Box::new(e)),
         "pods",
     );
     spawn_informer(
         watcher(Api::<Node>::all(client.clone()), wcfg.clone()).default_backoff(),
         tx.clone(),
-        Msg::Node,
+        |e| Msg::Node(Box::new(e)),
         "nodes",
     );
     spawn_informer(
         watcher(Api::<RuntimeClass>::all(client.clone()), wcfg.clone()).default_backoff(),
         tx.clone(),
-        Msg::RuntimeClass,
+        |e| Msg::RuntimeClass(Box::new(e)),
         "runtimeclasses",
     );
     spawn_informer(
         watcher(Api::<Namespace>::all(client.clone()), wcfg).default_backoff(),
         tx.clone(),
-        Msg::Namespace,
+        |e| Msg::Namespace(Box::new(e)),
         "namespaces",
     );
     let recorder = Recorder::start(

@@ -28,7 +28,7 @@ impl FilterPlugin for RuntimeClassFilter {
         let Some(Ok(rc)) = &pod.runtime_class else {
             return None;
         };
-        if !node.runtime_handlers.iter().any(|h| *h == rc.handler) {
+        if !node.runtime_handlers.contains(&rc.handler) {
             return Some(Rejection::unresolvable(format!(
                 "node(s) didn't have the runtime handler \"{}\" of RuntimeClass \"{}\"",
                 rc.handler, rc.name
