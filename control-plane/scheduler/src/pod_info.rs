@@ -134,7 +134,12 @@ impl PodInfo {
     /// `runtime_classes` resolves `spec.runtimeClassName` (only needed for the pod
     /// being scheduled; pass `None` for pods already on nodes).
     pub fn new(pod: Arc<Pod>, runtime_classes: Option<&BTreeMap<String, RuntimeClass>>) -> Self {
-        let spec = pod.spec.clone().unwrap_or_default();
+        static NO_SPEC: std::sync::OnceLock<k8s_openapi::api::core::v1::PodSpec> =
+            std::sync::OnceLock::new();
+        let spec = pod
+            .spec
+            .as_ref()
+            .unwrap_or_else(|| NO_SPEC.get_or_init(Default::default));
         let mut host_ports = Vec::new();
         for c in spec
             .containers
@@ -151,31 +156,38 @@ impl PodInfo {
                 }
             }
         }
-        let aff = spec.affinity.clone().unwrap_or_default();
-        let pa = aff.pod_affinity.unwrap_or_default();
-        let paa = aff.pod_anti_affinity.unwrap_or_default();
-        let required = |ts: &Option<Vec<PodAffinityTerm>>| {
-            ts.iter()
+        let aff = spec.affinity.as_ref();
+        let pa = aff.and_then(|a| a.pod_affinity.as_ref());
+        let paa = aff.and_then(|a| a.pod_anti_affinity.as_ref());
+        let na = aff.and_then(|a| a.node_affinity.as_ref());
+        let required = |ts: Option<&Vec<PodAffinityTerm>>| {
+            ts.into_iter()
                 .flatten()
                 .map(|t| AffinityTerm::new(t, &pod, 1))
                 .collect::<Vec<_>>()
         };
-        let required_affinity = required(&pa.required_during_scheduling_ignored_during_execution);
-        let required_anti_affinity =
-            required(&paa.required_during_scheduling_ignored_during_execution);
-        let preferred_affinity = pa
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|w| AffinityTerm::new(&w.pod_affinity_term, &pod, w.weight as i64))
-            .collect();
-        let preferred_anti_affinity = paa
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|w| AffinityTerm::new(&w.pod_affinity_term, &pod, w.weight as i64))
-            .collect();
-        let na = aff.node_affinity.unwrap_or_default();
+        let preferred = |ts: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| {
+            ts.into_iter()
+                .flatten()
+                .map(|w| AffinityTerm::new(&w.pod_affinity_term, &pod, w.weight as i64))
+                .collect::<Vec<_>>()
+        };
+        let required_affinity = required(pa.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let required_anti_affinity = required(paa.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let preferred_affinity = preferred(pa.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let preferred_anti_affinity = preferred(paa.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
         let mut tolerations = spec.tolerations.clone().unwrap_or_default();
         let mut node_selector = spec.node_selector.clone().unwrap_or_default();
         let runtime_class = match (spec.runtime_class_name.as_deref(), runtime_classes) {
@@ -197,6 +209,18 @@ impl PodInfo {
             }),
             _ => None,
         };
+        let required_node_affinity = na.and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .clone()
+        });
+        let preferred_node_affinity = na
+            .and_then(|n| {
+                n.preferred_during_scheduling_ignored_during_execution
+                    .clone()
+            })
+            .unwrap_or_default();
+        let topology_spread = spec.topology_spread_constraints.clone().unwrap_or_default();
+        let priority = spec.priority.unwrap_or(0);
         let requests = pod_requests(&pod);
         PodInfo {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -210,13 +234,11 @@ impl PodInfo {
             preferred_anti_affinity,
             tolerations,
             node_selector,
-            required_node_affinity: na.required_during_scheduling_ignored_during_execution,
-            preferred_node_affinity: na
-                .preferred_during_scheduling_ignored_during_execution
-                .unwrap_or_default(),
-            topology_spread: spec.topology_spread_constraints.clone().unwrap_or_default(),
+            required_node_affinity,
+            preferred_node_affinity,
+            topology_spread,
             runtime_class,
-            priority: spec.priority.unwrap_or(0),
+            priority,
             pod,
         }
     }

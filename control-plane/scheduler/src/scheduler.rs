@@ -70,7 +70,11 @@ pub struct Stats {
     pub scheduled: AtomicU64,
     pub unschedulable: AtomicU64,
     pub bind_errors: AtomicU64,
-    /// Per bound pod: from its first pop to the binding's success.
+    /// Scheduling cycles run, and the time spent in the algorithm (filter + score).
+    pub cycles: AtomicU64,
+    pub algorithm_nanos: AtomicU64,
+    /// Per bound pod: from the start of its successful attempt to the binding's
+    /// success (algorithm, assume, queueing for a bind slot and the API call).
     pub latencies: Mutex<Vec<Duration>>,
 }
 
@@ -353,13 +357,19 @@ impl Loop {
             self.queue.delete(&qp.uid);
             return true;
         }
+        let started = Instant::now();
         let info = PodInfo::new(pod.clone(), Some(&self.cache.runtime_classes));
-        match self.fw.schedule(&info, &self.cache, &mut self.rng) {
+        let result = self.fw.schedule(&info, &self.cache, &mut self.rng);
+        self.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .algorithm_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match result {
             Ok(r) => {
                 tracing::debug!(pod = %info.key(), node = %r.node, evaluated = r.evaluated_nodes, feasible = r.feasible_nodes, "scheduled");
                 self.cache.assume(Arc::new(info), &r.node);
                 self.queue.done(&qp.uid);
-                self.bind(pod, r.node, qp.attempts, qp.first_seen);
+                self.bind(pod, r.node, qp.attempts, started);
             }
             Err(fit) => {
                 let message = fit.message();
