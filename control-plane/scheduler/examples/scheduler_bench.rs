@@ -129,6 +129,7 @@ async fn scenario(nodes: usize, pods: usize) -> anyhow::Result<()> {
         tls_sans: vec![],
         controllers: None,
         scheduler: false,
+        service_ranges: Default::default(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
