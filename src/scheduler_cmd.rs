@@ -15,33 +15,17 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     leader_elect: bool,
     /// How long a lease holder's claim lasts without renewal (e.g. `15s`).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     leader_elect_lease_duration: Duration,
     /// How long the leader keeps trying to renew before stepping down.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     leader_elect_renew_deadline: Duration,
     /// How often candidates try to acquire or renew.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
     leader_elect_retry_period: Duration,
     /// Pods whose `spec.schedulerName` is this are scheduled; others are left alone.
     #[arg(long, default_value = kelp_scheduler::DEFAULT_SCHEDULER_NAME)]
     scheduler_name: String,
-}
-
-/// `500ms`, `2s`, `1m` (Go duration style, one unit).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?}: a unit is required (ms, s, m)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().map_err(|_| format!("{s:?}: not a number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 pub async fn run(

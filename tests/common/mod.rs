@@ -298,7 +298,7 @@ impl Cluster {
             .expect("server log");
         let _ = writeln!(log, "===== harness: start #{} =====", self.starts);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelp"));
-        cmd.arg(self.command()).args(self.opts.extra_args);
+        cmd.arg(self.command());
         if let Some(node) = self.opts.up_node {
             cmd.args(["--node-name", node]);
         }
