@@ -555,7 +555,11 @@ spec:
         dir.display()
     );
     c.kubectl_ok(&["delete", "pod", "mem", "--wait=true", "--timeout=60s"]);
-    assert!(!mounted(&dir), "the tmpfs is unmounted with the pod");
+    // A terminal pod's object goes at once; the node cleans up after it.
+    assert!(
+        wait_until(DEADLINE, || !mounted(&dir)),
+        "the tmpfs is unmounted with the pod"
+    );
 
     // A changed image recreates the running container.
     let before = wait_pod(&c, &agent, "swap", "Running", |p| {
