@@ -85,7 +85,7 @@ impl Agent {
             .arg(c.data_dir().join("node-token"))
             .arg("--ca-file")
             .arg(c.data_dir().join("tls/ca.crt"))
-            .args(["--node-name", &name])
+            .args(["--node-name", &name, "--kubelet-port", "0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
