@@ -394,3 +394,133 @@ fn the_kubelet_server_authenticates_clients_by_ca_signed_certificate() {
     assert!(text.contains(&format!("IP Address:{ip}")), "{text}");
     assert!(text.contains("DNS:"), "{text}");
 }
+
+#[test]
+fn exec_returns_exit_codes_and_takes_stdin_and_attach_streams_output() {
+    let reg = registry::Registry::start();
+    let counter = format!("{}/kelp/counter:v1", reg.addr);
+    push(&example("wasm32-wasip1", "counter"), &counter);
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = &agent.name;
+    // hello.wasm reaches the pod through a hostPath volume: `kubectl exec` runs a
+    // .wasm from the container's mounts, or the container's own module again.
+    let examples = example_dir("wasm32-wasip1");
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: counter}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: counter
+    image: {counter}
+    env: [{{name: EXIT_CODE, value: "3"}}]
+    volumeMounts: [{{name: ex, mountPath: /ex}}]
+  volumes:
+  - {{name: ex, hostPath: {{path: "{}"}}}}
+"#,
+            examples.display()
+        ),
+    );
+    wait_pod(&c, &agent, "counter", "Running", running);
+
+    let out = c.kubectl_ok(&["exec", "counter", "--", "counter", "--once"]);
+    assert_eq!(out, "count 0\n");
+    let r = c.kubectl(&["exec", "counter", "--", "/ex/hello.wasm", "a b"]);
+    assert_eq!(r.status.code(), Some(3), "exit code; stderr: {}", r.stderr);
+    assert!(r.stdout.contains("args: /ex/hello.wasm a b\n"), "{}", r.stdout);
+    assert!(r.stderr.contains("command terminated with exit code 3"), "{}", r.stderr);
+    let r = c.kubectl_stdin(
+        &["exec", "-i", "counter", "--", "/ex/hello.wasm", "--stdin", "--stderr"],
+        "piped input\n",
+    );
+    assert_eq!(r.status.code(), Some(3), "{}", r.stderr);
+    assert!(r.stdout.contains("stdin: 12 bytes: piped input\n"), "{}", r.stdout);
+    assert!(r.stderr.contains("hello on stderr"), "{}", r.stderr);
+    let err = c.kubectl_err(&["exec", "counter", "--", "/nope/x.wasm"]);
+    assert!(err.contains("not inside any of the container's mounts"), "{err}");
+    let err = c.kubectl_err(&["exec", "counter", "-c", "other", "--", "x"]);
+    assert!(err.contains("container other is not valid for pod counter"), "{err}");
+
+    // attach: the running container's output as it is written.
+    let mut att = c.kubectl_spawn(&["attach", "counter"]);
+    let ok = wait_until(Duration::from_secs(20), || att.stdout().lines().count() >= 2);
+    assert!(ok, "kubectl attach printed {:?}; {}", att.stdout(), att.stderr());
+    assert!(att.stdout().starts_with("count "), "{}", att.stdout());
+    assert!(att.exited().is_none());
+}
+
+#[test]
+fn port_forward_reaches_a_wasi_http_pod() {
+    let reg = registry::Registry::start();
+    let http = format!("{}/kelp/http-hello:v1", reg.addr);
+    push(&example("wasm32-wasip2", "http_hello"), &http);
+    let c = Cluster::start(Backend::Sqlite);
+    let agent = Agent::start(&c);
+    let node = &agent.name;
+    let pod_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    c.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    image: {http}
+    ports: [{{containerPort: {pod_port}}}]
+"#
+        ),
+    );
+    wait_pod(&c, &agent, "web", "Running", running);
+    let (a, b) = (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let (local, dead) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+    drop((a, b));
+    let mut pf = c.kubectl_spawn(&[
+        "port-forward",
+        "pod/web",
+        &format!("{local}:{pod_port}"),
+        &format!("{dead}:1"),
+    ]);
+    let ok = wait_until(Duration::from_secs(20), || pf.stdout().contains("Forwarding from"));
+    assert!(ok, "port-forward never started: {} {}", pf.stdout(), pf.stderr());
+    for path in ["/one", "/two"] {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{local}{path}"))
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.contains("Hello from Kelp over wasi:http") && body.contains(path),
+            "GET {path} through port-forward: {body:?}; kubectl: {} {}",
+            pf.stdout(),
+            pf.stderr()
+        );
+    }
+    // A port nothing listens on: the connection fails, kubectl reports it, the
+    // session stays up for the other port.
+    let _ = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{dead}/"))
+        .output();
+    let reported = wait_until(Duration::from_secs(10), || {
+        pf.stderr().contains("error forwarding port 1 to pod")
+    });
+    assert!(reported, "kubectl stderr: {}", pf.stderr());
+    assert!(pf.exited().is_none(), "port-forward ended: {}", pf.stderr());
+}

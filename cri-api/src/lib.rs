@@ -30,6 +30,8 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 pub use prost;
 pub use tonic;
 
+pub mod streaming;
+
 /// The generated CRI v1 API (package `runtime.v1`).
 #[allow(
     clippy::all,

@@ -22,6 +22,7 @@ use kelp_cri_api::v1::image_service_client::ImageServiceClient;
 use kelp_cri_api::v1::image_service_server::ImageService;
 use kelp_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use kelp_cri_api::v1::runtime_service_server::RuntimeService;
+pub use kelp_cri_api::streaming::{StreamIo, StreamingRuntime};
 
 /// The CRI calls the kubelet needs (a subset of `RuntimeService` + `ImageService`).
 ///
@@ -86,6 +87,17 @@ pub trait CriRuntime: Send + Sync {
         &self,
         req: cri::ImageStatusRequest,
     ) -> Result<cri::ImageStatusResponse, Status>;
+
+    /// In-process streaming exec (the Wasm runtime). `None`: the runtime streams the
+    /// upstream way, through the URL CRI `Exec` returns (remote runtimes).
+    fn streaming(&self) -> Option<&dyn StreamingRuntime> {
+        None
+    }
+
+    /// CRI `Exec`: the URL of the runtime's streaming server for this exec.
+    async fn exec(&self, _req: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
+        Err(Status::unimplemented("Exec"))
+    }
 }
 
 /// Forwards each listed method to the in-process CRI service trait `$svc`.
@@ -94,8 +106,12 @@ macro_rules! in_process {
         #[async_trait::async_trait]
         impl<T> CriRuntime for Arc<T>
         where
-            T: RuntimeService + ImageService,
+            T: RuntimeService + ImageService + StreamingRuntime,
         {
+            fn streaming(&self) -> Option<&dyn StreamingRuntime> {
+                Some(&**self)
+            }
+
             $(
                 async fn $m(&self, req: $req) -> Result<$resp, Status> {
                     $svc::$m(&**self, Request::new(req))
@@ -171,6 +187,7 @@ remote! {
     runtime.list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
     runtime.container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
     runtime.exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
+    runtime.exec(cri::ExecRequest) -> cri::ExecResponse;
     images.pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     images.image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
 }

@@ -351,6 +351,55 @@ async fn follow(
     }
 }
 
+/// Attach: the container's output from the current end of its log on, each record
+/// to the channel of its stream (a full line gets its newline back), until the
+/// container has stopped running or both receivers are gone.
+pub async fn attach(
+    path: PathBuf,
+    running: RunningCheck,
+    stdout: Option<mpsc::Sender<Bytes>>,
+    stderr: Option<mpsc::Sender<Bytes>>,
+) {
+    let Ok(mut cur) = Cursor::open(&path) else {
+        return;
+    };
+    if cur.file.seek(SeekFrom::End(0)).is_err() {
+        return;
+    }
+    let mut last_check = tokio::time::Instant::now();
+    loop {
+        let lines = cur.read_lines().unwrap_or_default();
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(rec) = parse_record(line) else { continue };
+            let tx = if rec.stream == b"stderr" { &stderr } else { &stdout };
+            if let Some(tx) = tx {
+                let mut b = rec.message.to_vec();
+                if !rec.partial {
+                    b.push(b'\n');
+                }
+                let _ = tx.send(Bytes::from(b)).await;
+            }
+        }
+        let gone = |t: &Option<mpsc::Sender<Bytes>>| t.as_ref().is_none_or(|t| t.is_closed());
+        if gone(&stdout) && gone(&stderr) {
+            return;
+        }
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() != cur.ino) {
+            if let Ok(c) = Cursor::open(&path) {
+                cur = c;
+                continue;
+            }
+        }
+        if last_check.elapsed() >= RUNNING_CHECK {
+            last_check = tokio::time::Instant::now();
+            if !running().await {
+                return;
+            }
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

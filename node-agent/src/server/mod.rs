@@ -9,6 +9,9 @@
 
 pub mod logs;
 pub mod pods;
+pub mod portforward;
+pub mod remotecommand;
+pub mod spdy;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -21,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kelp_cri_api::v1 as cri;
@@ -167,6 +170,12 @@ fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", any(exec))
+        .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
+        .route("/attach/{ns}/{pod}/{container}", any(attach))
+        .route("/attach/{ns}/{pod}/{uid}/{container}", any(attach_uid))
+        .route("/portForward/{ns}/{pod}", any(port_forward))
+        .route("/portForward/{ns}/{pod}/{uid}", any(port_forward_uid))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(state)
 }
@@ -289,4 +298,239 @@ async fn container_logs(
     let rx = logs::stream(status.log_path.clone().into(), opts, running);
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// The runtime running container `container` of pod `ns/name`, and the container's
+/// id, for exec and attach (404/400 with upstream's words otherwise).
+async fn running_container(
+    state: &ServerState,
+    ns: &str,
+    name: &str,
+    container: &str,
+) -> Result<(Arc<dyn CriRuntime>, String, Option<String>), Response<Body>> {
+    let pod = pod_with_container(state, ns, name, container)?;
+    let id = pods::running_container_id(&pod, container).map_err(container_error)?;
+    let id = pods::strip_scheme(&id).to_string();
+    let (rt, status) = find_container(&state.router, &id).await.ok_or_else(|| {
+        text(
+            StatusCode::NOT_FOUND,
+            format!("container \"{container}\" in pod \"{name}\" is not running"),
+        )
+    })?;
+    let log = Some(status.log_path).filter(|p| !p.is_empty());
+    Ok((rt, id, log))
+}
+
+/// The WebSocket upgrade of a remote-command request, with its chosen protocol.
+async fn remote_command_socket(
+    parts: &mut http::request::Parts,
+) -> Result<(axum::extract::ws::WebSocketUpgrade, bool), Response<Body>> {
+    use axum::extract::FromRequestParts;
+    let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, &())
+        .await
+        .map_err(|_| {
+            // SPDY (kubectl's fallback when WebSockets are refused) is not served
+            // for exec/attach: kubectl 1.32 uses WebSockets first.
+            text(StatusCode::BAD_REQUEST, "Upgrade request required (WebSocket: v5.channel.k8s.io or v4.channel.k8s.io)")
+        })?
+        .protocols(remotecommand::PROTOCOLS);
+    let v5 = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(remotecommand::V5) => true,
+        Some(remotecommand::V4) => false,
+        _ => {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "no supported stream protocol offered (want v5.channel.k8s.io or v4.channel.k8s.io)",
+            ))
+        }
+    };
+    Ok((ws, v5))
+}
+
+async fn exec_uid(
+    state: State<Arc<ServerState>>,
+    Path((ns, name, _uid, container)): Path<(String, String, String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    exec(state, Path((ns, name, container)), req).await
+}
+
+/// `/exec/{ns}/{pod}/{container}?command=…&stdin=…`: WebSocket remote command.
+async fn exec(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name, container)): Path<(String, String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let (mut parts, _) = req.into_parts();
+    let opts = remotecommand::Options::from_query(parts.uri.query().unwrap_or(""));
+    if opts.command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command");
+    }
+    let (rt, id, _) = match running_container(&state, &ns, &name, &container).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (ws, v5) = match remote_command_socket(&mut parts).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    info!(pod = %format!("{ns}/{name}"), %container, command = ?opts.command, "exec");
+    ws.on_upgrade(move |socket| async move {
+        let cmd = opts.command.clone();
+        remotecommand::serve(socket, v5, opts, move |io| async move {
+            match rt.streaming() {
+                Some(s) => match s.exec_stream(&id, cmd, io).await {
+                    Ok(code) => remotecommand::Outcome::Exited(code),
+                    Err(e) => remotecommand::Outcome::Failed(e.message().to_string()),
+                },
+                // Remote runtimes stream through the URL CRI Exec returns; relaying
+                // to it is the seam for containerd (not served yet).
+                None => remotecommand::Outcome::Failed(
+                    "exec through this runtime's CRI streaming server is not supported yet".into(),
+                ),
+            }
+        })
+        .await
+    })
+}
+
+async fn attach_uid(
+    state: State<Arc<ServerState>>,
+    Path((ns, name, _uid, container)): Path<(String, String, String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    attach(state, Path((ns, name, container)), req).await
+}
+
+/// `/attach/{ns}/{pod}/{container}`: the running container's output from now on
+/// (read from its CRI log as it is written) until it exits. A Wasm container's
+/// stdin is not attachable (it is given at start).
+async fn attach(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name, container)): Path<(String, String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let (mut parts, _) = req.into_parts();
+    let opts = remotecommand::Options::from_query(parts.uri.query().unwrap_or(""));
+    let (rt, id, log) = match running_container(&state, &ns, &name, &container).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (ws, v5) = match remote_command_socket(&mut parts).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    ws.on_upgrade(move |socket| async move {
+        remotecommand::serve(socket, v5, opts, move |io| async move {
+            let Some(path) = log else {
+                return remotecommand::Outcome::Exited(0);
+            };
+            let running = running_check(rt, id);
+            logs::attach(path.into(), running, io.stdout, io.stderr).await;
+            remotecommand::Outcome::Exited(0)
+        })
+        .await
+    })
+}
+
+/// Asks the runtime whether container `id` still runs.
+fn running_check(rt: Arc<dyn CriRuntime>, id: String) -> logs::RunningCheck {
+    Box::new(move || {
+        let (rt, id) = (rt.clone(), id.clone());
+        Box::pin(async move {
+            rt.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+        })
+    })
+}
+
+async fn port_forward_uid(
+    state: State<Arc<ServerState>>,
+    Path((ns, name, _uid)): Path<(String, String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    port_forward(state, Path((ns, name)), req).await
+}
+
+/// `/portForward/{ns}/{pod}`: SPDY (plain or in a WebSocket) or WebSocket v4.
+async fn port_forward(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let (mut parts, _) = req.into_parts();
+    let Some(pod) = state.pods.get(&ns, &name) else {
+        return text(StatusCode::NOT_FOUND, format!("pod \"{ns}/{name}\" does not exist"));
+    };
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let Some(ip) = ip else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("pod \"{ns}/{name}\" has no IP address yet"),
+        );
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let dial = portforward::dialer(ip, format!("{ns}/{name}"), uid);
+    info!(pod = %format!("{ns}/{name}"), %ip, "port-forward");
+
+    let upgrade = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if upgrade.starts_with("spdy/3.1") {
+        let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return text(StatusCode::BAD_REQUEST, "Upgrade request required");
+        };
+        tokio::spawn(async move {
+            match on.await {
+                Ok(up) => spdy::serve_port_forward(TokioIo::new(up), dial).await,
+                Err(e) => debug!(error = %e, "spdy upgrade failed"),
+            }
+        });
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        h.insert(
+            "X-Stream-Protocol-Version",
+            HeaderValue::from_static(portforward::SPDY_PROTOCOL),
+        );
+        return r;
+    }
+
+    use axum::extract::FromRequestParts;
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let ws = match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws.protocols([portforward::SPDY_OVER_WS, portforward::WS_V4]),
+        Err(_) => return text(StatusCode::BAD_REQUEST, "Upgrade request required"),
+    };
+    match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(portforward::SPDY_OVER_WS) => ws.on_upgrade(move |socket| async move {
+            spdy::serve_port_forward(portforward::ws_pipe(socket), dial).await
+        }),
+        Some(portforward::WS_V4) => {
+            let ports = match portforward::ports_from_query(&query) {
+                Ok(p) => p,
+                Err(m) => return text(StatusCode::BAD_REQUEST, m),
+            };
+            ws.on_upgrade(move |socket| portforward::serve_ws_v4(socket, ports, dial))
+        }
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "no supported stream protocol offered (want SPDY/3.1+portforward.k8s.io or v4.channel.k8s.io)",
+        ),
+    }
 }

@@ -90,6 +90,84 @@ pub struct ContainerSpec {
     pub memory: MemoryGauge,
     /// Lets the runtime reopen the log file after the kubelet rotated it.
     pub log_reopen: crate::logs::LogReopen,
+    /// Streamed stdio (a streaming exec) in place of `stdin` and the CRI log.
+    pub pipes: Option<Pipes>,
+}
+
+/// A streamed command's stdio: stdin from the client, stdout/stderr to channels.
+/// Clones share the stdin reader (taken once, by the container that runs).
+#[derive(Clone)]
+pub struct Pipes {
+    pub stdin: Option<Arc<wasmtime_wasi::cli::AsyncStdinStream>>,
+    pub stdout: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    pub stderr: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+}
+
+impl std::fmt::Debug for Pipes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipes")
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .finish()
+    }
+}
+
+/// A streamed output: writes go into a bounded channel; a full channel makes the
+/// guest wait (its `check-write` reports no room until the client has read), and a
+/// closed one (the client went away) discards output.
+struct PipeOutput(Option<tokio::sync::mpsc::Sender<bytes::Bytes>>);
+
+impl wasmtime_wasi::cli::IsTerminal for PipeOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for PipeOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(PipeOutput(self.0.clone()))
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for PipeOutput {
+    async fn ready(&mut self) {
+        if let Some(tx) = &self.0 {
+            // Wait for room; the permit is given back at once (we are the only writer
+            // of this stream, so the room stays until our write).
+            let _ = tx.reserve().await;
+        }
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for PipeOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if let Some(tx) = &self.0 {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(b)) = tx.try_send(bytes) {
+                // Only a guest that ignored `check-write` gets here; its bytes are
+                // still delivered, later.
+                let tx = tx.clone();
+                tokio::spawn(async move { tx.send(b).await });
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(match &self.0 {
+            Some(tx) if !tx.is_closed() && tx.capacity() == 0 => 0,
+            _ => 1 << 20,
+        })
+    }
 }
 
 /// Memory a running container holds, and a limit that can change while it runs
@@ -391,10 +469,20 @@ pub(crate) fn wasi_builder(
     log: &CriLog,
 ) -> Result<WasiCtxBuilder, RuntimeError> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&spec.args)
-        .envs(&spec.env)
-        .stdout(LogOutput::new(log, Stream::Stdout))
-        .stderr(LogOutput::new(log, Stream::Stderr));
+    b.args(&spec.args).envs(&spec.env);
+    match &spec.pipes {
+        Some(p) => {
+            b.stdout(PipeOutput(p.stdout.clone()))
+                .stderr(PipeOutput(p.stderr.clone()));
+            if let Some(stdin) = &p.stdin {
+                b.stdin(stdin.clone());
+            }
+        }
+        None => {
+            b.stdout(LogOutput::new(log, Stream::Stdout))
+                .stderr(LogOutput::new(log, Stream::Stderr));
+        }
+    }
     let has = |k: &str| spec.env.iter().any(|(n, _)| n == k);
     if let Some(h) = &spec.hostname {
         if !has("HOSTNAME") {

@@ -20,12 +20,13 @@ pub struct ExecOutput {
 }
 
 impl WasmRuntime {
-    pub async fn exec_sync(
+    /// What an exec of `cmd` in container `id` runs: the program and the spec (the
+    /// container's, with `cmd` as argv and a log file of its own under the sandbox).
+    async fn exec_plan(
         &self,
         id: &str,
         cmd: &[String],
-        timeout: Option<Duration>,
-    ) -> Result<ExecOutput, ServiceError> {
+    ) -> Result<(Artifact, crate::container::ContainerSpec), ServiceError> {
         let c = self.container(id)?;
         if c.state().phase != ContainerPhase::Running {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -74,14 +75,24 @@ impl WasmRuntime {
         };
 
         let sb = self.sandbox(&c.sandbox_id)?;
-        let log_path = sb.dir.join(format!("exec-{}.log", new_id()));
         let mut spec = c.spec.clone();
         spec.args = cmd.to_vec();
-        spec.log_path = log_path.clone();
+        spec.log_path = sb.dir.join(format!("exec-{}.log", new_id()));
         spec.stdin = None;
         // The exec's own figures, not the container's.
         spec.memory = Default::default();
         spec.log_reopen = Default::default();
+        Ok((artifact, spec))
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, ServiceError> {
+        let (artifact, spec) = self.exec_plan(id, cmd).await?;
+        let log_path = spec.log_path.clone();
         let stop = StopHandle::default();
         let engine = self.engine().clone();
         let run = crate::container::run(&engine, &artifact, &spec, &stop);
@@ -111,6 +122,52 @@ impl WasmRuntime {
             out.stderr.push(b'\n');
         }
         Ok(out)
+    }
+
+    /// Streaming exec: `cmd` in container `id` with the client's stdio; resolves to
+    /// the exit code once the command ended (a trap's message goes to stderr, as
+    /// with [`WasmRuntime::exec_sync`]). Dropping the future stops the command.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        io: kelp_cri_api::streaming::StreamIo,
+    ) -> Result<i32, ServiceError> {
+        let (artifact, mut spec) = self.exec_plan(id, cmd).await?;
+        let stderr = io.stderr.clone();
+        spec.pipes = Some(crate::container::Pipes {
+            stdin: io
+                .stdin
+                .map(|r| std::sync::Arc::new(wasmtime_wasi::cli::AsyncStdinStream::new(r))),
+            stdout: io.stdout,
+            stderr: io.stderr,
+        });
+        // Nothing is logged (stdio is piped), but the log file is opened: remove it.
+        let log_path = spec.log_path.clone();
+        let stop = StopHandle::default();
+        let engine = self.engine().clone();
+        let status = crate::container::run(&engine, &artifact, &spec, &stop).await;
+        drop(spec);
+        std::fs::remove_file(&log_path).ok();
+        let status = status?;
+        if status.reason == ExitReason::Error && status.code != 0 && !status.message.is_empty() {
+            if let Some(tx) = stderr {
+                let _ = tx.send(format!("{}\n", status.message).into()).await;
+            }
+        }
+        Ok(status.code)
+    }
+}
+
+#[tonic::async_trait]
+impl kelp_cri_api::streaming::StreamingRuntime for WasmRuntime {
+    async fn exec_stream(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        io: kelp_cri_api::streaming::StreamIo,
+    ) -> Result<i32, tonic::Status> {
+        Ok(WasmRuntime::exec_stream(self, container_id, &cmd, io).await?)
     }
 }
 
