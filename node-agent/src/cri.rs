@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use kelp_cri_api::streaming::{StreamIo, StreamingRuntime};
 use kelp_cri_api::tonic::transport::Channel;
 use kelp_cri_api::tonic::{Request, Status};
 use kelp_cri_api::v1 as cri;
@@ -22,7 +23,6 @@ use kelp_cri_api::v1::image_service_client::ImageServiceClient;
 use kelp_cri_api::v1::image_service_server::ImageService;
 use kelp_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use kelp_cri_api::v1::runtime_service_server::RuntimeService;
-pub use kelp_cri_api::streaming::{StreamIo, StreamingRuntime};
 
 /// The CRI calls the kubelet needs (a subset of `RuntimeService` + `ImageService`).
 ///
@@ -88,6 +88,11 @@ pub trait CriRuntime: Send + Sync {
         req: cri::ImageStatusRequest,
     ) -> Result<cri::ImageStatusResponse, Status>;
 
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: cri::ListPodSandboxStatsRequest,
+    ) -> Result<cri::ListPodSandboxStatsResponse, Status>;
+
     /// In-process streaming exec (the Wasm runtime). `None`: the runtime streams the
     /// upstream way, through the URL CRI `Exec` returns (remote runtimes).
     fn streaming(&self) -> Option<&dyn StreamingRuntime> {
@@ -138,6 +143,7 @@ in_process! {
     RuntimeService::list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
     RuntimeService::container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
     RuntimeService::exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
+    RuntimeService::list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
     ImageService::pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     ImageService::image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
 }
@@ -188,6 +194,7 @@ remote! {
     runtime.container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
     runtime.exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
     runtime.exec(cri::ExecRequest) -> cri::ExecResponse;
+    runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
     images.pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     images.image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
 }
@@ -323,6 +330,7 @@ mod tests {
         list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
         container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
         exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
+        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
         pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
         image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
     }

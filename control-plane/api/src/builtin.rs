@@ -83,7 +83,15 @@ const ROWS: &[Row] = &[
     row("", "v1", "Pod", "pods", true, "io.k8s.api.core.v1.Pod")
         .short(&["po"])
         .all()
-        .sub(&["status", "binding", "eviction", "log", "exec", "attach", "portforward"]),
+        .sub(&[
+            "status",
+            "binding",
+            "eviction",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+        ]),
     row("", "v1", "Node", "nodes", false, "io.k8s.api.core.v1.Node")
         .short(&["no"])
         .sub(&["status"]),

@@ -257,6 +257,8 @@ async fn start_server(
         node_name: config.node_name.clone(),
         pods,
         router,
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        cpu_rates: Default::default(),
     });
     let addr = std::net::SocketAddr::new(config.node_ip, config.kubelet_port);
     Ok(KubeletServer::bind(addr, tls_cfg, state).await?)

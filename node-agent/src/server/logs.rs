@@ -370,8 +370,14 @@ pub async fn attach(
     loop {
         let lines = cur.read_lines().unwrap_or_default();
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Some(rec) = parse_record(line) else { continue };
-            let tx = if rec.stream == b"stderr" { &stderr } else { &stdout };
+            let Some(rec) = parse_record(line) else {
+                continue;
+            };
+            let tx = if rec.stream == b"stderr" {
+                &stderr
+            } else {
+                &stdout
+            };
             if let Some(tx) = tx {
                 let mut b = rec.message.to_vec();
                 if !rec.partial {

@@ -12,6 +12,7 @@ pub mod pods;
 pub mod portforward;
 pub mod remotecommand;
 pub mod spdy;
+pub mod stats;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -54,6 +55,9 @@ pub struct ServerState {
     pub node_name: String,
     pub pods: PodStore,
     pub router: RuntimeRouter,
+    /// When the kubelet started (RFC 3339; the Summary's node `startTime`).
+    pub started: String,
+    pub cpu_rates: stats::CpuRates,
 }
 
 /// A bound kubelet server, ready to serve.
@@ -170,6 +174,7 @@ fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats_summary))
         .route("/exec/{ns}/{pod}/{container}", any(exec))
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{ns}/{pod}/{container}", any(attach))
@@ -331,18 +336,19 @@ async fn remote_command_socket(
         .map_err(|_| {
             // SPDY (kubectl's fallback when WebSockets are refused) is not served
             // for exec/attach: kubectl 1.32 uses WebSockets first.
-            text(StatusCode::BAD_REQUEST, "Upgrade request required (WebSocket: v5.channel.k8s.io or v4.channel.k8s.io)")
+            text(
+                StatusCode::BAD_REQUEST,
+                "Upgrade request required (WebSocket: v5.channel.k8s.io or v4.channel.k8s.io)",
+            )
         })?
         .protocols(remotecommand::PROTOCOLS);
     let v5 = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(remotecommand::V5) => true,
         Some(remotecommand::V4) => false,
-        _ => {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                "no supported stream protocol offered (want v5.channel.k8s.io or v4.channel.k8s.io)",
-            ))
-        }
+        _ => return Err(text(
+            StatusCode::BAD_REQUEST,
+            "no supported stream protocol offered (want v5.channel.k8s.io or v4.channel.k8s.io)",
+        )),
     };
     Ok((ws, v5))
 }
@@ -364,7 +370,10 @@ async fn exec(
     let (mut parts, _) = req.into_parts();
     let opts = remotecommand::Options::from_query(parts.uri.query().unwrap_or(""));
     if opts.command.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 command",
+        );
     }
     let (rt, id, _) = match running_container(&state, &ns, &name, &container).await {
         Ok(r) => r,
@@ -466,7 +475,10 @@ async fn port_forward(
 ) -> Response<Body> {
     let (mut parts, _) = req.into_parts();
     let Some(pod) = state.pods.get(&ns, &name) else {
-        return text(StatusCode::NOT_FOUND, format!("pod \"{ns}/{name}\" does not exist"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{ns}/{name}\" does not exist"),
+        );
     };
     let ip = pod
         .status
@@ -533,4 +545,15 @@ async fn port_forward(
             "no supported stream protocol offered (want SPDY/3.1+portforward.k8s.io or v4.channel.k8s.io)",
         ),
     }
+}
+
+/// `GET /stats/summary`.
+async fn stats_summary(State(state): State<Arc<ServerState>>) -> Response<Body> {
+    let v = stats::summary(&state).await;
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }

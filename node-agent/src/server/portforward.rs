@@ -27,8 +27,11 @@ pub fn dialer(ip: IpAddr, pod: String, uid: String) -> Dial {
     std::sync::Arc::new(move |port: u16| {
         let (pod, uid) = (pod.clone(), uid.clone());
         Box::pin(async move {
-            let fail = |e: String| format!("error forwarding port {port} to pod {pod}, uid {uid}: {e}");
-            match tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((ip, port))).await {
+            let fail =
+                |e: String| format!("error forwarding port {port} to pod {pod}, uid {uid}: {e}");
+            match tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((ip, port)))
+                .await
+            {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     Ok(s)
@@ -50,11 +53,7 @@ pub fn ws_pipe(socket: WebSocket) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) => {
-                    if w.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if w.write_all(&b).await.is_err() => break,
                 Message::Close(_) | Message::Text(_) => break,
                 _ => {}
             }
@@ -78,7 +77,10 @@ pub fn ws_pipe(socket: WebSocket) -> tokio::io::DuplexStream {
             }
         }
         let _ = sink
-            .send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() })))
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
             .await;
     });
     theirs
@@ -186,7 +188,10 @@ pub async fn serve_ws_v4(socket: WebSocket, ports: Vec<u16>, dial: Dial) {
         }
     }
     let _ = sink
-        .send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() })))
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
         .await;
 }
 

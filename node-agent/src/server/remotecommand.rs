@@ -74,7 +74,10 @@ pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Stdin(Bytes),
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
     /// v5: the client closed its stream on this channel.
     Close(u8),
     Ignored,
@@ -202,7 +205,9 @@ where
     let outcome = outcome.unwrap_or(Outcome::Failed("no outcome".into()));
     let st = status(&outcome, &opts.command);
     let _ = sink
-        .send(Message::Binary(frame(ERROR, st.to_string().as_bytes()).into()))
+        .send(Message::Binary(
+            frame(ERROR, st.to_string().as_bytes()).into(),
+        ))
         .await;
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
@@ -230,12 +235,18 @@ mod tests {
     #[test]
     fn channel_framing() {
         assert_eq!(frame(STDOUT, b"hi"), [1, b'h', b'i']);
-        assert_eq!(parse_inbound(&[0, b'a'], true), Inbound::Stdin(Bytes::from_static(b"a")));
+        assert_eq!(
+            parse_inbound(&[0, b'a'], true),
+            Inbound::Stdin(Bytes::from_static(b"a"))
+        );
         assert_eq!(parse_inbound(&[255, 0], true), Inbound::Close(0));
         assert_eq!(parse_inbound(&[255, 0], false), Inbound::Ignored);
         assert_eq!(
             parse_inbound(b"\x04{\"Width\":100,\"Height\":30}\n", true),
-            Inbound::Resize { width: 100, height: 30 }
+            Inbound::Resize {
+                width: 100,
+                height: 30
+            }
         );
         assert_eq!(parse_inbound(&[], true), Inbound::Ignored);
     }
@@ -248,7 +259,10 @@ mod tests {
         );
         let s = status(&Outcome::Exited(3), &["fail".into()]);
         assert_eq!(s["reason"], "NonZeroExitCode");
-        assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+        assert_eq!(
+            s["details"]["causes"][0],
+            json!({"reason": "ExitCode", "message": "3"})
+        );
         assert_eq!(
             s["message"],
             "command terminated with non-zero exit code: error executing command [fail], exit code 3"

@@ -17,16 +17,71 @@ use tokio::sync::mpsc;
 /// The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00 §2.6.10.1).
 fn dictionary() -> Vec<u8> {
     const NAMES: &[&str] = &[
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-        "accept-encoding", "accept-language", "accept-ranges", "age", "allow", "authorization",
-        "cache-control", "connection", "content-base", "content-encoding", "content-language",
-        "content-length", "content-location", "content-md5", "content-range", "content-type",
-        "date", "etag", "expect", "expires", "from", "host", "if-match", "if-modified-since",
-        "if-none-match", "if-range", "if-unmodified-since", "last-modified", "location",
-        "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range",
-        "referer", "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade",
-        "user-agent", "vary", "via", "warning", "www-authenticate", "method", "get", "status",
-        "200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin",
+        "options",
+        "head",
+        "post",
+        "put",
+        "delete",
+        "trace",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-base",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "content-type",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "retry-after",
+        "server",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "method",
+        "get",
+        "status",
+        "200 OK",
+        "version",
+        "HTTP/1.1",
+        "url",
+        "public",
+        "set-cookie",
+        "keep-alive",
+        "origin",
     ];
     let mut d = Vec::with_capacity(1423);
     for n in NAMES {
@@ -74,17 +129,47 @@ pub type Headers = Vec<(String, String)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Data { stream_id: u32, fin: bool, data: Bytes },
-    SynStream { stream_id: u32, associated: u32, fin: bool, headers: Headers },
-    SynReply { stream_id: u32, fin: bool, headers: Headers },
-    RstStream { stream_id: u32, status: u32 },
+    Data {
+        stream_id: u32,
+        fin: bool,
+        data: Bytes,
+    },
+    SynStream {
+        stream_id: u32,
+        associated: u32,
+        fin: bool,
+        headers: Headers,
+    },
+    SynReply {
+        stream_id: u32,
+        fin: bool,
+        headers: Headers,
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
     Settings,
-    Ping { id: u32 },
-    GoAway { last_good: u32, status: u32 },
-    Headers { stream_id: u32, fin: bool, headers: Headers },
-    WindowUpdate { stream_id: u32, delta: u32 },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good: u32,
+        status: u32,
+    },
+    Headers {
+        stream_id: u32,
+        fin: bool,
+        headers: Headers,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
     /// A control frame type this subset does not use (ignored, as the spec says).
-    Unknown { kind: u16 },
+    Unknown {
+        kind: u16,
+    },
 }
 
 /// The value of header `name`.
@@ -120,7 +205,9 @@ impl Decoder {
         loop {
             out.reserve(4096);
             let before_in = self.inflate.total_in();
-            let r = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
+            let r = self
+                .inflate
+                .decompress_vec(input, &mut out, FlushDecompress::Sync);
             let used = (self.inflate.total_in() - before_in) as usize;
             input = &input[used..];
             match r {
@@ -182,21 +269,37 @@ impl Decoder {
                 let associated = p.get_u32() & 0x7fff_ffff;
                 p.advance(2);
                 let headers = self.inflate_block(&p)?;
-                Frame::SynStream { stream_id, associated, fin, headers }
+                Frame::SynStream {
+                    stream_id,
+                    associated,
+                    fin,
+                    headers,
+                }
             }
             SYN_REPLY | HEADERS => {
                 need(&p, 4, "SYN_REPLY")?;
                 let stream_id = p.get_u32() & 0x7fff_ffff;
                 let headers = self.inflate_block(&p)?;
                 if kind == SYN_REPLY {
-                    Frame::SynReply { stream_id, fin, headers }
+                    Frame::SynReply {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
                 } else {
-                    Frame::Headers { stream_id, fin, headers }
+                    Frame::Headers {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
                 }
             }
             RST_STREAM => {
                 need(&p, 8, "RST_STREAM")?;
-                Frame::RstStream { stream_id: p.get_u32() & 0x7fff_ffff, status: p.get_u32() }
+                Frame::RstStream {
+                    stream_id: p.get_u32() & 0x7fff_ffff,
+                    status: p.get_u32(),
+                }
             }
             SETTINGS => Frame::Settings,
             PING => {
@@ -301,12 +404,21 @@ impl Encoder {
     pub fn encode(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), SpdyError> {
         let fin = |b: bool| if b { FLAG_FIN } else { 0 };
         match f {
-            Frame::Data { stream_id, fin: f, data } => {
+            Frame::Data {
+                stream_id,
+                fin: f,
+                data,
+            } => {
                 out.put_u32(stream_id & 0x7fff_ffff);
                 out.put_u32((u32::from(fin(*f)) << 24) | data.len() as u32);
                 out.extend_from_slice(data);
             }
-            Frame::SynStream { stream_id, associated, fin: f, headers } => {
+            Frame::SynStream {
+                stream_id,
+                associated,
+                fin: f,
+                headers,
+            } => {
                 let mut p = Vec::new();
                 p.put_u32(*stream_id);
                 p.put_u32(*associated);
@@ -314,13 +426,21 @@ impl Encoder {
                 p.extend(self.deflate_block(headers)?);
                 Self::control(SYN_STREAM, fin(*f), &p, out);
             }
-            Frame::SynReply { stream_id, fin: f, headers } => {
+            Frame::SynReply {
+                stream_id,
+                fin: f,
+                headers,
+            } => {
                 let mut p = Vec::new();
                 p.put_u32(*stream_id);
                 p.extend(self.deflate_block(headers)?);
                 Self::control(SYN_REPLY, fin(*f), &p, out);
             }
-            Frame::Headers { stream_id, fin: f, headers } => {
+            Frame::Headers {
+                stream_id,
+                fin: f,
+                headers,
+            } => {
                 let mut p = Vec::new();
                 p.put_u32(*stream_id);
                 p.extend(self.deflate_block(headers)?);
@@ -412,9 +532,15 @@ where
                 }
             };
             match frame {
-                Frame::SynStream { stream_id, headers, .. } => {
+                Frame::SynStream {
+                    stream_id, headers, ..
+                } => {
                     let _ = out
-                        .send(Frame::SynReply { stream_id, fin: false, headers: Vec::new() })
+                        .send(Frame::SynReply {
+                            stream_id,
+                            fin: false,
+                            headers: Vec::new(),
+                        })
                         .await;
                     let request = header(&headers, "requestid").unwrap_or("").to_string();
                     match header(&headers, "streamtype") {
@@ -439,15 +565,25 @@ where
                         other => {
                             tracing::debug!(?other, "spdy: stream of unknown type; reset");
                             let _ = out
-                                .send(Frame::RstStream { stream_id, status: CANCEL })
+                                .send(Frame::RstStream {
+                                    stream_id,
+                                    status: CANCEL,
+                                })
                                 .await;
                         }
                     }
                 }
-                Frame::Data { stream_id, fin, data } => {
+                Frame::Data {
+                    stream_id,
+                    fin,
+                    data,
+                } => {
                     if !data.is_empty() {
                         let _ = out
-                            .send(Frame::WindowUpdate { stream_id, delta: data.len() as u32 })
+                            .send(Frame::WindowUpdate {
+                                stream_id,
+                                delta: data.len() as u32,
+                            })
                             .await;
                     }
                     if let Some(tx) = inbound.get(&stream_id) {
@@ -497,7 +633,11 @@ async fn forward(
     mut rx: mpsc::Receiver<Option<Bytes>>,
     out: mpsc::Sender<Frame>,
 ) {
-    let fin = |id: u32| Frame::Data { stream_id: id, fin: true, data: Bytes::new() };
+    let fin = |id: u32| Frame::Data {
+        stream_id: id,
+        fin: true,
+        data: Bytes::new(),
+    };
     let tcp = match port {
         Some(p) => dial(p).await,
         None => Err("invalid or missing port header".to_string()),
@@ -507,7 +647,11 @@ async fn forward(
         Err(msg) => {
             if let Some(e) = err_stream {
                 let _ = out
-                    .send(Frame::Data { stream_id: e, fin: true, data: Bytes::from(msg) })
+                    .send(Frame::Data {
+                        stream_id: e,
+                        fin: true,
+                        data: Bytes::from(msg),
+                    })
                     .await;
             }
             let _ = out.send(fin(stream_id)).await;
@@ -530,7 +674,15 @@ async fn forward(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let data = Bytes::copy_from_slice(&buf[..n]);
-                    if out.send(Frame::Data { stream_id, fin: false, data }).await.is_err() {
+                    if out
+                        .send(Frame::Data {
+                            stream_id,
+                            fin: false,
+                            data,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -549,7 +701,10 @@ mod tests {
     use super::*;
 
     fn hdrs(pairs: &[(&str, &str)]) -> Headers {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -566,21 +721,46 @@ mod tests {
                 fin: false,
                 headers: hdrs(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
             },
-            Frame::Data { stream_id: 1, fin: true, data: Bytes::new() },
+            Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: Bytes::new(),
+            },
             Frame::SynStream {
                 stream_id: 3,
                 associated: 0,
                 fin: false,
                 headers: hdrs(&[("streamtype", "data"), ("port", "80"), ("requestid", "0")]),
             },
-            Frame::SynReply { stream_id: 3, fin: false, headers: Vec::new() },
-            Frame::Headers { stream_id: 3, fin: false, headers: hdrs(&[("x", "a\0b")]) },
-            Frame::Data { stream_id: 3, fin: false, data: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n") },
-            Frame::WindowUpdate { stream_id: 3, delta: 18 },
+            Frame::SynReply {
+                stream_id: 3,
+                fin: false,
+                headers: Vec::new(),
+            },
+            Frame::Headers {
+                stream_id: 3,
+                fin: false,
+                headers: hdrs(&[("x", "a\0b")]),
+            },
+            Frame::Data {
+                stream_id: 3,
+                fin: false,
+                data: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
+            },
+            Frame::WindowUpdate {
+                stream_id: 3,
+                delta: 18,
+            },
             Frame::Ping { id: 7 },
-            Frame::RstStream { stream_id: 3, status: CANCEL },
+            Frame::RstStream {
+                stream_id: 3,
+                status: CANCEL,
+            },
             Frame::Settings,
-            Frame::GoAway { last_good: 3, status: 0 },
+            Frame::GoAway {
+                last_good: 3,
+                status: 0,
+            },
         ];
         let mut enc = Encoder::default();
         let mut wire = Vec::new();
@@ -609,18 +789,35 @@ mod tests {
         enc.encode(&Frame::Ping { id: 1 }, &mut wire).unwrap();
         assert_eq!(wire, [0x80, 0x03, 0x00, 0x06, 0, 0, 0, 4, 0, 0, 0, 1]);
         wire.clear();
-        enc.encode(&Frame::Data { stream_id: 5, fin: true, data: Bytes::new() }, &mut wire)
-            .unwrap();
+        enc.encode(
+            &Frame::Data {
+                stream_id: 5,
+                fin: true,
+                data: Bytes::new(),
+            },
+            &mut wire,
+        )
+        .unwrap();
         assert_eq!(wire, [0, 0, 0, 5, 1, 0, 0, 0]);
         // An empty header block compressed with the dictionary, as kubectl sends it
         // (zlib header 78 bb + the dictionary's adler32).
         let mut d = Decoder::default();
         let mut syn = Vec::new();
-        enc.encode(&Frame::SynReply { stream_id: 1, fin: false, headers: Vec::new() }, &mut syn)
-            .unwrap();
+        enc.encode(
+            &Frame::SynReply {
+                stream_id: 1,
+                fin: false,
+                headers: Vec::new(),
+            },
+            &mut syn,
+        )
+        .unwrap();
         assert_eq!(&syn[12..14], &[0x78, 0xbb]);
         d.push(&syn);
-        assert!(matches!(d.next_frame().unwrap(), Some(Frame::SynReply { stream_id: 1, .. })));
+        assert!(matches!(
+            d.next_frame().unwrap(),
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
     }
 
     #[test]
@@ -663,12 +860,40 @@ mod tests {
         let mut send = Vec::new();
         let p = echo_port.to_string();
         for f in [
-            Frame::SynStream { stream_id: 1, associated: 0, fin: false, headers: hdrs(&[("streamtype", "error"), ("port", &p), ("requestid", "0")]) },
-            Frame::Data { stream_id: 1, fin: true, data: Bytes::new() },
-            Frame::SynStream { stream_id: 3, associated: 0, fin: false, headers: hdrs(&[("streamtype", "data"), ("port", &p), ("requestid", "0")]) },
-            Frame::Data { stream_id: 3, fin: false, data: Bytes::from_static(b"hello") },
-            Frame::SynStream { stream_id: 5, associated: 0, fin: false, headers: hdrs(&[("streamtype", "error"), ("port", "1"), ("requestid", "1")]) },
-            Frame::SynStream { stream_id: 7, associated: 0, fin: false, headers: hdrs(&[("streamtype", "data"), ("port", "1"), ("requestid", "1")]) },
+            Frame::SynStream {
+                stream_id: 1,
+                associated: 0,
+                fin: false,
+                headers: hdrs(&[("streamtype", "error"), ("port", &p), ("requestid", "0")]),
+            },
+            Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: Bytes::new(),
+            },
+            Frame::SynStream {
+                stream_id: 3,
+                associated: 0,
+                fin: false,
+                headers: hdrs(&[("streamtype", "data"), ("port", &p), ("requestid", "0")]),
+            },
+            Frame::Data {
+                stream_id: 3,
+                fin: false,
+                data: Bytes::from_static(b"hello"),
+            },
+            Frame::SynStream {
+                stream_id: 5,
+                associated: 0,
+                fin: false,
+                headers: hdrs(&[("streamtype", "error"), ("port", "1"), ("requestid", "1")]),
+            },
+            Frame::SynStream {
+                stream_id: 7,
+                associated: 0,
+                fin: false,
+                headers: hdrs(&[("streamtype", "data"), ("port", "1"), ("requestid", "1")]),
+            },
         ] {
             enc.encode(&f, &mut send).unwrap();
         }
@@ -688,11 +913,19 @@ mod tests {
             while let Some(f) = dec.next_frame().unwrap() {
                 match f {
                     Frame::SynReply { .. } => replies += 1,
-                    Frame::Data { stream_id: 3, fin, data } => {
+                    Frame::Data {
+                        stream_id: 3,
+                        fin,
+                        data,
+                    } => {
                         echoed.extend_from_slice(&data);
                         data_fin |= fin;
                     }
-                    Frame::Data { stream_id: 5, fin, data } => {
+                    Frame::Data {
+                        stream_id: 5,
+                        fin,
+                        data,
+                    } => {
                         error_text.extend_from_slice(&data);
                         err_fin |= fin;
                     }
