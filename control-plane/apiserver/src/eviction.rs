@@ -81,12 +81,58 @@ pub async fn evict(
         take_disruption(app, &ns, &name, &pod, q).await?;
     }
     if !q.dry_run() {
+        if pod.pointer("/metadata/deletionTimestamp").is_none() {
+            mark_disruption_target(app, t, &ns, &name, q).await?;
+        }
         delete_object(app, &t.info, Some(&ns), &name, &opts).await?;
     }
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
+}
+
+/// Upstream (PodDisruptionConditions): the pod learns why it goes before it is
+/// deleted, so a Job's podFailurePolicy can match `DisruptionTarget`.
+async fn mark_disruption_target(
+    app: &App,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    q: &Query,
+) -> ApiResult<()> {
+    let mut mutate = |current: &Value| -> ApiResult<Value> {
+        let mut next = current.clone();
+        let mut conds: Vec<Value> = next["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.get("type").and_then(Value::as_str) != Some("DisruptionTarget"))
+            .collect();
+        conds.push(json!({
+            "type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting", "lastProbeTime": null,
+            "lastTransitionTime": now_rfc3339(),
+        }));
+        next["status"]["conditions"] = json!(conds);
+        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        Ok(next)
+    };
+    guaranteed_update(
+        app,
+        &t.info,
+        Some(ns),
+        name,
+        Some("status"),
+        q,
+        Some("kube-apiserver"),
+        &mut mutate,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Checks the pod's budget and records the disruption (upstream `checkAndDecrement`).

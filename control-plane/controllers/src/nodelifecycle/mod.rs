@@ -197,6 +197,7 @@ impl Monitor {
                 .unwrap_or_default();
             if eviction_delay(&taints, &tols, ts) == Some(Duration::ZERO) {
                 tracing::info!(pod = %pod.name_any(), node = %name, "evicting pod from a NoExecute-tainted node");
+                add_disruption_target(&pods_api, pod).await?;
                 ops::delete_pod(&pods_api, &pod.name_any()).await?;
                 self.events.record(
                     pod.as_ref(),
@@ -225,6 +226,37 @@ fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondi
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "Ready")
+}
+
+/// Upstream's taint manager tells the pod why it goes (DisruptionTarget) first.
+async fn add_disruption_target(api: &Api<Pod>, pod: &Pod) -> Result<(), ControllerError> {
+    let mut conds = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    conds.retain(|c| c.type_ != "DisruptionTarget");
+    conds.push(k8s_openapi::api::core::v1::PodCondition {
+        type_: "DisruptionTarget".into(),
+        status: "True".into(),
+        reason: Some("DeletionByTaintManager".into()),
+        message: Some("Taint manager: deleting due to NoExecute taint".into()),
+        last_transition_time: Some(now()),
+        ..Default::default()
+    });
+    let patch = json!({"status": {"conditions": conds}});
+    match api
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if ops::is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Upstream `MarkPodsNotReady`: the pod's Ready condition becomes False.
