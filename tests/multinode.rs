@@ -92,6 +92,8 @@ fn a_lost_node_goes_not_ready_its_pods_move_and_it_comes_back_clean() {
         Options {
             up_node: Some("main"),
             extra_args: &[
+                "--kubelet-port",
+                "0",
                 "--node-monitor-grace-period",
                 "15s",
                 "--node-monitor-period",

@@ -49,13 +49,14 @@ fn push(reg: &registry::Registry, name: &str) -> String {
     reference
 }
 
-/// `kelp up` with its in-process node, on its own loopback address.
-fn up(extra: &'static [&'static str]) -> Cluster {
+/// `kelp up` with its in-process node, on its own loopback address (its kubelet on
+/// any free port, so clusters of concurrent tests do not compete for 10250).
+fn up() -> Cluster {
     let c = Cluster::start_with(
         Backend::Sqlite,
         Options {
             up_node: Some("main"),
-            extra_args: extra,
+            extra_args: &["--kubelet-port", "0"],
             ..Default::default()
         },
     );
@@ -113,7 +114,7 @@ fn phase(p: &Value) -> &str {
 
 #[test]
 fn jobs_complete_fail_at_the_backoff_limit_index_and_expire() {
-    let c = up(&[]);
+    let c = up();
     let reg = registry::Registry::start();
     let hello = push(&reg, "hello");
 
@@ -310,7 +311,7 @@ spec:
 fn cronjob_fires_and_its_job_completes() {
     // `@every 5s` (robfig/cron's descriptor, which upstream accepts) fires within
     // seconds; a standard 5-field schedule would make the test wait for a minute.
-    let c = up(&[]);
+    let c = up();
     let reg = registry::Registry::start();
     let hello = push(&reg, "hello");
     c.kubectl_stdin_ok(
@@ -384,7 +385,7 @@ spec:
 
 #[test]
 fn daemonset_one_pod_per_node_ipam_cidrs_and_endpoints_follow_ready_pods() {
-    let c = up(&[]);
+    let c = up();
     let _second = agent::Agent::start(&c, "ds");
     let reg = registry::Registry::start();
     let counter = push(&reg, "counter");
@@ -540,7 +541,7 @@ fn pod_nodes(c: &Cluster, selector: &str) -> Vec<String> {
 
 #[test]
 fn cordon_and_drain_move_pods_off_a_node_within_the_disruption_budget() {
-    let c = up(&[]);
+    let c = up();
     let other = agent::Agent::start(&c, "drain");
     let reg = registry::Registry::start();
     let counter = push(&reg, "counter");
@@ -617,7 +618,7 @@ fn cordon_and_drain_move_pods_off_a_node_within_the_disruption_budget() {
 
 #[test]
 fn statefulset_orders_names_scales_down_from_the_top_and_rolls_with_a_partition() {
-    let c = up(&[]);
+    let c = up();
     let reg = registry::Registry::start();
     let counter = push(&reg, "counter");
     c.kubectl_stdin_ok(

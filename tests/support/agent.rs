@@ -56,7 +56,14 @@ impl Agent {
             .arg(c.data_dir().join("node-token"))
             .arg("--ca-file")
             .arg(c.data_dir().join("tls/ca.crt"))
-            .args(["--node-name", &name, "--node-ip", &node_ip])
+            .args([
+                "--node-name",
+                &name,
+                "--node-ip",
+                &node_ip,
+                "--kubelet-port",
+                "0",
+            ])
             .arg("--data-dir")
             .arg(&data_dir)
             .env("KELP_LOG", "info")
