@@ -10,6 +10,8 @@
 pub mod client;
 pub mod cri;
 pub mod kubelet;
+pub mod network;
+pub mod proxy;
 pub mod server;
 
 pub use cri::{CriRuntime, RemoteRuntime, RuntimeRouter};

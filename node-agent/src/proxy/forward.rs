@@ -1,0 +1,167 @@
+//! The data path: TCP connections spliced to an endpoint, UDP datagrams relayed
+//! through one upstream socket per client. Connections outlive their listener and
+//! endpoint set: an endpoint leaving the set only stops new connections to it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tracing::debug;
+
+use super::balancer::Balancer;
+use super::metrics::PortMetrics;
+
+/// How long a TCP connect to an endpoint may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Accepts on `listener` forever, one task per connection.
+pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: Arc<PortMetrics>) {
+    loop {
+        let (inbound, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let balancer = balancer.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            let Some(mut outbound) = connect(&balancer, peer).await else {
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut inbound = inbound;
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            metrics.active.fetch_add(1, Ordering::Relaxed);
+            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+            {
+                metrics.bytes.fetch_add(up + down, Ordering::Relaxed);
+            }
+            metrics.active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Connects to an endpoint for `peer`, trying each endpoint once when connects fail
+/// (an endpoint that just went away, before its EndpointSlice said so).
+async fn connect(balancer: &Balancer, peer: SocketAddr) -> Option<TcpStream> {
+    let tries = balancer.backends().addrs.len();
+    for skip in 0..tries {
+        let addr = balancer.pick(peer.ip(), skip, Instant::now())?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(e)) => debug!(endpoint = %addr, error = %e, "endpoint refused; trying the next"),
+            Err(_) => debug!(endpoint = %addr, "endpoint connect timed out; trying the next"),
+        }
+        balancer.forget(peer.ip(), addr);
+    }
+    None
+}
+
+/// One client's UDP flow: an upstream socket connected to its endpoint.
+struct UdpSession {
+    upstream: Arc<UdpSocket>,
+    last: Mutex<Instant>,
+}
+
+/// Relays datagrams arriving on `socket`: each client gets an upstream socket to one
+/// endpoint (chosen like a TCP connection) whose replies go back from `socket`;
+/// sessions idle longer than `idle` end.
+pub async fn serve_udp(
+    socket: UdpSocket,
+    balancer: Arc<Balancer>,
+    metrics: Arc<PortMetrics>,
+    idle: Duration,
+) {
+    let socket = Arc::new(socket);
+    let sessions: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSession>>>> = Arc::default();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let existing = sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                let Some(s) = open_udp(&balancer, peer).await else {
+                    metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                let s = Arc::new(s);
+                sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(peer, s.clone());
+                tokio::spawn(relay_back(
+                    socket.clone(),
+                    s.clone(),
+                    peer,
+                    sessions.clone(),
+                    idle,
+                ));
+                s
+            }
+        };
+        *session.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        if session.upstream.send(&buf[..n]).await.is_ok() {
+            metrics.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn open_udp(balancer: &Balancer, peer: SocketAddr) -> Option<UdpSession> {
+    let addr = balancer.pick(peer.ip(), 0, Instant::now())?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let upstream = UdpSocket::bind(bind).await.ok()?;
+    upstream.connect(addr).await.ok()?;
+    Some(UdpSession {
+        upstream: Arc::new(upstream),
+        last: Mutex::new(Instant::now()),
+    })
+}
+
+async fn relay_back(
+    socket: Arc<UdpSocket>,
+    session: Arc<UdpSession>,
+    peer: SocketAddr,
+    sessions: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSession>>>>,
+    idle: Duration,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match tokio::time::timeout(idle, session.upstream.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let _ = socket.send_to(&buf[..n], peer).await;
+            }
+            Ok(Err(_)) => {} // ICMP unreachable from the endpoint: keep listening
+            Err(_) => {
+                let last = *session.last.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() >= idle {
+                    break;
+                }
+            }
+        }
+    }
+    sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&peer);
+}
