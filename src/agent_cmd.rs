@@ -8,6 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use kelp_node_agent::kube::Client;
+use kelp_node_agent::network::{AddressMode, PodNetwork};
+use kelp_node_agent::proxy::{self, ProxyConfig};
 use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime, RuntimeRouter};
 use kelp_runtime_wasm::service::{RuntimeConfig, WasmRuntime};
 use tokio::sync::watch;
@@ -37,6 +39,54 @@ pub struct NodeArgs {
     /// advertises the bound one).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// Pod networking and the service proxy of a node.
+#[derive(Args, Clone, Debug)]
+pub struct NetArgs {
+    /// The interface holding pod and ClusterIP addresses (created when missing; needs
+    /// CAP_NET_ADMIN, else pods get 127.0.0.0/8 addresses).
+    #[arg(long, default_value = kelp_node_agent::network::DEFAULT_INTERFACE, env = "KELP_POD_INTERFACE")]
+    pod_interface: String,
+    /// Do not run the service proxy on this node.
+    #[arg(long)]
+    disable_proxy: bool,
+    /// Where node ports accept (default: every address).
+    #[arg(long, default_value = "0.0.0.0")]
+    nodeport_address: IpAddr,
+    /// Serve the proxy's Prometheus metrics on HOST:PORT.
+    #[arg(long)]
+    proxy_metrics_address: Option<std::net::SocketAddr>,
+}
+
+impl NetArgs {
+    fn proxy_config(&self, node_name: &str) -> ProxyConfig {
+        let mut p = ProxyConfig::new(node_name);
+        p.nodeport_address = self.nodeport_address;
+        p.metrics_address = self.proxy_metrics_address;
+        p
+    }
+}
+
+/// `kelp proxy`: the service proxy alone.
+#[derive(Args, Clone, Debug)]
+pub struct ProxyArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// This node's name, for `Local` traffic policies (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where node ports accept (default: every address).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// The interface holding ClusterIP addresses.
+    #[arg(long, default_value = kelp_node_agent::network::DEFAULT_INTERFACE, env = "KELP_POD_INTERFACE")]
+    pod_interface: String,
+    /// Serve Prometheus metrics on HOST:PORT.
+    #[arg(long)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 /// `kelp agent`: join a cluster as a node.
@@ -87,6 +137,8 @@ pub struct UpArgs {
     /// The in-process node's kubelet server port (0: any free port).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 /// The runtimes of a node: the in-process Wasm runtime, or a remote CRI runtime with
@@ -168,16 +220,75 @@ async fn run_node(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let router = runtimes(&node).await?;
-    let cfg = kubelet_config(&node, server.as_deref(), client_ca_pem);
+    let mut cfg = kubelet_config(&node, server.as_deref(), client_ca_pem);
+    let mode = AddressMode::detect(&node.net.pod_interface)
+        .await
+        .with_context(|| format!("pod interface {}", node.net.pod_interface))?;
+    cfg.network = Some(Arc::new(PodNetwork::new(
+        client.clone(),
+        cfg.node_name.clone(),
+        mode.clone(),
+        node.data_dir.join("network"),
+    )));
     println!(
         "kelp kubelet: node {} (InternalIP {}) serving handlers {:?}",
         cfg.node_name,
         cfg.node_ip,
         router.handlers()
     );
-    Kubelet::run(cfg, client, router, shutdown)
+    // One shutdown for the kubelet and the proxy.
+    let (tx, rx) = watch::channel(false);
+    let proxy = (!node.net.disable_proxy).then(|| {
+        let pc = node.net.proxy_config(&cfg.node_name);
+        let (client, rx) = (client.clone(), rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = proxy::run(pc, client, mode, stopped(rx)).await {
+                tracing::error!(error = %e, "the service proxy stopped");
+            }
+        })
+    });
+    let kubelet = Kubelet::run(cfg, client, router, stopped(rx));
+    tokio::pin!(kubelet);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut kubelet => r,
+        _ = &mut shutdown => {
+            let _ = tx.send(true);
+            kubelet.await
+        }
+    };
+    let _ = tx.send(true);
+    if let Some(p) = proxy {
+        let _ = p.await;
+    }
+    result.context("kubelet")
+}
+
+/// `kelp proxy`: the service proxy alone, over a kubeconfig.
+pub async fn run_proxy(
+    args: ProxyArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let client = client::from_kubeconfig(&args.kubeconfig)
         .await
-        .context("kubelet")
+        .with_context(|| format!("kubeconfig {}", args.kubeconfig.display()))?;
+    let name = args
+        .node_name
+        .clone()
+        .unwrap_or_else(kelp_node_agent::kubelet::node::hostname);
+    let mode = AddressMode::detect(&args.pod_interface)
+        .await
+        .with_context(|| format!("pod interface {}", args.pod_interface))?;
+    let mut cfg = ProxyConfig::new(name);
+    cfg.nodeport_address = args.bind_address;
+    cfg.metrics_address = args.metrics_bind_address;
+    println!(
+        "kelp proxy: node {} (node ports on {})",
+        cfg.node_name, cfg.nodeport_address
+    );
+    proxy::run(cfg, client, mode, shutdown)
+        .await
+        .context("kelp proxy")
 }
 
 pub async fn run_agent(
@@ -242,6 +353,7 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         insecure_registry: up.insecure_registry.clone(),
         max_pods: 10_000,
         kubelet_port: up.kubelet_port,
+        net: up.net.clone(),
     }
 }
 

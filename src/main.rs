@@ -47,6 +47,8 @@ enum Command {
     Kubelet(agent_cmd::KubeletArgs),
     /// The scheduler alone, with a kubeconfig.
     Scheduler(scheduler_cmd::SchedulerArgs),
+    /// The userspace service proxy alone (ClusterIPs and node ports), with a kubeconfig.
+    Proxy(agent_cmd::ProxyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -261,6 +263,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(a) => agent_cmd::run_agent(a, shutdown_signal()).await,
             Command::Kubelet(a) => agent_cmd::run_kubelet(a, shutdown_signal()).await,
             Command::Scheduler(a) => scheduler_cmd::run(a, shutdown_signal()).await,
+            Command::Proxy(a) => agent_cmd::run_proxy(a, shutdown_signal()).await,
         }
     })
 }

@@ -29,12 +29,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `GET http://127.0.0.1:PORT/PATH` with a plain socket: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+/// `GET http://IP:PORT/PATH` with a plain socket: (status, body).
+fn http_get(ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect((ip, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -183,7 +183,12 @@ spec:
         "True",
     );
     // What the wasi:http module sees of its env and volumes.
-    let get = |path: &str| http_get(web_port, path).map(|(_, b)| b.trim().to_string());
+    // The pod serves on its own address (from the node's pod range).
+    let pod_ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let get = |path: &str| http_get(&pod_ip, web_port, path).map(|(_, b)| b.trim().to_string());
     k.eq("secret env", get("/env/TOKEN"), Some("s3cr3t-token".into()));
     k.eq(
         "resourceFieldRef",

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, Service};
 use kelp_cri_api::v1 as cri;
 use kube::{Api, Client};
 
@@ -21,6 +21,120 @@ pub struct PodContext {
     /// container without limits resolve to.
     pub allocatable_cpu: f64,
     pub allocatable_memory: f64,
+    /// Service links (`{SVC}_SERVICE_HOST` …): defined before the container's own
+    /// variables, which may refer to or override them.
+    pub service_env: Vec<(String, String)>,
+}
+
+/// Services known to the kubelet (a reflector), for service link variables.
+#[derive(Clone)]
+pub struct ServiceCache {
+    store: kube::runtime::reflector::Store<Service>,
+}
+
+impl ServiceCache {
+    /// Starts a reflector over every Service (runs until the process ends).
+    pub fn start(client: Client) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{reflector, watcher, WatchStreamExt};
+        let (store, writer) = reflector::store::<Service>();
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(Api::<Service>::all(client), watcher::Config::default()),
+        )
+        .default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "service watch failed; retrying");
+                }
+            }
+        });
+        ServiceCache { store }
+    }
+
+    /// The service link variables for `pod` (empty until the first list arrived).
+    pub fn env_for(&self, pod: &Pod) -> Vec<(String, String)> {
+        let links = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        service_env(&self.store.state(), spec::namespace(pod), links)
+    }
+}
+
+fn env_name(s: &str) -> String {
+    s.to_uppercase().replace('-', "_")
+}
+
+/// Upstream's service link variables (kubelet `getServiceEnvVarMap` +
+/// `envvars.FromServices`): the `kubernetes` Service of `default` always, the
+/// Services of `namespace` when `enable_service_links`; Services without a ClusterIP
+/// (headless, ExternalName) give none. Sorted by Service name.
+pub fn service_env(
+    services: &[std::sync::Arc<Service>],
+    namespace: &str,
+    enable_service_links: bool,
+) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
+    for svc in services {
+        let ip = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.as_deref())
+            .unwrap_or("");
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+        if ns == "default" && name == "kubernetes" {
+            chosen.entry(name).or_insert(svc);
+        } else if ns == namespace && enable_service_links {
+            chosen.insert(name, svc);
+        }
+    }
+    let mut out = vec![];
+    for (name, svc) in chosen {
+        let spec = svc.spec.as_ref().expect("checked above");
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = env_name(name);
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!("{prefix}_SERVICE_PORT_{}", env_name(n)),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let host = |port: i32| {
+            if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            }
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let lower = proto.to_lowercase();
+            let url = format!("{lower}://{}", host(p.port));
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let pp = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((pp.clone(), url));
+            out.push((format!("{pp}_PROTO"), lower));
+            out.push((format!("{pp}_PORT"), p.port.to_string()));
+            out.push((format!("{pp}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// A downward API `resourceFieldRef` value of container `c`: `limits.cpu`,
@@ -400,6 +514,9 @@ pub async fn resolve_env(
         }
         vars.insert(k, v);
     };
+    for (k, v) in &ctx.service_env {
+        set(&mut vars, k.clone(), v.clone());
+    }
     for src in c.env_from.iter().flatten() {
         let prefix = src.prefix.clone().unwrap_or_default();
         let data = if let Some(r) = &src.config_map_ref {
@@ -543,5 +660,72 @@ mod tests {
         // An absent object is cached as absent.
         c.put(key.clone(), None);
         assert_eq!(c.get(&key, Duration::from_secs(5)), Some(None));
+    }
+
+    #[test]
+    fn service_links_as_upstream() {
+        let svc = |ns: &str, name: &str, ip: &str, ports: serde_json::Value| {
+            std::sync::Arc::new(
+                serde_json::from_value::<Service>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"clusterIP": ip, "ports": ports}
+                }))
+                .unwrap(),
+            )
+        };
+        let all = vec![
+            svc(
+                "default",
+                "kubernetes",
+                "10.43.0.1",
+                serde_json::json!([{"name": "https", "port": 443}]),
+            ),
+            svc(
+                "web",
+                "my-svc",
+                "10.43.0.20",
+                serde_json::json!([
+                    {"port": 80},
+                    {"name": "dns-udp", "port": 53, "protocol": "UDP"}
+                ]),
+            ),
+            svc("web", "headless", "None", serde_json::json!([{"port": 80}])),
+            svc(
+                "other",
+                "elsewhere",
+                "10.43.0.30",
+                serde_json::json!([{"port": 80}]),
+            ),
+        ];
+        let env: BTreeMap<String, String> = service_env(&all, "web", true).into_iter().collect();
+        let expect = [
+            ("KUBERNETES_SERVICE_HOST", "10.43.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.43.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.43.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.43.0.1"),
+            ("MY_SVC_SERVICE_HOST", "10.43.0.20"),
+            ("MY_SVC_SERVICE_PORT", "80"),
+            ("MY_SVC_SERVICE_PORT_DNS_UDP", "53"),
+            ("MY_SVC_PORT", "tcp://10.43.0.20:80"),
+            ("MY_SVC_PORT_80_TCP", "tcp://10.43.0.20:80"),
+            ("MY_SVC_PORT_53_UDP", "udp://10.43.0.20:53"),
+            ("MY_SVC_PORT_53_UDP_PROTO", "udp"),
+            ("MY_SVC_PORT_53_UDP_PORT", "53"),
+            ("MY_SVC_PORT_53_UDP_ADDR", "10.43.0.20"),
+        ];
+        for (k, v) in expect {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!env
+            .keys()
+            .any(|k| k.starts_with("HEADLESS") || k.starts_with("ELSEWHERE")));
+        // enableServiceLinks: false keeps only the master service.
+        let env = service_env(&all, "web", false);
+        assert!(env.iter().all(|(k, _)| k.starts_with("KUBERNETES_")));
+        assert_eq!(env.len(), 8);
     }
 }

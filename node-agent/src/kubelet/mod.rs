@@ -70,6 +70,9 @@ pub struct KubeletConfig {
     pub volume_sync_interval: Duration,
     pub crash_backoff: BackoffPolicy,
     pub pull_backoff: BackoffPolicy,
+    /// Pod addresses from the node's pod CIDR; None leaves the address to the
+    /// runtime (the Wasm runtime's default is 127.0.0.1).
+    pub network: Option<Arc<crate::network::PodNetwork>>,
 }
 
 impl KubeletConfig {
@@ -90,6 +93,7 @@ impl KubeletConfig {
             volume_sync_interval: Duration::from_secs(5),
             crash_backoff: BackoffPolicy::default(),
             pull_backoff: BackoffPolicy::default(),
+            network: None,
         }
     }
 }
@@ -169,7 +173,9 @@ impl Kubelet {
         );
         let heartbeat = tokio::spawn(node.run());
         let facts = node::HostFacts::detect();
+        let services = env::ServiceCache::start(client.clone());
         let shared = Arc::new(worker::Shared {
+            services,
             client: client.clone(),
             allocatable_cpu: facts.cpus as f64,
             allocatable_memory: facts.memory_bytes as f64,
@@ -221,6 +227,14 @@ impl Kubelet {
                         }
                         let known: HashSet<String> =
                             l.into_iter().chain(workers.keys().cloned()).collect();
+                        if let Some(net) = shared.cfg.network.clone() {
+                            let known = known.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = net.retain(&known).await {
+                                    warn!(error = %e, "cannot release the addresses of pods that are gone");
+                                }
+                            });
+                        }
                         tokio::spawn(remove_orphans(shared.clone(), known));
                     }
                 }

@@ -33,9 +33,14 @@ use super::volumes;
 use super::KubeletConfig;
 use crate::cri::{CriRuntime, RoutedRuntime, RuntimeRouter};
 
+/// The sandbox annotation carrying the pod's address to the runtime.
+pub const POD_IP_ANNOTATION: &str = "kelp.dev/pod-ip";
+
 /// What every worker shares.
 pub(crate) struct Shared {
     pub client: Client,
+    /// Services, for service link variables.
+    pub services: env::ServiceCache,
     /// The node's allocatable CPU (cores) and memory (bytes), for `resourceFieldRef`.
     pub allocatable_cpu: f64,
     pub allocatable_memory: f64,
@@ -239,6 +244,7 @@ impl PodWorker {
             node_name: self.cfg().node_name.clone(),
             allocatable_cpu: self.shared.allocatable_cpu,
             allocatable_memory: self.shared.allocatable_memory,
+            service_env: Vec::new(),
         }
     }
 
@@ -531,7 +537,13 @@ impl PodWorker {
                 if let Err(e) = std::fs::create_dir_all(&pod_dir) {
                     warn!(dir = %pod_dir.display(), error = %e, "cannot create the pod directory");
                 }
-                sandbox_config = spec::sandbox_config(pod, attempt, &pod_dir);
+                sandbox_config = match self
+                    .with_pod_ip(pod, spec::sandbox_config(pod, attempt, &pod_dir))
+                    .await
+                {
+                    Some(c) => c,
+                    None => return,
+                };
                 let created = rt
                     .run_pod_sandbox(cri::RunPodSandboxRequest {
                         config: Some(sandbox_config.clone()),
@@ -575,7 +587,8 @@ impl PodWorker {
         };
 
         if !a.start.is_empty() {
-            let ctx = self.pod_context(pod_ip);
+            let mut ctx = self.pod_context(pod_ip);
+            ctx.service_env = self.shared.services.env_for(pod);
             let volumes = volumes::prepare(
                 &self.shared.client,
                 Some(&self.shared.objects),
@@ -615,6 +628,33 @@ impl PodWorker {
                 .await
             {
                 debug!(container = %id, error = %cri_error(&e), "cannot remove container");
+            }
+        }
+    }
+
+    /// The sandbox config carrying the pod's address from the node's pod network
+    /// (`kelp.dev/pod-ip`), or None (event written) when no address can be had.
+    async fn with_pod_ip(
+        &mut self,
+        pod: &Pod,
+        mut config: cri::PodSandboxConfig,
+    ) -> Option<cri::PodSandboxConfig> {
+        let Some(net) = self.cfg().network.clone() else {
+            return Some(config);
+        };
+        match net.acquire(spec::uid(pod)).await {
+            Ok(ip) => {
+                config
+                    .annotations
+                    .insert(POD_IP_ANNOTATION.into(), ip.to_string());
+                Some(config)
+            }
+            Err(e) => {
+                let msg = format!("Failed to create pod sandbox: no pod address: {e}");
+                warn!(error = %msg);
+                self.events()
+                    .pod(pod, None, EventType::Warning, "FailedCreatePodSandBox", msg);
+                None
             }
         }
     }
@@ -994,6 +1034,11 @@ impl PodWorker {
                 .await
             {
                 warn!(sandbox = %sb.id, error = %cri_error(&e), "cannot remove sandbox");
+            }
+        }
+        if let Some(net) = &self.cfg().network {
+            if let Err(e) = net.release(spec::uid(pod)).await {
+                warn!(error = %e, "cannot release the pod's address");
             }
         }
         let dir = spec::pod_dir(&self.cfg().root_dir, pod);

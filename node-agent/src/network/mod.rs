@@ -121,6 +121,16 @@ pub struct PodNetwork {
     state: Mutex<Option<State>>,
 }
 
+impl std::fmt::Debug for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetwork")
+            .field("node_name", &self.node_name)
+            .field("mode", &self.mode)
+            .field("file", &self.file.path())
+            .finish()
+    }
+}
+
 impl PodNetwork {
     /// Pod addresses recorded under `state_dir`; the range is read from the Node on
     /// first use.
@@ -194,10 +204,7 @@ impl PodNetwork {
                 s.from_node = from_node;
             }
             None => {
-                let mut alloc = self
-                    .file
-                    .load()?
-                    .unwrap_or_else(|| Allocations::new(range));
+                let mut alloc = self.file.load()?.unwrap_or_else(|| Allocations::new(range));
                 alloc.set_range(range);
                 info!(node = %self.node_name, range = %range, pods = alloc.pods.len(), mode = if self.mode.is_loopback() { "loopback" } else { "interface" }, "pod network ready");
                 // Re-add what a restarted agent had (the interface may be new).

@@ -41,7 +41,10 @@ impl Balancer {
             return false;
         }
         if b.affinity.is_none() {
-            self.sticky.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.sticky
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
         self.backends.store(Arc::new(b));
         true
@@ -109,7 +112,9 @@ mod tests {
         let now = Instant::now();
         let mut counts = HashMap::new();
         for _ in 0..300 {
-            *counts.entry(b.pick(client(1), 0, now).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(b.pick(client(1), 0, now).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&c| c == 100), "{counts:?}");
@@ -130,7 +135,10 @@ mod tests {
         let t0 = Instant::now();
         let first = b.pick(client(1), 0, t0).unwrap();
         for s in 1..5 {
-            assert_eq!(b.pick(client(1), 0, t0 + Duration::from_secs(s)).unwrap(), first);
+            assert_eq!(
+                b.pick(client(1), 0, t0 + Duration::from_secs(s)).unwrap(),
+                first
+            );
         }
         // Another client is spread elsewhere.
         assert_ne!(b.pick(client(2), 0, t0).unwrap(), first);

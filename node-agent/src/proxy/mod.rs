@@ -11,6 +11,7 @@
 
 pub mod balancer;
 mod forward;
+pub use forward::serve_tcp;
 pub mod metrics;
 pub mod table;
 

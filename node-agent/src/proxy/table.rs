@@ -150,7 +150,10 @@ pub fn desired(
         });
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let svc_slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        let svc_slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         for sp in spec.ports.iter().flatten() {
             let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
                 continue;
@@ -162,7 +165,9 @@ pub fn desired(
                         p.name.as_deref().unwrap_or("") == port_name(sp)
                             && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
                     });
-                    let port = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok());
+                    let port = port
+                        .and_then(|p| p.port)
+                        .and_then(|p| u16::try_from(p).ok());
                     slice.endpoints.iter().filter_map(move |e| {
                         let port = port?;
                         let (ready, serving, terminating) = conditions(e);
@@ -269,12 +274,14 @@ mod tests {
                                {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}}))
     }
     fn web_slice(endpoints: Vec<serde_json::Value>) -> Arc<EndpointSlice> {
-        slice(json!({"metadata": {"name": "web-abc", "namespace": "default",
+        slice(
+            json!({"metadata": {"name": "web-abc", "namespace": "default",
                                   "labels": {"kubernetes.io/service-name": "web"}},
                      "addressType": "IPv4",
                      "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
                                {"name": "dns", "port": 5353, "protocol": "UDP"}],
-                     "endpoints": endpoints}))
+                     "endpoints": endpoints}),
+        )
     }
 
     #[test]
@@ -308,7 +315,10 @@ mod tests {
             ])],
             &ANY,
         );
-        assert_eq!(addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]), ["10.42.0.2:8080"]);
+        assert_eq!(
+            addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]),
+            ["10.42.0.2:8080"]
+        );
         let t = desired(
             &[web()],
             &[web_slice(vec![
@@ -317,7 +327,10 @@ mod tests {
             ])],
             &ANY,
         );
-        assert_eq!(addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]), ["10.42.0.4:8080"]);
+        assert_eq!(
+            addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]),
+            ["10.42.0.4:8080"]
+        );
     }
 
     #[test]
@@ -331,8 +344,14 @@ mod tests {
             ep("10.42.1.2", "n2", true, false),
         ];
         let t = desired(&[Arc::new(s.clone())], &[web_slice(eps.clone())], &ANY);
-        assert_eq!(addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]), ["10.42.0.2:8080"]);
-        assert_eq!(addrs(&t[&key("0.0.0.0", 30080, Protocol::Tcp)]), ["10.42.0.2:8080"]);
+        assert_eq!(
+            addrs(&t[&key("10.43.0.10", 80, Protocol::Tcp)]),
+            ["10.42.0.2:8080"]
+        );
+        assert_eq!(
+            addrs(&t[&key("0.0.0.0", 30080, Protocol::Tcp)]),
+            ["10.42.0.2:8080"]
+        );
         // Only external Local: the ClusterIP still spreads over the cluster.
         s.spec.as_mut().unwrap().internal_traffic_policy = Some("Cluster".into());
         let t = desired(&[Arc::new(s)], &[web_slice(eps)], &ANY);
@@ -371,7 +390,10 @@ mod tests {
         let t = desired(&[web()], &[], &no_cluster_ips);
         assert_eq!(
             t.keys().copied().collect::<Vec<_>>(),
-            [key("0.0.0.0", 30053, Protocol::Udp), key("0.0.0.0", 30080, Protocol::Tcp)]
+            [
+                key("0.0.0.0", 30053, Protocol::Udp),
+                key("0.0.0.0", 30080, Protocol::Tcp)
+            ]
         );
     }
 
@@ -380,6 +402,9 @@ mod tests {
         let mut other = (*web_slice(vec![ep("10.42.0.9", "n1", true, false)])).clone();
         other.metadata.namespace = Some("prod".into());
         let t = desired(&[web()], &[Arc::new(other)], &ANY);
-        assert!(t[&key("10.43.0.10", 80, Protocol::Tcp)].backends.addrs.is_empty());
+        assert!(t[&key("10.43.0.10", 80, Protocol::Tcp)]
+            .backends
+            .addrs
+            .is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! A wasi:http component (the serverless path): every request is answered with
-//! "Hello from Kelp over wasi:http" and the request's path.
+//! "Hello from Kelp over wasi:http" and the request's path; the `x-kelp-pod` header
+//! names the pod that answered (its `HOSTNAME`), so tests can tell replicas apart.
 //!
 //! Three paths misbehave on purpose, for Kelp's runtime tests: `/trap` panics (a
 //! trap), `/hog` allocates until the memory limit ends the request, `/spin` loops
@@ -81,6 +82,9 @@ fn respond(response_out: ResponseOutparam, status: u16, text: String) {
     {
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
+        if let Ok(pod) = std::env::var("HOSTNAME") {
+            let _ = headers.set("x-kelp-pod", &[pod.into_bytes()]);
+        }
         let response = OutgoingResponse::new(headers);
         let _ = response.set_status_code(status);
         let body = response.body().expect("the response body is taken once");

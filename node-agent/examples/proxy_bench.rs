@@ -1,0 +1,182 @@
+//! The proxy's data path against a direct connection, same run, same machine:
+//! requests/s and latency (p50/p99) of small HTTP/1.1 keep-alive exchanges over 64
+//! connections, and one bulk TCP stream's throughput.
+//!
+//! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS]`
+//!
+//! The backend is a minimal HTTP/1.1 server in this process; the proxy is the real
+//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kelp_node_agent::proxy::balancer::{Backends, Balancer};
+use kelp_node_agent::proxy::metrics::Metrics;
+use kelp_node_agent::proxy::serve_tcp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello";
+const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: bench\r\n\r\n";
+const CONNECTIONS: usize = 64;
+
+/// Answers every request with RESPONSE; a connection whose first byte is `B` is a
+/// bulk stream and is drained instead.
+async fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut pending = 0usize;
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[0] == b'B' && pending == 0 {
+                        // Bulk: drain to EOF.
+                        loop {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                    }
+                    // Requests end with an empty line; count them in what arrived.
+                    pending += buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while pending > 0 {
+                        if s.write_all(RESPONSE).await.is_err() {
+                            return;
+                        }
+                        pending -= 1;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn proxy(to: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let b = Arc::new(Balancer::new(Backends {
+        addrs: vec![to],
+        affinity: None,
+    }));
+    let m = Metrics::default().port("bench", "bench");
+    tokio::spawn(serve_tcp(l, b, m));
+    addr
+}
+
+struct Rr {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn requests(addr: SocketAddr, secs: f64) -> Rr {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = vec![];
+    for _ in 0..CONNECTIONS {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut lat = Vec::with_capacity(100_000);
+            let mut buf = [0u8; 512];
+            while Instant::now() < end {
+                let t = Instant::now();
+                s.write_all(REQUEST).await.unwrap();
+                let mut got = 0;
+                while got < RESPONSE.len() {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "connection closed");
+                    got += n;
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let took = start.elapsed().as_secs_f64();
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Rr {
+        rps: all.len() as f64 / took,
+        p50: q(0.50),
+        p99: q(0.99),
+    }
+}
+
+/// MiB/s of one stream writing `bytes` to the draining backend.
+async fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let chunk = vec![b'B'; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len();
+    }
+    s.shutdown().await.unwrap();
+    // Wait for the far end to close (everything drained).
+    let mut b = [0u8; 16];
+    let _ = s.read(&mut b).await;
+    sent as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let direct = backend().await;
+    let proxied = proxy(direct).await;
+
+    // Warm both paths.
+    requests(direct, 0.5).await;
+    requests(proxied, 0.5).await;
+    let d = requests(direct, secs).await;
+    let p = requests(proxied, secs).await;
+    let bytes = 2 << 30;
+    let bd = bulk(direct, bytes).await;
+    let bp = bulk(proxied, bytes).await;
+
+    println!("proxy_bench: {CONNECTIONS} keep-alive connections, {secs} s each, {cores} cores");
+    println!("| path | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!("| direct | {:.0} | {} | {} |", d.rps, us(d.p50), us(d.p99));
+    println!(
+        "| through the proxy | {:.0} | {} | {} |",
+        p.rps,
+        us(p.p50),
+        us(p.p99)
+    );
+    println!(
+        "proxy/direct requests/s: {:.0}%; added latency p50 {}, p99 {}",
+        100.0 * p.rps / d.rps,
+        us(p.p50.saturating_sub(d.p50)),
+        us(p.p99.saturating_sub(d.p99))
+    );
+    println!(
+        "one bulk stream (2 GiB): direct {bd:.0} MiB/s, through the proxy {bp:.0} MiB/s ({:.0}%)",
+        100.0 * bp / bd
+    );
+}

@@ -1,0 +1,473 @@
+//! Services end to end: `kelp up` (control plane + a node running the kubelet and the
+//! userspace proxy in one process), a real registry holding `http-hello`, real
+//! `kubectl`. Pods get addresses from the node's pod range on a test-owned interface;
+//! the proxy serves ClusterIPs and node ports on this machine.
+//!
+//! The tests of this file share host-wide resources (ClusterIPs, node ports), so they
+//! run one at a time.
+
+mod common;
+#[path = "../runtime-wasm/tests/support/registry.rs"]
+mod registry;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::wait_until;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn kelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kelp"))
+}
+
+fn http_hello() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/wasm/target/wasm32-wasip2/release/http_hello.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-wasm-examples.sh",
+        p.display()
+    );
+    p
+}
+
+fn push(file: &Path, reference: &str) {
+    let out = kelp()
+        .arg("push")
+        .arg(file)
+        .arg(reference)
+        .output()
+        .expect("running kelp push");
+    assert!(
+        out.status.success(),
+        "kelp push {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `kelp up` with its own pod interface; killed by pid and the interface deleted on drop.
+struct Up {
+    dir: tempfile::TempDir,
+    child: Child,
+    node: String,
+    iface: String,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let iface = format!("kelps{}", std::process::id() % 100_000);
+        let node = format!("svc-node-{}", std::process::id());
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let child = kelp()
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--https-port", &free_port().to_string()])
+            .args(["--node-name", &node, "--pod-interface", &iface])
+            .env("KELP_LOG", "info,kelp_node_agent::proxy=debug")
+            .env_remove("KELP_DATA_DIR")
+            .env_remove("KELP_POD_INTERFACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kelp up");
+        let up = Up {
+            dir,
+            child,
+            node,
+            iface,
+        };
+        let ok = wait_until(DEADLINE, || {
+            up.kubeconfig().exists()
+                && up
+                    .kubectl(&["get", "node", &up.node, "-o", "json"])
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                    .is_some_and(|n| {
+                        n["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+        });
+        assert!(ok, "kelp up's node never became Ready:\n{}", up.log());
+        up
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data/kubeconfig")
+    }
+
+    fn log(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
+    fn kubectl_in(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_in(args, None)
+    }
+
+    fn apply(&self, yaml: &str) {
+        if let Err(e) = self.kubectl_in(&["apply", "-f", "-"], Some(yaml)) {
+            panic!("kubectl apply failed: {e}\n{yaml}");
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let s = self
+            .kubectl(&a)
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+        serde_json::from_str(&s).unwrap()
+    }
+
+    /// Waits until pod `name` runs with an address; returns its IP.
+    fn running_pod_ip(&self, name: &str) -> IpAddr {
+        let mut last = Value::Null;
+        let ok = wait_until(DEADLINE, || {
+            last = self
+                .kubectl(&["get", "pod", name, "-o", "json"])
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(Value::Null);
+            last["status"]["phase"] == "Running" && last["status"]["podIP"].is_string()
+        });
+        assert!(
+            ok,
+            "pod {name} never ran: {}\n{}",
+            last["status"],
+            self.log()
+        );
+        last["status"]["podIP"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn interface_addresses(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-br", "addr", "show", "dev", &self.iface])
+            .output()
+            .expect("ip addr");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.iface])
+            .stderr(Stdio::null())
+            .status();
+        if std::thread::panicking() {
+            eprintln!("--- kelp up log ---\n{}", self.log());
+        }
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, the `x-kelp-pod` header, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let pod = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-kelp-pod")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((status, pod, body.to_string()))
+}
+
+/// `n` requests to `addr`: how many each pod answered (panics on a failed request).
+fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        let path = format!("/req-{i}");
+        let (status, pod, body) =
+            get(addr, &path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+        assert_eq!(status, 200, "GET {addr}{path}: {body}");
+        assert!(body.contains(&path), "the response names the path: {body}");
+        *counts.entry(pod).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn hello_pod(name: &str, node: &str, image: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: hello}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    image: {image}
+    ports: [{{containerPort: 8080}}]
+"#
+    )
+}
+
+fn endpoint(ip: IpAddr, node: &str, ready: bool) -> String {
+    format!("  - addresses: [\"{ip}\"]\n    nodeName: {node}\n    conditions: {{ready: {ready}}}\n")
+}
+
+/// Pods get distinct addresses from the node's range, made local on the pod interface
+/// and released on deletion; a Service without a selector and a hand-written
+/// EndpointSlice (how any EndpointSlice producer feeds the proxy) are served on the
+/// ClusterIP and the node port, round-robin over ready endpoints only, with ClientIP
+/// affinity, and over UDP.
+#[test]
+fn the_proxy_serves_cluster_ips_and_node_ports_from_endpoint_slices() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = registry::Registry::start();
+    let image = format!("{}/kelp/http-hello:v1", reg.addr);
+    push(&http_hello(), &image);
+    let up = Up::start();
+    let node = up.node.clone();
+
+    let names = ["hello-0", "hello-1", "hello-2"];
+    let all: String = names
+        .iter()
+        .map(|n| hello_pod(n, &node, &image))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    up.apply(&all);
+    let ips: Vec<IpAddr> = names.iter().map(|n| up.running_pod_ip(n)).collect();
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "pods share addresses: {ips:?}");
+    let node_json = up.json(&["get", "node", &node]);
+    let range = node_json["spec"]["podCIDR"].as_str().map(str::to_string);
+    for ip in &ips {
+        let s = ip.to_string();
+        assert!(
+            s.starts_with("10.42."),
+            "pod address {s} is not from the pod network (node podCIDR {range:?})"
+        );
+        assert!(
+            up.interface_addresses().contains(&format!("{s}/32")),
+            "{s} is not on {}: {}",
+            up.iface,
+            up.interface_addresses()
+        );
+        // The pod serves on its own address.
+        let (status, _, body) = get(SocketAddr::new(*ip, 8080), "/direct").unwrap();
+        assert_eq!((status, body.contains("/direct")), (200, true), "{body}");
+    }
+
+    let cluster_ip: IpAddr = "10.43.201.10".parse().unwrap();
+    let node_port = 31080;
+    let slice = |ready: [bool; 3]| {
+        let eps: String = ips
+            .iter()
+            .zip(ready)
+            .map(|(ip, r)| endpoint(*ip, &node, r))
+            .collect();
+        format!(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-manual
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+{eps}"#
+        )
+    };
+    up.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  clusterIP: {cluster_ip}
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}]
+---
+{}"#,
+        slice([true, true, true])
+    ));
+    let svc = up.json(&["get", "service", "web"]);
+    let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let via_cluster_ip = SocketAddr::new(cluster_ip, 80);
+    let via_node_port = SocketAddr::from(([127, 0, 0, 1], node_port));
+    let ok = wait_until(DEADLINE, || {
+        get(via_cluster_ip, "/").is_ok_and(|r| r.0 == 200)
+    });
+    assert!(
+        ok,
+        "the ClusterIP {via_cluster_ip} never answered:\n{}",
+        up.log()
+    );
+
+    for addr in [via_cluster_ip, via_node_port] {
+        let counts = spread(addr, 30);
+        assert_eq!(
+            counts.keys().map(String::as_str).collect::<Vec<_>>(),
+            names,
+            "via {addr}: {counts:?}"
+        );
+        assert!(
+            counts.values().all(|&c| c == 10),
+            "round-robin via {addr}: {counts:?}"
+        );
+    }
+
+    // hello-1 goes unready: no new connections reach it.
+    up.apply(&slice([true, false, true]));
+    let ok = wait_until(DEADLINE, || {
+        !spread(via_cluster_ip, 6).contains_key("hello-1")
+    });
+    assert!(ok, "an unready endpoint still gets connections");
+    let counts = spread(via_node_port, 20);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    // ClientIP affinity: one client sticks to one pod.
+    up.kubectl(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":60}}}}"#,
+    ])
+    .unwrap();
+    let ok = wait_until(DEADLINE, || spread(via_cluster_ip, 10).len() == 1);
+    assert!(ok, "ClientIP affinity never took effect");
+
+    // UDP: an echo server of this test as the endpoint of a UDP service port.
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], peer);
+        }
+    });
+    let udp_ip: IpAddr = "10.43.201.11".parse().unwrap();
+    up.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  clusterIP: {udp_ip}
+  ports: [{{name: echo, port: 5353, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-manual
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{name: echo, port: {echo_port}, protocol: UDP}}]
+endpoints:
+  - addresses: ["127.0.0.1"]
+"#
+    ));
+    let client = UdpSocket::bind("0.0.0.0:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let ok = wait_until(DEADLINE, || {
+        let _ = client.send_to(b"ping over udp", (udp_ip, 5353));
+        let mut buf = [0u8; 64];
+        matches!(client.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"ping over udp")
+    });
+    assert!(ok, "no UDP echo through the ClusterIP");
+
+    // The service goes: its ClusterIP leaves the interface.
+    up.kubectl(&["delete", "service", "echo"]).unwrap();
+    let ok = wait_until(DEADLINE, || {
+        !up.interface_addresses().contains(&format!("{udp_ip}/32"))
+    });
+    assert!(
+        ok,
+        "the deleted Service's ClusterIP stayed: {}",
+        up.interface_addresses()
+    );
+
+    // A deleted pod's address is released.
+    up.kubectl(&["delete", "pod", "hello-2", "--wait=true"])
+        .unwrap();
+    let gone = ips[2].to_string();
+    let ok = wait_until(DEADLINE, || {
+        !up.interface_addresses().contains(&format!("{gone}/32"))
+    });
+    assert!(
+        ok,
+        "the deleted pod's address stayed: {}",
+        up.interface_addresses()
+    );
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(up.dir.path().join("data/network/pod-ips.json")).unwrap(),
+    )
+    .unwrap();
+    let held: Vec<&str> = record["pods"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!held.contains(&gone.as_str()), "{record}");
+    assert!(held.contains(&ips[0].to_string().as_str()), "{record}");
+}
