@@ -507,6 +507,24 @@ spec:
     );
     assert!(ctr["cpu"]["usageNanoCores"].is_u64(), "{ctr}");
 
+    let (code, text) = curl(
+        &format!("https://{}/metrics", agent.kubelet_addr(&c)),
+        &args,
+    )
+    .expect("metrics");
+    assert_eq!(code, 200);
+    assert!(text.contains("kubelet_running_pods 1\n"), "{text}");
+    assert!(
+        text.contains("kubelet_running_containers{container_state=\"running\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kubelet_http_requests_total{method=\"GET\",path=\"stats\",server_type=\"https\"} 3\n"
+        ),
+        "{text}"
+    );
+
     // attach: the running container's output as it is written.
     let mut att = c.kubectl_spawn(&["attach", "counter"]);
     let ok = wait_until(Duration::from_secs(20), || {

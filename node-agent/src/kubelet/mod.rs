@@ -273,6 +273,7 @@ async fn start_server(
         router,
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cpu_rates: Default::default(),
+        requests: Default::default(),
     });
     let addr = std::net::SocketAddr::new(config.node_ip, config.kubelet_port);
     Ok(KubeletServer::bind(addr, tls_cfg, state).await?)

@@ -8,6 +8,7 @@
 //! the node trusts; anything else gets 401, except `/healthz`.
 
 pub mod logs;
+pub mod metrics;
 pub mod pods;
 pub mod portforward;
 pub mod remotecommand;
@@ -58,6 +59,7 @@ pub struct ServerState {
     /// When the kubelet started (RFC 3339; the Summary's node `startTime`).
     pub started: String,
     pub cpu_rates: stats::CpuRates,
+    pub requests: metrics::RequestCounts,
 }
 
 /// A bound kubelet server, ready to serve.
@@ -92,6 +94,7 @@ impl KubeletServer {
     /// Serves until `shutdown` resolves; open streams end with the process.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) {
         let acceptor = TlsAcceptor::from(self.tls);
+        let state = self.state.clone();
         let app = router(self.state);
         if let Ok(addr) = self.listener.local_addr() {
             info!(%addr, "kubelet server listening");
@@ -102,7 +105,7 @@ impl KubeletServer {
                 _ = &mut shutdown => break,
                 r = self.listener.accept() => match r {
                     Ok((tcp, peer)) => {
-                        let conn = serve_connection(acceptor.clone(), tcp, app.clone());
+                        let conn = serve_connection(acceptor.clone(), tcp, app.clone(), state.clone());
                         tokio::spawn(conn.instrument(tracing::debug_span!("kubelet_conn", %peer)));
                     }
                     Err(e) => {
@@ -131,7 +134,12 @@ fn is_open(method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD) && path == "/healthz"
 }
 
-async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, app: Router) {
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    app: Router,
+    state: Arc<ServerState>,
+) {
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -149,8 +157,14 @@ async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, app: Router) {
         .is_some_and(|c| !c.is_empty());
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = app.clone();
+        let state = state.clone();
         async move {
             let req = req.map(Body::new);
+            if authenticated {
+                state
+                    .requests
+                    .count(req.method().as_str(), req.uri().path());
+            }
             if !authenticated && !is_open(req.method(), req.uri().path()) {
                 debug!(method = %req.method(), path = req.uri().path(), "unauthorized");
                 return Ok::<_, std::convert::Infallible>(unauthorized());
@@ -175,6 +189,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(stats_summary))
+        .route("/metrics", get(metrics_text))
         .route("/exec/{ns}/{pod}/{container}", any(exec))
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{ns}/{pod}/{container}", any(attach))
@@ -554,6 +569,16 @@ async fn stats_summary(State(state): State<Arc<ServerState>>) -> Response<Body> 
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         v.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`.
+async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response<Body> {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&state).await,
     )
         .into_response()
 }
