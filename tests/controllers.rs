@@ -73,6 +73,8 @@ fn up() -> Cluster {
         Backend::Sqlite,
         Options {
             up_node: Some(NODE),
+            // Tests run in parallel: each node's kubelet on a port of its own.
+            extra_args: &["--kubelet-port", "0"],
             ..Options::default()
         },
     );
