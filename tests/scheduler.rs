@@ -120,6 +120,9 @@ fn agent(c: &Cluster, name: &str) -> Proc {
             &ip,
             "--data-dir",
             data.to_str().unwrap(),
+            // Tests run in parallel: each node's kubelet on a port of its own.
+            "--kubelet-port",
+            "0",
         ],
     );
     wait_ready(c, name, &p);
@@ -201,6 +204,7 @@ fn pods_are_placed_by_resources_selectors_and_runtime_classes() {
         Backend::Sqlite,
         Options {
             up_node: Some(UP_NODE),
+            extra_args: &["--kubelet-port", "0"],
             ..Options::default()
         },
     );

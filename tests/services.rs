@@ -80,6 +80,7 @@ impl Up {
             .arg(dir.path().join("data"))
             .args(["--https-port", &free_port().to_string()])
             .args(["--node-name", &node, "--pod-interface", &iface])
+            .args(["--kubelet-port", "0"])
             .env("KELP_LOG", "info,kelp_node_agent::proxy=debug")
             .env_remove("KELP_DATA_DIR")
             .env_remove("KELP_POD_INTERFACE")

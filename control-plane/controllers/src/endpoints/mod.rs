@@ -103,8 +103,18 @@ pub fn run_endpoints(ctx: Context) -> ControllerFuture {
             let (svcs, client) = (svcs.clone(), del_client.clone());
             async move {
                 if let Ok(svc) = &ev {
-                    if svcs.get(&ObjectRef::from_obj(svc)).is_none() {
-                        let api: Api<Endpoints> = Api::namespaced(client, &svc.namespace().unwrap_or_default());
+                    // The store lags the initial list (and relists), so "not in the
+                    // store" is only a hint: the Service must really be gone.
+                    let ns = svc.namespace().unwrap_or_default();
+                    let gone = svcs.get(&ObjectRef::from_obj(svc)).is_none()
+                        && matches!(
+                            Api::<Service>::namespaced(client.clone(), &ns)
+                                .get_opt(&svc.name_any())
+                                .await,
+                            Ok(None)
+                        );
+                    if gone {
+                        let api: Api<Endpoints> = Api::namespaced(client, &ns);
                         match api.delete(&svc.name_any(), &DeleteParams::default()).await {
                             Ok(_) => {}
                             Err(e) if is_status(&e, 404) => {}
