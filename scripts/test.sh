@@ -10,6 +10,8 @@ SUDO=""
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
