@@ -391,12 +391,18 @@ async fn owner_state(
         });
     }
     let Some((ar, namespaced)) = st.kinds.get(&(r.api_version.clone(), r.kind.clone())) else {
-        // A kind this server does not serve can never be found: the reference dangles.
-        return Ok(OwnerState::Dangling);
+        // As upstream: a kind not (yet) served is retried with back-off, never taken
+        // for absent (it may be a custom resource about to be served).
+        return Err(ControllerError::Other(format!(
+            "owner reference to {} {} {}: kind not served",
+            r.api_version, r.kind, r.name
+        )));
     };
     let api: Api<DynamicObject> = match (&node.namespace, namespaced) {
         (Some(ns), true) => Api::namespaced_with(st.client.clone(), ns, ar.as_ref()),
-        (None, true) => return Ok(OwnerState::Dangling),
+        // A cluster-scoped object cannot be owned by a namespaced one: upstream leaves
+        // such a reference unresolvable (never collected).
+        (None, true) => return Ok(OwnerState::Solid),
         _ => Api::all_with(st.client.clone(), ar.as_ref()),
     };
     match api.get_opt(&r.name).await? {
