@@ -477,6 +477,43 @@ fn cascading_deletion_foreground_orphan_background_and_namespaces() {
         gone,
     );
 
+    // Any kind: a ConfigMap owned by a deleted ConfigMap is collected; one with a
+    // second, live owner only loses the dangling reference.
+    c.kubectl_ok(&["create", "configmap", "owner-a"]);
+    c.kubectl_ok(&["create", "configmap", "owner-b"]);
+    let uid = |n: &str| {
+        c.kubectl_json(&["get", "configmap", n])["metadata"]["uid"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ua, ub) = (uid("owner-a"), uid("owner-b"));
+    let owner = |name: &str, uid: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": uid});
+    for (name, owners) in [
+        ("only-a", json!([owner("owner-a", &ua)])),
+        (
+            "a-and-b",
+            json!([owner("owner-a", &ua), owner("owner-b", &ub)]),
+        ),
+    ] {
+        c.kubectl_stdin_ok(
+            &["apply", "-f", "-"],
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "ownerReferences": owners}})
+            .to_string(),
+        );
+    }
+    c.kubectl_ok(&["delete", "configmap", "owner-a"]);
+    let collected = wait_until(DEADLINE, || {
+        !c.kubectl(&["get", "configmap", "only-a"]).ok()
+            && c.kubectl_json(&["get", "configmap", "a-and-b"])["metadata"]["ownerReferences"]
+                == json!([owner("owner-b", &ub)])
+    });
+    k.that(
+        "a dependent of a deleted owner is collected; a co-owned one keeps its live owner",
+        collected,
+    );
+
     // Namespaces: a default ServiceAccount appears; deletion empties then removes.
     c.kubectl_ok(&["create", "namespace", "team"]);
     let sa = wait_until(DEADLINE, || {
