@@ -1,21 +1,36 @@
 //! Core/v1 Events about the objects a controller manages (what `kubectl describe`
 //! shows). Recording is fire-and-forget: a lost event never fails a reconcile.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
 
+/// Events written at once per recorder; more wait, and past [`MAX_PENDING`] waiting
+/// ones are dropped (as client-go's broadcaster drops when its queue is full).
+const MAX_IN_FLIGHT: usize = 4;
+const MAX_PENDING: usize = 1000;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: &'static str,
+    slots: Arc<tokio::sync::Semaphore>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl Recorder {
     pub fn new(client: Client, component: &'static str) -> Self {
-        Recorder { client, component }
+        Recorder {
+            client,
+            component,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Records a `Normal` (or `Warning`) event about `obj`.
@@ -58,11 +73,19 @@ impl Recorder {
             reporting_component: Some(self.component.to_string()),
             ..Default::default()
         };
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(reason, "event queue full; dropping an event");
+            return;
+        }
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let (slots, pending) = (self.slots.clone(), self.pending.clone());
         tokio::spawn(async move {
+            let _slot = slots.acquire().await;
             if let Err(e) = api.create(&PostParams::default(), &ev).await {
                 tracing::debug!(error = %e, "recording an event failed");
             }
+            pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

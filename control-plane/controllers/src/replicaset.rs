@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -110,9 +110,15 @@ impl Expectations {
     }
 }
 
+/// At most this many API calls of one sync in flight at once. Upstream bounds the
+/// same bursts with client-go's rate limiter; without a bound, hundreds of concurrent
+/// HTTP/1.1 requests mean hundreds of TLS connections.
+pub const MAX_IN_FLIGHT: usize = 16;
+
 /// Runs `f` for `count` items in batches of 1, 2, 4, …, stopping after the first batch
 /// with a failure (upstream `slowStartBatch`): a quota or admission problem costs one
-/// failed call, not hundreds. Returns the successes and the first error.
+/// failed call, not hundreds. Within a batch at most [`MAX_IN_FLIGHT`] calls run at
+/// once. Returns the successes and the first error.
 pub async fn slow_start_batch<T, E, F, Fut>(count: usize, mut f: F) -> (Vec<T>, Option<E>)
 where
     F: FnMut(usize) -> Fut,
@@ -126,7 +132,11 @@ where
         let futs: Vec<Fut> = (index..index + batch).map(&mut f).collect();
         index += batch;
         let mut error = None;
-        for r in join_all(futs).await {
+        let results: Vec<Result<T, E>> = futures::stream::iter(futs)
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
             match r {
                 Ok(t) => done.push(t),
                 Err(e) => {
@@ -459,19 +469,25 @@ async fn manage_replicas(
                 .iter()
                 .map(|p| (p.name_any(), p.metadata.uid.clone().unwrap_or_default())),
         );
-        let results = join_all(victims.iter().map(|p| {
-            let api = api.clone();
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: p.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            let name = p.name_any();
-            async move { (name.clone(), api.delete(&name, &dp).await) }
-        }))
-        .await;
+        let deletes: Vec<_> = victims
+            .iter()
+            .map(|p| {
+                let api = api.clone();
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: p.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                let name = p.name_any();
+                async move { (name.clone(), api.delete(&name, &dp).await) }
+            })
+            .collect();
+        let results: Vec<_> = futures::stream::iter(deletes)
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
         let mut first_err = None;
         for (name, r) in results {
             match r {
