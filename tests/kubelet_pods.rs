@@ -64,7 +64,6 @@ fn wait_event(c: &Cluster, agent: &Agent, pod: &str, reason: &str, text: &str) {
 }
 
 #[test]
-#[ignore = "fails since pods got addresses from the node's pod range: the pod never turns Ready again after the second ConfigMap update; under investigation (see docs/status.md)"]
 fn probes_flip_readiness_with_a_configmap_update_and_restart_on_liveness_failure() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);

@@ -270,6 +270,38 @@ spec:
         "kubectl logs -f ended while the container runs"
     );
     drop(follow);
+
+    // kubectl top: metrics.k8s.io figures from the kubelet's summary.
+    let mut last = None;
+    let ok = wait_until(DEADLINE, || {
+        let r = c.kubectl(&["top", "pod", "counter", "--no-headers"]);
+        let ok = r.ok() && top_row_has_figures(&r.stdout, "counter");
+        last = Some(r);
+        ok
+    });
+    assert!(ok, "kubectl top pod printed no figures: {last:?}");
+    let containers = c.kubectl_ok(&["top", "pod", "counter", "--containers", "--no-headers"]);
+    assert!(
+        containers.split_whitespace().nth(1) == Some("counter"),
+        "{containers}"
+    );
+    let nodes = c.kubectl_ok(&["top", "node", "--no-headers"]);
+    assert!(top_row_has_figures(&nodes, node), "{nodes}");
+    let err = c.kubectl_err(&["top", "pod", "missing"]);
+    assert!(
+        err.contains("podmetrics.metrics.k8s.io \"default/missing\" not found"),
+        "{err}"
+    );
+    let raw = c.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/pods"]);
+    let listed: Value = serde_json::from_str(&raw).expect("a PodMetricsList");
+    assert_eq!(listed["kind"], "PodMetricsList", "{listed}");
+    assert!(
+        listed["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|p| p["metadata"]["name"] == "counter")),
+        "{listed}"
+    );
+
     let err = c.kubectl_err(&["logs", "counter", "--previous"]);
     assert!(
         err.contains("previous terminated container \"counter\" in pod \"counter\" not found"),
@@ -623,4 +655,18 @@ spec:
         "{}",
         pf.stderr()
     );
+}
+
+/// A `kubectl top` line for `name` with a CPU figure (`12m`) and a memory figure
+/// (`3Mi`).
+fn top_row_has_figures(out: &str, name: &str) -> bool {
+    out.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.first() == Some(&name)
+            && f.get(1)
+                .is_some_and(|c| c.ends_with('m') && c[..c.len() - 1].parse::<u64>().is_ok())
+            && f.iter()
+                .skip(2)
+                .any(|m| m.ends_with("Mi") || m.ends_with("Ki"))
+    })
 }

@@ -62,6 +62,10 @@ impl Row {
         self.subresources = s;
         self
     }
+    const fn verbs(mut self, v: &'static [&'static str]) -> Self {
+        self.verbs = v;
+        self
+    }
     const fn create_only(mut self) -> Self {
         self.verbs = CREATE_ONLY;
         self
@@ -310,6 +314,25 @@ const ROWS: &[Row] = &[
         "io.k8s.api.authentication.v1.SelfSubjectReview",
     )
     .create_only(),
+    // Served from the kubelets' summaries (metrics-server's API, built in).
+    row(
+        "metrics.k8s.io",
+        "v1beta1",
+        "NodeMetrics",
+        "nodes",
+        false,
+        "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics",
+    )
+    .verbs(&["get", "list"]),
+    row(
+        "metrics.k8s.io",
+        "v1beta1",
+        "PodMetrics",
+        "pods",
+        true,
+        "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics",
+    )
+    .verbs(&["get", "list"]),
 ];
 
 fn singular(kind: &str) -> String {

@@ -45,6 +45,8 @@ pub struct App {
     /// How pod logs, exec, attach and port-forward reach kubelets (set once at
     /// start-up; unset, those subresources answer 500).
     pub kubelet: std::sync::OnceLock<crate::node_proxy::KubeletDialer>,
+    /// Kubelet summaries scraped for `metrics.k8s.io`.
+    pub summaries: crate::metrics_api::SummaryCache,
 }
 
 impl App {
@@ -78,6 +80,7 @@ impl App {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             services: ServiceAllocator::new(store, service_ranges),
             kubelet: std::sync::OnceLock::new(),
+            summaries: Default::default(),
         }))
     }
 
@@ -303,6 +306,9 @@ async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
     if crate::node_proxy::is_node_subresource(&t) {
         drop(body);
         return crate::node_proxy::serve(app, &t, parts, &q).await;
+    }
+    if crate::metrics_api::is_metrics(&t) {
+        return crate::metrics_api::serve(&app, &t, &method, &q).await;
     }
     let body = read_body(body).await?;
     route(app, &t, &method, &q, &headers, &body, &user).await

@@ -74,6 +74,42 @@ impl KubeletDialer {
     }
 }
 
+impl KubeletDialer {
+    /// `GET path` on the kubelet at `addr`, its JSON answer.
+    pub async fn get_json(&self, addr: SocketAddr, path: &str) -> Result<Value, String> {
+        use http_body_util::BodyExt;
+        let stream = self.dial(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "{path}: {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)])
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
 fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }

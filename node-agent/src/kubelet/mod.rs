@@ -183,6 +183,7 @@ impl Kubelet {
             events: events::EventRecorder::start(client.clone(), config.node_name.clone()),
             cfg: config.clone(),
             router: runtimes,
+            api_calls: tokio::sync::Semaphore::new(worker::API_CALLS_IN_FLIGHT),
         });
 
         let pods: Api<Pod> = Api::all(client);

@@ -49,7 +49,14 @@ pub(crate) struct Shared {
     pub cfg: KubeletConfig,
     pub router: RuntimeRouter,
     pub events: EventRecorder,
+    /// Bounds the pod workers' API calls in flight: kube-rs speaks HTTP/1.1, so each
+    /// concurrent call is its own TLS connection, and a thousand workers writing
+    /// statuses at once starved the API server (handshake timeouts for everyone).
+    pub api_calls: tokio::sync::Semaphore,
 }
+
+/// Pod workers' API calls in flight at once (the heartbeat does not wait on these).
+pub(crate) const API_CALLS_IN_FLIGHT: usize = 16;
 
 /// Runs one pod's worker until the pod is gone from the API (`None` on `rx`) and its
 /// runtime state is torn down.
@@ -959,6 +966,7 @@ impl PodWorker {
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), spec::namespace(pod));
         let patch = status_patch(api_has, &new);
+        let _permit = self.shared.api_calls.acquire().await;
         match api
             .patch_status(
                 spec::name(pod),
@@ -1010,6 +1018,7 @@ impl PodWorker {
                 uid: pod.metadata.uid.clone(),
                 resource_version: None,
             });
+        let _permit = self.shared.api_calls.acquire().await;
         match api.delete(spec::name(pod), &dp).await {
             Ok(_) => {
                 info!(grace, "pod terminated and deleted");

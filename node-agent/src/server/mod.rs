@@ -95,6 +95,8 @@ impl KubeletServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) {
         let acceptor = TlsAcceptor::from(self.tls);
         let state = self.state.clone();
+        // A first sample, so the first scrape already has CPU rates to report.
+        let _ = stats::summary(&state).await;
         let app = router(self.state);
         if let Ok(addr) = self.listener.local_addr() {
             info!(%addr, "kubelet server listening");
