@@ -175,7 +175,7 @@ fn cpu_quantity(nanocores: u64) -> String {
 }
 
 fn memory_quantity(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
