@@ -5,7 +5,10 @@
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS]`
 //!
 //! The backend is a minimal HTTP/1.1 server in this process; the proxy is the real
-//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set.
+//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set. The
+//! peer is HAProxy (`apt-get install haproxy`) in TCP mode forwarding the same
+//! traffic to the same backend, started by the benchmark when `haproxy` is on PATH,
+//! with as many threads as the machine has cores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,6 +139,63 @@ async fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
     sent as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// HAProxy in TCP mode in front of `to`, on a free port; killed on drop.
+struct Haproxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+async fn haproxy(to: SocketAddr, threads: usize) -> Option<Haproxy> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        l.local_addr().ok()?.port()
+    };
+    let dir = std::env::temp_dir().join(format!("proxy-bench-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 20000\n  nbthread {threads}\n\ndefaults\n  mode tcp\n  \
+             timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
+             frontend bench\n  bind 127.0.0.1:{port}\n  default_backend endpoints\n\n\
+             backend endpoints\n  server e1 {to}\n"
+        ),
+    )
+    .ok()?;
+    let child = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let h = Haproxy {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            eprintln!("haproxy never listened on {addr}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(h)
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -150,14 +210,30 @@ async fn main() {
     let direct = backend().await;
     let proxied = proxy(direct).await;
 
-    // Warm both paths.
+    let peer = haproxy(direct, cores).await;
+    if peer.is_none() {
+        eprintln!("haproxy not found: no peer figures (apt-get install haproxy)");
+    }
+
+    // Warm every path.
     requests(direct, 0.5).await;
     requests(proxied, 0.5).await;
+    if let Some(h) = &peer {
+        requests(h.addr, 0.5).await;
+    }
     let d = requests(direct, secs).await;
     let p = requests(proxied, secs).await;
+    let hp = match &peer {
+        Some(h) => Some(requests(h.addr, secs).await),
+        None => None,
+    };
     let bytes = 2 << 30;
     let bd = bulk(direct, bytes).await;
     let bp = bulk(proxied, bytes).await;
+    let bh = match &peer {
+        Some(h) => Some(bulk(h.addr, bytes).await),
+        None => None,
+    };
 
     println!("proxy_bench: {CONNECTIONS} keep-alive connections, {secs} s each, {cores} cores");
     println!("| path | requests/s | p50 | p99 |");
@@ -169,6 +245,14 @@ async fn main() {
         us(p.p50),
         us(p.p99)
     );
+    if let Some(h) = &hp {
+        println!(
+            "| through HAProxy (peer) | {:.0} | {} | {} |",
+            h.rps,
+            us(h.p50),
+            us(h.p99)
+        );
+    }
     println!(
         "proxy/direct requests/s: {:.0}%; added latency p50 {}, p99 {}",
         100.0 * p.rps / d.rps,
@@ -179,4 +263,14 @@ async fn main() {
         "one bulk stream (2 GiB): direct {bd:.0} MiB/s, through the proxy {bp:.0} MiB/s ({:.0}%)",
         100.0 * bp / bd
     );
+    if let (Some(h), Some(bh)) = (&hp, bh) {
+        println!(
+            "proxy/HAProxy requests/s: {:.2}x; HAProxy added latency p50 {}, p99 {}; \
+             HAProxy bulk {bh:.0} MiB/s ({:.0}% of direct)",
+            p.rps / h.rps,
+            us(h.p50.saturating_sub(d.p50)),
+            us(h.p99.saturating_sub(d.p99)),
+            100.0 * bh / bd
+        );
+    }
 }
