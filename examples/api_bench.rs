@@ -4,6 +4,10 @@
 //! `scripts/bench.sh` starts the servers (embedded SQLite and etcd) and runs this;
 //! by hand: `cargo run --release --example api_bench -- KUBECONFIG [creates] [watchers]`.
 
+// The allocator the `kelp` binary uses, so the in-process server measures alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -472,3 +472,178 @@ endpoints:
     assert!(!held.contains(&gone.as_str()), "{record}");
     assert!(held.contains(&ips[0].to_string().as_str()), "{record}");
 }
+
+/// A Deployment behind a selector Service, as users run one: the endpoints
+/// controller feeds the proxy. Requests through the ClusterIP and the node port spread
+/// over the replicas; scaling 3 → 5 → 3 under a client loop fails no request; a pod
+/// whose readiness probe fails leaves the rotation within two probe periods.
+#[test]
+fn a_deployment_behind_a_service_rescales_without_failed_requests() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = registry::Registry::start();
+    let image = format!("{}/kelp/http-hello:v1", reg.addr);
+    push(&http_hello(), &image);
+    let up = Up::start();
+    // Each pod reads its readiness from the ConfigMap key named after it.
+    up.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: readiness}}
+data: {{}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hello}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: hello}}}}
+  template:
+    metadata: {{labels: {{app: hello}}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+        ports: [{{containerPort: 8080}}]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - {{name: READY_FILE, value: "/config/$(POD_NAME)"}}
+        readinessProbe:
+          httpGet: {{path: /healthz, port: 8080}}
+          periodSeconds: {PROBE_PERIOD_S}
+          failureThreshold: 1
+        volumeMounts: [{{name: config, mountPath: /config}}]
+      volumes:
+      - name: config
+        configMap: {{name: readiness}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: hello}}
+spec:
+  type: NodePort
+  selector: {{app: hello}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    ));
+    up.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/hello",
+        "--timeout=60s",
+    ])
+    .unwrap_or_else(|e| panic!("rollout: {e}\n{}", up.log()));
+    let svc = up.json(&["get", "service", "hello"]);
+    let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+    let via_cluster_ip = SocketAddr::new(cluster_ip, 80);
+    let via_node_port = SocketAddr::from(([127, 0, 0, 1], node_port));
+    let pods = |up: &Up| -> Vec<String> {
+        let list = up.json(&["get", "pods", "-l", "app=hello"]);
+        let mut names: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let spread_over = |addr: SocketAddr, want: usize| {
+        let mut last = BTreeMap::new();
+        let ok = wait_until(DEADLINE, || {
+            last = spread(addr, 10 * want);
+            last.len() == want
+        });
+        assert!(ok, "via {addr}: {last:?}, want {want} pods\n{}", up.log());
+        last
+    };
+    for addr in [via_cluster_ip, via_node_port] {
+        let counts = spread_over(addr, 3);
+        assert_eq!(
+            counts.keys().cloned().collect::<Vec<_>>(),
+            pods(&up),
+            "via {addr}"
+        );
+    }
+
+    // Scale 3 → 5 → 3 while a client loop counts failed requests.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                match get(via_cluster_ip, &format!("/loop-{i}")) {
+                    Ok((200, _, _)) => ok += 1,
+                    Ok((status, pod, body)) => failed.push(format!("{status} from {pod}: {body}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    up.kubectl(&["scale", "deployment/hello", "--replicas=5"])
+        .unwrap();
+    up.kubectl(&["rollout", "status", "deployment/hello", "--timeout=60s"])
+        .unwrap_or_else(|e| panic!("scale to 5: {e}\n{}", up.log()));
+    let five = spread_over(via_cluster_ip, 5);
+    up.kubectl(&["scale", "deployment/hello", "--replicas=3"])
+        .unwrap();
+    let ok = wait_until(DEADLINE, || pods(&up).len() == 3);
+    assert!(ok, "never back to 3 pods: {:?}", pods(&up));
+    let three = spread_over(via_cluster_ip, 3);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rescale ({five:?} then {three:?}): {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    eprintln!("rescale 3 → 5 → 3: {ok} requests, none failed");
+
+    // One pod's readiness fails: it leaves the rotation within two probe periods of
+    // its first failing answer.
+    let victim = pods(&up)[0].clone();
+    let victim_ip = up.running_pod_ip(&victim);
+    up.kubectl(&[
+        "patch",
+        "configmap",
+        "readiness",
+        "-p",
+        &format!(r#"{{"data":{{"{victim}":"unready"}}}}"#),
+    ])
+    .unwrap();
+    let ok = wait_until(DEADLINE, || {
+        get(SocketAddr::new(victim_ip, 8080), "/healthz").is_ok_and(|r| r.0 == 503)
+    });
+    assert!(ok, "the ConfigMap update never reached {victim}");
+    let failing_since = std::time::Instant::now();
+    let mut last_seen = failing_since;
+    let gone = wait_until(DEADLINE, || {
+        let counts = spread(via_cluster_ip, 6);
+        if counts.contains_key(&victim) {
+            last_seen = std::time::Instant::now();
+            false
+        } else {
+            // Gone for a full round over the other two.
+            counts.len() == 2
+        }
+    });
+    assert!(gone, "{victim} never left the rotation\n{}", up.log());
+    let took = last_seen - failing_since;
+    eprintln!("{victim} left the rotation {took:?} after its probe first failed");
+    assert!(
+        took <= Duration::from_secs(2 * PROBE_PERIOD_S),
+        "{victim} stayed in rotation for {took:?} (probe period {PROBE_PERIOD_S} s)"
+    );
+}
+
+/// The readiness probe period of the Deployment test.
+const PROBE_PERIOD_S: u64 = 2;

@@ -6,6 +6,10 @@
 //! `cargo run --release -p kelp-scheduler --example scheduler_bench -- [PODS] [NODES…]`
 //! (default: 10000 pods, at 1000 and at 5000 nodes).
 
+// The allocator the `kelp` binary uses, so the in-process server measures alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
