@@ -527,13 +527,8 @@ spec:
   ports: [{{port: 80, targetPort: 8080}}]
 "#
     ));
-    up.kubectl(&[
-        "rollout",
-        "status",
-        "deployment/hello",
-        "--timeout=60s",
-    ])
-    .unwrap_or_else(|e| panic!("rollout: {e}\n{}", up.log()));
+    up.kubectl(&["rollout", "status", "deployment/hello", "--timeout=60s"])
+        .unwrap_or_else(|e| panic!("rollout: {e}\n{}", up.log()));
     let svc = up.json(&["get", "service", "hello"]);
     let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;

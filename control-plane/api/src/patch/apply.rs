@@ -1,6 +1,6 @@
 //! Field ownership (`metadata.managedFields`, FieldsV1) and server-side apply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 
@@ -482,14 +482,36 @@ pub fn record_update(
         None => Vec::new(),
     };
     let new_set = field_set(&gvk, new);
-    let changed: BTreeSet<FieldPath> = new_set
-        .iter()
-        .filter(|p| match old {
-            None => true,
-            Some(o) => value_at(&gvk, o, p) != value_at(&gvk, new, p),
-        })
-        .cloned()
-        .collect();
+    // Whole sections are usually untouched (a binding changes `spec.nodeName`, not
+    // `spec.containers`): one deep comparison of a field-only prefix of up to two
+    // levels settles every path under it, instead of a schema walk per leaf.
+    let mut same_prefix: HashMap<(&str, Option<&str>), bool> = HashMap::new();
+    let mut changed: BTreeSet<FieldPath> = BTreeSet::new();
+    for p in &new_set {
+        let Some(o) = old else {
+            changed.insert(p.clone());
+            continue;
+        };
+        let section = match (p.first(), p.get(1)) {
+            (Some(Elem::Field(a)), Some(Elem::Field(b))) if p.len() > 2 => {
+                Some((a.as_str(), Some(b.as_str())))
+            }
+            (Some(Elem::Field(a)), _) => Some((a.as_str(), None)),
+            _ => None,
+        };
+        let unchanged_section = section.is_some_and(|(a, b)| {
+            *same_prefix.entry((a, b)).or_insert_with(|| {
+                let (x, y) = (o.get(a), new.get(a));
+                match b {
+                    None => x == y,
+                    Some(b) => x.and_then(|x| x.get(b)) == y.and_then(|y| y.get(b)),
+                }
+            })
+        });
+        if !unchanged_section && value_at(&gvk, o, p) != value_at(&gvk, new, p) {
+            changed.insert(p.clone());
+        }
+    }
     for e in entries.iter_mut() {
         e.fields.retain(|p| new_set.contains(p));
         if !e.is(manager, operation) {
