@@ -232,6 +232,8 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
                 .then(|| v.trim().to_string())
         })
         .unwrap_or_default();
+    // A failed exchange shows all it got, headers included.
+    let body = if status == 200 { body } else { &raw };
     Ok((status, pod, body.to_string()))
 }
 

@@ -39,6 +39,63 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long open connections get to finish their current response after a stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a stopping server waits for connections it accepted but that have not
+/// sent their first request yet (a proxy or client that connected just before the
+/// stop): without it, graceful shutdown closes them as idle and the request that was
+/// on its way fails.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Connections accepted that have not started a request (nor ended) yet.
+#[derive(Default)]
+struct FreshConnections {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl FreshConnections {
+    fn opened(self: &Arc<Self>) -> FreshGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        FreshGuard {
+            conns: self.clone(),
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Until every fresh connection has started a request or ended.
+    async fn settled(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// One connection's place among the fresh ones, given up on its first request or
+/// when it ends.
+struct FreshGuard {
+    conns: Arc<FreshConnections>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl FreshGuard {
+    fn started(&self) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.conns
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.conns.changed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for FreshGuard {
+    fn drop(&mut self) {
+        self.started();
+    }
+}
 
 /// Whether `component` exports `wasi:http/incoming-handler` (any version), i.e. is
 /// served with [`serve`] rather than run as a command.
@@ -179,24 +236,32 @@ pub async fn serve_on(
         deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let fresh = Arc::new(FreshConnections::default());
+    let serve = |sock: tokio::net::TcpStream, peer: SocketAddr| {
+        let _ = sock.set_nodelay(true);
+        let server = server.clone();
+        let guard = Arc::new(fresh.opened());
+        let first = guard.clone();
+        let conn = http1::Builder::new().keep_alive(true).serve_connection(
+            TokioIo::new(sock),
+            hyper::service::service_fn(move |req| {
+                first.started();
+                server.clone().handle(req)
+            }),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "wasi:http connection ended with an error");
+            }
+            drop(guard);
+        });
+    };
     loop {
         tokio::select! {
             _ = stop.stopped() => break,
             accepted = listener.accept() => match accepted {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let server = server.clone();
-                    let conn = http1::Builder::new().keep_alive(true).serve_connection(
-                        TokioIo::new(sock),
-                        hyper::service::service_fn(move |req| server.clone().handle(req)),
-                    );
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(%peer, error = %e, "wasi:http connection ended with an error");
-                        }
-                    });
-                }
+                Ok((sock, peer)) => serve(sock, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     warn!(error = %e, "accepting a wasi:http connection");
@@ -205,7 +270,22 @@ pub async fn serve_on(
             }
         }
     }
-    drop(listener);
+    // Connections the kernel completed before the stop are served, not reset with
+    // the listener: clients (the service proxy) saw them connect.
+    // (Accepted with the non-blocking syscall itself: the reactor may not have seen
+    // their readiness yet.)
+    if let Ok(std_listener) = listener.into_std() {
+        while let Ok((sock, peer)) = std_listener.accept() {
+            match sock
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(sock))
+            {
+                Ok(sock) => serve(sock, peer),
+                Err(e) => debug!(%peer, error = %e, "a connection accepted at stop"),
+            }
+        }
+    }
+    let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, fresh.settled()).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -165,6 +165,20 @@ impl PodInterface {
         Ok(())
     }
 
+    /// An `unreachable` route for `range` in the main table (local /32s win: they are
+    /// in the local table). Already present is fine.
+    pub async fn unreachable_route(&self, range: ipnet::Ipv4Net) -> Result<(), IfaceError> {
+        let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(range.network(), range.prefix_len())
+            .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl(e)),
+        }
+    }
+
     /// Every address on the interface.
     pub async fn addresses(&self) -> Result<Vec<IpAddr>, IfaceError> {
         let mut out = vec![];

@@ -83,6 +83,16 @@ impl AddressMode {
             AddressMode::Loopback => Ok(()),
         }
     }
+
+    /// Makes the node's pod range unreachable but for its local addresses, so a
+    /// connect to a released pod address fails at once (the service proxy then tries
+    /// another endpoint) instead of leaving through the default route.
+    pub async fn fence(&self, range: Ipv4Net) -> Result<(), IfaceError> {
+        match self {
+            AddressMode::Interface(i) => i.unreachable_route(range).await,
+            AddressMode::Loopback => Ok(()),
+        }
+    }
 }
 
 /// The pod CIDR moved into 127.0.0.0/8 (loopback mode): the first octet becomes 127.
@@ -198,6 +208,11 @@ impl PodNetwork {
                 (self.effective(c), false)
             }
         };
+        if from_node {
+            if let Err(e) = self.mode.fence(range).await {
+                warn!(%range, error = %e, "cannot fence the pod range with an unreachable route");
+            }
+        }
         match slot {
             Some(s) => {
                 s.alloc.set_range(range);
