@@ -1,13 +1,15 @@
 //! `kelp agent`, `kelp kubelet` and the node half of `kelp up`: a kubelet
 //! (kelp-node-agent) over the in-process Wasm runtime, or over a CRI socket.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use kelp_node_agent::dns::{self, DnsConfig, DnsServer, KubeCatalog};
 use kelp_node_agent::kube::Client;
+use kelp_node_agent::kubelet::env::ServiceCache;
 use kelp_node_agent::network::{AddressMode, PodNetwork};
 use kelp_node_agent::proxy::{self, ProxyConfig};
 use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime, RuntimeRouter};
@@ -59,9 +61,43 @@ pub struct NetArgs {
     /// Serve the proxy's Prometheus metrics on HOST:PORT.
     #[arg(long)]
     proxy_metrics_address: Option<std::net::SocketAddr>,
+    /// Where the node's cluster DNS listens, ADDR or ADDR:PORT (UDP and TCP; port 0:
+    /// any free port). Default: 169.254.20.10:53 on the pod interface (127.0.0.10:53
+    /// without CAP_NET_ADMIN), moving to a free port when 53 cannot be had.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    cluster_dns_address: Option<String>,
+    /// Do not run cluster DNS on this node (ClusterFirst pods get the host's resolvers).
+    #[arg(long)]
+    disable_cluster_dns: bool,
+    /// The cluster domain cluster DNS answers for.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The host's resolver config: `dnsPolicy: Default` pods get it, cluster DNS
+    /// relays names outside the cluster domain to its nameservers.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 impl NetArgs {
+    /// The cluster DNS listen address: (address, whether it is the default).
+    fn cluster_dns_listen(&self, mode: &AddressMode) -> anyhow::Result<(SocketAddr, bool)> {
+        let Some(raw) = &self.cluster_dns_address else {
+            let ip = if mode.is_loopback() {
+                dns::DEFAULT_LOOPBACK_ADDRESS
+            } else {
+                dns::DEFAULT_ADDRESS
+            };
+            return Ok((SocketAddr::new(ip.into(), 53), true));
+        };
+        let addr = match raw.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, 53),
+            Err(_) => raw
+                .parse()
+                .with_context(|| format!("--cluster-dns-address {raw:?}: not ADDR or ADDR:PORT"))?,
+        };
+        Ok((addr, false))
+    }
+
     fn proxy_config(&self, node_name: &str) -> ProxyConfig {
         let mut p = ProxyConfig::new(node_name);
         p.nodeport_address = self.nodeport_address;
@@ -230,14 +266,31 @@ async fn run_node(
         mode.clone(),
         node.data_dir.join("network"),
     )));
+    // One Service reflector for the kubelet (service links) and cluster DNS.
+    let services = ServiceCache::start(client.clone());
+    cfg.services = Some(services.clone());
+    cfg.cluster_domain = node.net.cluster_domain.clone();
+    cfg.resolv_conf = Some(node.net.resolv_conf.clone());
+    // One shutdown for the kubelet, the proxy and cluster DNS.
+    let (tx, rx) = watch::channel(false);
+    let dns = if node.net.disable_cluster_dns {
+        None
+    } else {
+        let server = bind_cluster_dns(&node.net, &mode).await?;
+        cfg.cluster_dns = vec![server.local_addr()];
+        let catalog = Arc::new(KubeCatalog::start(services, client.clone()));
+        Some(tokio::spawn(server.run(catalog, stopped(rx.clone()))))
+    };
     println!(
-        "kelp kubelet: node {} (InternalIP {}) serving handlers {:?}",
+        "kelp kubelet: node {} (InternalIP {}) serving handlers {:?}, cluster DNS {}",
         cfg.node_name,
         cfg.node_ip,
-        router.handlers()
+        router.handlers(),
+        cfg.cluster_dns
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into())
     );
-    // One shutdown for the kubelet and the proxy.
-    let (tx, rx) = watch::channel(false);
     let proxy = (!node.net.disable_proxy).then(|| {
         let pc = node.net.proxy_config(&cfg.node_name);
         let (client, rx) = (client.clone(), rx.clone());
@@ -261,7 +314,27 @@ async fn run_node(
     if let Some(p) = proxy {
         let _ = p.await;
     }
+    if let Some(d) = dns {
+        let _ = d.await;
+    }
     result.context("kubelet")
+}
+
+/// Binds the node's cluster DNS (the default address is made local first).
+async fn bind_cluster_dns(net: &NetArgs, mode: &AddressMode) -> anyhow::Result<DnsServer> {
+    let (listen, is_default) = net.cluster_dns_listen(mode)?;
+    if is_default {
+        mode.add(listen.ip())
+            .await
+            .with_context(|| format!("adding the cluster DNS address {}", listen.ip()))?;
+    }
+    let mut cfg = DnsConfig::new(listen);
+    cfg.fallback_to_free_port = is_default;
+    cfg.domain = net.cluster_domain.clone();
+    cfg.upstreams = std::fs::read_to_string(&net.resolv_conf)
+        .map(|t| dns::resolv_conf_nameservers(&t))
+        .unwrap_or_default();
+    DnsServer::bind(cfg).await.context("cluster DNS")
 }
 
 /// `kelp proxy`: the service proxy alone, over a kubeconfig.

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod cri;
+pub mod dns;
 pub mod kubelet;
 pub mod network;
 pub mod proxy;

@@ -30,6 +30,7 @@ use crate::container::{
     configure_store, open_log, wasi_builder, Artifact, ContainerSpec, ExitStatus, Limited,
     MemoryLimit, StopHandle,
 };
+use crate::dns::PodResolver;
 use crate::engine::{WasmEngine, EPOCH_TICK};
 use crate::logs::{CriLog, Stream};
 use crate::RuntimeError;
@@ -140,9 +141,11 @@ impl Limited for Host {
     }
 }
 
-/// Outgoing requests only when the container may use the network.
+/// Outgoing requests only when the container may use the network, their host
+/// names resolved by the pod's resolver.
 struct Hooks {
     allow_network: bool,
+    resolver: Option<Arc<PodResolver>>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -161,7 +164,12 @@ impl WasiHttpHooks for Hooks {
         if !self.allow_network {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let resolver = self.resolver.clone();
         Box::new(async move {
+            let request = match resolver {
+                Some(r) => resolve_authority(&r, request).await?,
+                None => request,
+            };
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
@@ -169,6 +177,45 @@ impl WasiHttpHooks for Hooks {
             ))
         })
     }
+}
+
+/// Points a plain-http request at the address the pod's resolver gives its host.
+/// The Host header (set by wasi:http from the authority before this hook) keeps the
+/// name. https requests keep their name: the TLS server name comes from the
+/// authority, so they are left to the system resolver.
+async fn resolve_authority<B>(
+    resolver: &PodResolver,
+    mut request: http::Request<B>,
+) -> wasmtime_wasi_http::Result<http::Request<B>> {
+    let uri = request.uri().clone();
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        return Ok(request);
+    }
+    let Some(host) = uri.host() else {
+        return Ok(request);
+    };
+    let ips = match resolver.lookup(host).await {
+        Ok(Some(ips)) => ips,
+        Ok(None) => return Ok(request),
+        Err(e) => {
+            debug!(host, error = %e, "outgoing request: name lookup failed");
+            return Err(wasmtime_wasi_http::Error::DnsError {
+                rcode: Some(e.to_string()),
+                info_code: None,
+            });
+        }
+    };
+    // Prefer IPv4 (every ClusterIP Kelp allocates is IPv4).
+    let Some(ip) = ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()) else {
+        return Ok(request);
+    };
+    let addr = SocketAddr::new(*ip, uri.port_u16().unwrap_or(80));
+    let mut parts = uri.into_parts();
+    parts.authority = addr.to_string().parse().ok();
+    if let Ok(u) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = u;
+    }
+    Ok(request)
 }
 
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
@@ -328,6 +375,7 @@ impl Server {
             http: WasiHttpCtx::new(),
             hooks: Hooks {
                 allow_network: self.spec.allow_network,
+                resolver: self.spec.resolver.clone(),
             },
             limits: MemoryLimit::for_spec(&self.spec),
         };

@@ -12,6 +12,7 @@
 //! depend on the kubelet or the control plane.
 
 pub mod container;
+pub mod dns;
 pub mod engine;
 pub mod http;
 pub mod image;

@@ -26,32 +26,61 @@ pub struct PodContext {
     pub service_env: Vec<(String, String)>,
 }
 
-/// Services known to the kubelet (a reflector), for service link variables.
+/// Services known to the node (a reflector): service link variables for the kubelet
+/// and answers for cluster DNS share one watch.
 #[derive(Clone)]
 pub struct ServiceCache {
     store: kube::runtime::reflector::Store<Service>,
 }
 
+impl std::fmt::Debug for ServiceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceCache").finish_non_exhaustive()
+    }
+}
+
+/// Starts a reflector over every `K` in the cluster (runs until the process ends;
+/// watch failures are logged and retried with back-off).
+pub fn reflect<K>(client: Client) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<K>::all(client), watcher::Config::default()),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+        }
+    });
+    store
+}
+
 impl ServiceCache {
     /// Starts a reflector over every Service (runs until the process ends).
     pub fn start(client: Client) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{reflector, watcher, WatchStreamExt};
-        let (store, writer) = reflector::store::<Service>();
-        let stream = reflector::reflector(
-            writer,
-            watcher::watcher(Api::<Service>::all(client), watcher::Config::default()),
-        )
-        .default_backoff();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "service watch failed; retrying");
-                }
-            }
-        });
-        ServiceCache { store }
+        ServiceCache {
+            store: reflect(client),
+        }
+    }
+
+    /// The reflector's store (every Service of the cluster).
+    pub fn store(&self) -> &kube::runtime::reflector::Store<Service> {
+        &self.store
     }
 
     /// The service link variables for `pod` (empty until the first list arrived).

@@ -7,9 +7,10 @@
 //! [`volumes`] (the pod's volumes on disk, the atomic writer, sizeLimit),
 //! [`probes`] (liveness/readiness/startup probers and their handlers),
 //! [`pull_secrets`] (imagePullSecrets → CRI auth), [`status`] (pure pod status),
-//! [`events`], and `worker` (the executor).
+//! [`events`], [`dns`] (the pod's resolver config), and `worker` (the executor).
 
 pub mod actions;
+pub mod dns;
 pub mod env;
 pub mod events;
 pub mod node;
@@ -73,6 +74,16 @@ pub struct KubeletConfig {
     /// Pod addresses from the node's pod CIDR; None leaves the address to the
     /// runtime (the Wasm runtime's default is 127.0.0.1).
     pub network: Option<Arc<crate::network::PodNetwork>>,
+    /// The Service reflector, shared with the node's other users (cluster DNS);
+    /// None: the kubelet starts its own.
+    pub services: Option<env::ServiceCache>,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use (upstream's
+    /// `--cluster-dns`); empty: such pods get the host's resolvers.
+    pub cluster_dns: Vec<std::net::SocketAddr>,
+    /// `--cluster-domain`.
+    pub cluster_domain: String,
+    /// The host's resolver config for `dnsPolicy: Default` (upstream's `--resolv-conf`).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl KubeletConfig {
@@ -94,6 +105,10 @@ impl KubeletConfig {
             crash_backoff: BackoffPolicy::default(),
             pull_backoff: BackoffPolicy::default(),
             network: None,
+            services: None,
+            cluster_dns: vec![],
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
         }
     }
 }
@@ -173,7 +188,10 @@ impl Kubelet {
         );
         let heartbeat = tokio::spawn(node.run());
         let facts = node::HostFacts::detect();
-        let services = env::ServiceCache::start(client.clone());
+        let services = config
+            .services
+            .clone()
+            .unwrap_or_else(|| env::ServiceCache::start(client.clone()));
         let shared = Arc::new(worker::Shared {
             services,
             client: client.clone(),

@@ -544,10 +544,9 @@ impl PodWorker {
                 if let Err(e) = std::fs::create_dir_all(&pod_dir) {
                     warn!(dir = %pod_dir.display(), error = %e, "cannot create the pod directory");
                 }
-                sandbox_config = match self
-                    .with_pod_ip(pod, spec::sandbox_config(pod, attempt, &pod_dir))
-                    .await
-                {
+                let mut config = spec::sandbox_config(pod, attempt, &pod_dir);
+                config.dns_config = Some(self.dns_config(pod));
+                sandbox_config = match self.with_pod_ip(pod, config).await {
                     Some(c) => c,
                     None => return,
                 };
@@ -637,6 +636,22 @@ impl PodWorker {
                 debug!(container = %id, error = %cri_error(&e), "cannot remove container");
             }
         }
+    }
+
+    /// The pod's resolver config (the host's resolv.conf is read each time, as
+    /// upstream's kubelet does, so a changed host config reaches new pods).
+    fn dns_config(&self, pod: &Pod) -> cri::DnsConfig {
+        let cfg = self.cfg();
+        let node = super::dns::NodeDns {
+            cluster_dns: cfg.cluster_dns.clone(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            host: cfg
+                .resolv_conf
+                .as_deref()
+                .map(super::dns::ResolvConf::read)
+                .unwrap_or_default(),
+        };
+        super::dns::pod_dns_config(pod, &node)
     }
 
     /// The sandbox config carrying the pod's address from the node's pod network

@@ -74,6 +74,9 @@ pub struct ContainerSpec {
     /// Sockets (TCP, UDP, name lookup) and outgoing wasi:http requests. Denied
     /// unless true.
     pub allow_network: bool,
+    /// The pod's resolver for outgoing wasi:http requests (the sandbox's DNS
+    /// config); None: the system resolver.
+    pub resolver: Option<Arc<crate::dns::PodResolver>>,
     /// `resources.limits.memory` in bytes: all linear memories and tables of the
     /// container's store together.
     pub memory_limit: Option<usize>,

@@ -328,6 +328,7 @@ impl WasmRuntime {
             stdin: None,
             allow_network,
             hostname: Some(sb.config.hostname.clone()).filter(|h| !h.is_empty()),
+            resolver: sb.config.dns.clone(),
             cpu_limit_millis: cfg.cpu_limit_millis,
             ..Default::default()
         };

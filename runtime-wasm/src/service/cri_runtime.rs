@@ -52,6 +52,11 @@ fn sandbox_config(c: cri::PodSandboxConfig) -> SandboxConfig {
         namespace: md.namespace,
         attempt: md.attempt,
         hostname: c.hostname,
+        dns: c
+            .dns_config
+            .as_ref()
+            .and_then(crate::dns::PodResolver::from_cri)
+            .map(std::sync::Arc::new),
         log_directory: Some(c.log_directory)
             .filter(|d| !d.is_empty())
             .map(PathBuf::from),

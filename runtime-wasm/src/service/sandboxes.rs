@@ -30,6 +30,8 @@ pub struct SandboxConfig {
     pub port_mappings: Vec<PortMapping>,
     pub labels: HashMap<String, String>,
     pub annotations: HashMap<String, String>,
+    /// The pod's resolver (CRI `dns_config`); None: the system resolver.
+    pub dns: Option<Arc<crate::dns::PodResolver>>,
 }
 
 #[derive(Debug)]

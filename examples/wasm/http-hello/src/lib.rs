@@ -11,10 +11,15 @@
 //! emptyDir volume) says `unready`, else 200; `/status/N` answers status N. `/env/NAME`
 //! answers the value of environment variable NAME, `/file/PATH` the content of file
 //! `/PATH` (what a wasi:http pod sees of its env and volumes).
+//!
+//! `/fetch/HOST[:PORT]/PATH` makes an outgoing wasi:http GET of
+//! `http://HOST[:PORT]/PATH` and answers with its status and body (502 and the
+//! error when the request fails): how one pod calls another Service by name.
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
 };
 
 struct HttpHello;
@@ -62,6 +67,13 @@ impl Guest for HttpHello {
                 Err(_) => respond(response_out, 404, format!("{name} is not set\n")),
             };
         }
+        if let Some(target) = path.strip_prefix("/fetch/") {
+            let (authority, rest) = target.split_once('/').unwrap_or((target, ""));
+            return match fetch(authority, &format!("/{rest}")) {
+                Ok((status, body)) => respond(response_out, status, body),
+                Err(e) => respond(response_out, 502, format!("fetch http://{target}: {e}\n")),
+            };
+        }
         if let Some(file) = path.strip_prefix("/file/") {
             let file = format!("/{file}");
             return match std::fs::read_to_string(&file) {
@@ -75,6 +87,42 @@ impl Guest for HttpHello {
             format!("Hello from Kelp over wasi:http\n{path}\n"),
         );
     }
+}
+
+/// GET `http://AUTHORITY/PATH`: (status, body as text) or the error.
+fn fetch(authority: &str, path: &str) -> Result<(u16, String), String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|_| "bad scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|_| format!("bad authority {authority:?}"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|_| format!("bad path {path:?}"))?;
+    let pending =
+        wasi::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|_| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.consume().map_err(|_| "body taken twice")?;
+    let mut bytes = Vec::new();
+    {
+        let stream = body.stream().map_err(|_| "body stream taken twice")?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(wasi::io::streams::StreamError::Closed) => break,
+                Err(e) => return Err(format!("reading the body: {e:?}")),
+            }
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Answers `status` with `text` as a plain-text body.

@@ -1,0 +1,417 @@
+//! Cluster DNS end to end: `kelp up` (control plane + a node running the kubelet, the
+//! userspace proxy and cluster DNS in one process) with its own pod interface, a real
+//! registry holding `http-hello`, real `kubectl`. One Wasm pod calls a Service by
+//! name through its `/fetch/` route (an outgoing wasi:http request resolved by the
+//! pod's resolver), and the node's DNS server is queried directly over UDP and TCP.
+//!
+//! The node's DNS listens on 169.254.20.10:53 on the test's interface, or a free port
+//! there when another agent on this machine holds port 53.
+
+mod common;
+#[path = "../runtime-wasm/tests/support/registry.rs"]
+mod registry;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::wait_until;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn kelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kelp"))
+}
+
+fn http_hello() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/wasm/target/wasm32-wasip2/release/http_hello.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-wasm-examples.sh",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `kelp up` with its own pod interface; killed by pid and the interface deleted on drop.
+struct Up {
+    dir: tempfile::TempDir,
+    child: Child,
+    node: String,
+    iface: String,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let iface = format!("kelpd{}", std::process::id() % 100_000);
+        let node = format!("dns-node-{}", std::process::id());
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let child = kelp()
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--https-port", &free_port().to_string()])
+            .args(["--node-name", &node, "--pod-interface", &iface])
+            .args(["--kubelet-port", "0"])
+            .env(
+                "KELP_LOG",
+                "info,kelp_node_agent::dns=debug,kelp_runtime_wasm::http=debug",
+            )
+            .env_remove("KELP_DATA_DIR")
+            .env_remove("KELP_POD_INTERFACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kelp up");
+        let up = Up {
+            dir,
+            child,
+            node,
+            iface,
+        };
+        let ok = wait_until(DEADLINE, || {
+            up.kubeconfig().exists()
+                && up
+                    .kubectl(&["get", "node", &up.node, "-o", "json"])
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                    .is_some_and(|n| {
+                        n["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+        });
+        assert!(ok, "kelp up's node never became Ready:\n{}", up.log());
+        up
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data/kubeconfig")
+    }
+
+    fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        let s = self.full_log();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
+    /// Where the node's cluster DNS listens (the agent prints it at start).
+    fn dns_addr(&self) -> SocketAddr {
+        let log = self.full_log();
+        let addr = log
+            .lines()
+            .find_map(|l| {
+                l.split_once("cluster DNS ")
+                    .map(|(_, a)| a.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("kelp up did not say where cluster DNS listens:\n{log}"));
+        addr.parse()
+            .unwrap_or_else(|_| panic!("cluster DNS address {addr:?}"))
+    }
+
+    fn kubectl_in(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_in(args, None)
+    }
+
+    fn apply(&self, yaml: &str) {
+        if let Err(e) = self.kubectl_in(&["apply", "-f", "-"], Some(yaml)) {
+            panic!("kubectl apply failed: {e}\n{yaml}");
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let s = self
+            .kubectl(&a)
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+        serde_json::from_str(&s).unwrap()
+    }
+
+    /// Waits until pod `name` runs with an address; returns its IP.
+    fn running_pod_ip(&self, name: &str) -> IpAddr {
+        let mut last = Value::Null;
+        let ok = wait_until(DEADLINE, || {
+            last = self
+                .kubectl(&["get", "pod", name, "-o", "json"])
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(Value::Null);
+            last["status"]["phase"] == "Running" && last["status"]["podIP"].is_string()
+        });
+        assert!(
+            ok,
+            "pod {name} never ran: {}\n{}",
+            last["status"],
+            self.log()
+        );
+        last["status"]["podIP"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.iface])
+            .stderr(Stdio::null())
+            .status();
+        if std::thread::panicking() {
+            eprintln!("--- kelp up log ---\n{}", self.log());
+        }
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+fn query(name: &str, rtype: RecordType) -> Message {
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    m
+}
+
+fn ask_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let q = query(name, rtype);
+    sock.send_to(&q.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no UDP answer from {server} for {name}: {e}"));
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.metadata.id, q.metadata.id);
+    m
+}
+
+fn ask_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let wire = query(name, rtype).to_vec().unwrap();
+    let mut out = (wire.len() as u16).to_be_bytes().to_vec();
+    out.extend(wire);
+    s.write_all(&out).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn addresses(m: &Message) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: web
+        image: IMAGE
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello-headless}
+spec:
+  clusterIP: None
+  selector: {app: hello}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  containers:
+  - name: web
+    image: IMAGE
+    ports: [{containerPort: 8080}]
+"#;
+
+/// The done-when of issue 6's DNS item: a Wasm pod reaches another Service by its
+/// DNS name (full and through the search path), an unknown name is a clear error;
+/// the node's DNS answers ClusterIP and headless Services over UDP and TCP.
+#[test]
+fn a_wasm_pod_reaches_a_service_by_name() {
+    let reg = registry::Registry::start();
+    let image = format!("{}/kelp/http-hello:v1", reg.addr);
+    let out = kelp()
+        .arg("push")
+        .arg(http_hello())
+        .arg(&image)
+        .output()
+        .expect("kelp push");
+    assert!(
+        out.status.success(),
+        "kelp push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up = Up::start();
+    up.apply(&APPS.replace("IMAGE", &image));
+    let client = SocketAddr::new(up.running_pod_ip("client"), 8080);
+
+    // Full name, through the ClusterIP and the proxy, to a hello replica.
+    let mut last = (0, String::new());
+    let ok = wait_until(DEADLINE, || {
+        last =
+            get(client, "/fetch/hello.default.svc.cluster.local/hi").unwrap_or((0, String::new()));
+        last.0 == 200
+    });
+    assert!(
+        ok,
+        "the client never reached hello by its full name: {last:?}\n{}",
+        up.log()
+    );
+    assert!(
+        last.1.contains("Hello from Kelp over wasi:http") && last.1.contains("/hi"),
+        "{last:?}"
+    );
+
+    // The short name through the pod's search path (default.svc.cluster.local).
+    let (status, body) = get(client, "/fetch/hello/short").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/short"), "{body}");
+    // With the port, and through svc.cluster.local.
+    let (status, body) = get(client, "/fetch/hello.default:80/ns").unwrap();
+    assert_eq!((status, body.contains("/ns")), (200, true), "{body}");
+
+    // A name the cluster does not have: a DNS error, not a hang or a system lookup.
+    let (status, body) = get(client, "/fetch/nope.default.svc.cluster.local/").unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("DnsError") && body.contains("nope.default.svc.cluster.local: no such host"),
+        "{body}"
+    );
+
+    // The DNS server itself.
+    let dns = up.dns_addr();
+    let svc = up.json(&["get", "service", "hello"]);
+    let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    for m in [
+        ask_udp(dns, "hello.default.svc.cluster.local.", RecordType::A),
+        ask_tcp(dns, "hello.default.svc.cluster.local.", RecordType::A),
+    ] {
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&m), vec![cluster_ip]);
+    }
+    let m = ask_udp(dns, "nope.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let m = ask_udp(
+        dns,
+        "_http._tcp.hello.default.svc.cluster.local.",
+        RecordType::SRV,
+    );
+    assert!(
+        m.answers
+            .iter()
+            .any(|r| matches!(&r.data, RData::SRV(s) if s.port == 80)),
+        "{m:?}"
+    );
+
+    // Headless: the ready replicas' addresses.
+    let pods = up.json(&["get", "pods", "-l", "app=hello"]);
+    let mut pod_ips: Vec<IpAddr> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str()?.parse().ok())
+        .collect();
+    pod_ips.sort();
+    let mut got = vec![];
+    let ok = wait_until(DEADLINE, || {
+        got = addresses(&ask_udp(
+            dns,
+            "hello-headless.default.svc.cluster.local.",
+            RecordType::A,
+        ));
+        got == pod_ips
+    });
+    assert!(ok, "headless answer {got:?}, pods {pod_ips:?}");
+}
