@@ -372,6 +372,7 @@ fn a_wasm_pod_reaches_a_service_by_name() {
 
     // The DNS server itself.
     let dns = up.dns_addr();
+    eprintln!("cluster DNS of the node: {dns}");
     let svc = up.json(&["get", "service", "hello"]);
     let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
     for m in [
