@@ -165,7 +165,7 @@ async fn haproxy(to: SocketAddr, threads: usize) -> Option<Haproxy> {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 20000\n  nbthread {threads}\n\ndefaults\n  mode tcp\n  \
+            "global\n  maxconn 4000\n  nbthread {threads}\n\ndefaults\n  mode tcp\n  \
              timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
              frontend bench\n  bind 127.0.0.1:{port}\n  default_backend endpoints\n\n\
              backend endpoints\n  server e1 {to}\n"
@@ -212,7 +212,7 @@ async fn main() {
 
     let peer = haproxy(direct, cores).await;
     if peer.is_none() {
-        eprintln!("haproxy not found: no peer figures (apt-get install haproxy)");
+        eprintln!("no HAProxy peer figures (is haproxy installed? apt-get install haproxy)");
     }
 
     // Warm every path.

@@ -41,7 +41,7 @@ pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: 
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             metrics.active.fetch_add(1, Ordering::Relaxed);
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+            if let Ok((up, down)) = super::splice::bidirectional(&mut inbound, &mut outbound).await
             {
                 metrics.bytes.fetch_add(up + down, Ordering::Relaxed);
             }

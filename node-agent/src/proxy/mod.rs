@@ -13,6 +13,7 @@ pub mod balancer;
 mod forward;
 pub use forward::serve_tcp;
 pub mod metrics;
+mod splice;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
