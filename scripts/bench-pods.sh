@@ -29,7 +29,9 @@ node_ready() { # kubeconfig node
 
 echo "== kelp up: pod create → Running =="
 target/release/kelp image import "$counter" --name "$image" --data-dir "$work/up" >/dev/null
-target/release/kelp up --data-dir "$work/up" --https-port 16450 --node-name bench-up >"$work/up.log" 2>&1 &
+# A /20 per node (4,094 pod addresses): the default /24 holds 254 pods, fewer than
+# the 1,000-pod burst.
+target/release/kelp up --data-dir "$work/up" --https-port 16450 --node-name bench-up --node-cidr-mask-size 20 >"$work/up.log" 2>&1 &
 pids+=($!)
 wait_for "node_ready $work/up/kubeconfig bench-up"
 target/release/examples/pod_bench --kubeconfig "$work/up/kubeconfig" --node bench-up --image "$image" \
@@ -37,7 +39,7 @@ target/release/examples/pod_bench --kubeconfig "$work/up/kubeconfig" --node benc
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
 echo "== kelp server + kelp agent: the agent's memory =="
-target/release/kelp server --data-dir "$work/cp" --https-port 16451 >"$work/cp.log" 2>&1 &
+target/release/kelp server --data-dir "$work/cp" --https-port 16451 --node-cidr-mask-size 20 >"$work/cp.log" 2>&1 &
 pids+=($!)
 wait_for "test -f $work/cp/kubeconfig"
 target/release/kelp image import "$counter" --name "$image" --data-dir "$work/agent" >/dev/null

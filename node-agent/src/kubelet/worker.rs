@@ -72,6 +72,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>
         probes: ProbeManager::default(),
         volumes_synced: None,
         warned: Default::default(),
+        sandbox_backoff: None,
     };
     let wake = w.probes.wake.clone();
     let mut last_pod: Option<Pod> = None;
@@ -117,7 +118,15 @@ struct PodWorker {
     volumes_synced: Option<Instant>,
     /// Warnings already sent as events (once per pod).
     warned: std::collections::BTreeSet<String>,
+    /// After a failed sandbox creation: no new attempt before this instant, and the
+    /// delay that got there (doubling, as upstream's pod worker backs off; a node out
+    /// of pod addresses otherwise retried every pod every sync).
+    sandbox_backoff: Option<(Instant, Duration)>,
 }
+
+/// First and longest wait between sandbox creation attempts of one pod.
+const SANDBOX_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const SANDBOX_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 fn cri_error(s: &Status) -> String {
     s.message().to_string()
@@ -468,6 +477,11 @@ impl PodWorker {
         if let Some(r) = actions.requeue_after {
             next = next.min(r + Duration::from_millis(10));
         }
+        if let Some((at, _)) = self.sandbox_backoff {
+            if state.sandbox().is_none() {
+                next = at.saturating_duration_since(Instant::now()) + Duration::from_millis(10);
+            }
+        }
         if let Some(left) = self.deadline_left(pod) {
             next = next.min(left + Duration::from_millis(10));
         }
@@ -540,6 +554,13 @@ impl PodWorker {
         let pod_dir = spec::pod_dir(&self.cfg().root_dir, pod);
         let sandbox_config;
         let (sandbox_id, pod_ip) = match a.create_sandbox {
+            Some(_)
+                if self
+                    .sandbox_backoff
+                    .is_some_and(|(at, _)| Instant::now() < at) =>
+            {
+                return
+            }
             Some(attempt) => {
                 if let Err(e) = std::fs::create_dir_all(&pod_dir) {
                     warn!(dir = %pod_dir.display(), error = %e, "cannot create the pod directory");
@@ -548,7 +569,7 @@ impl PodWorker {
                 config.dns_config = Some(self.dns_config(pod));
                 sandbox_config = match self.with_pod_ip(pod, config).await {
                     Some(c) => c,
-                    None => return,
+                    None => return self.sandbox_failed(),
                 };
                 let created = rt
                     .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -568,9 +589,10 @@ impl PodWorker {
                             "FailedCreatePodSandBox",
                             msg,
                         );
-                        return;
+                        return self.sandbox_failed();
                     }
                 };
+                self.sandbox_backoff = None;
                 info!(sandbox = %id, "sandbox created");
                 let ip = rt
                     .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -679,6 +701,15 @@ impl PodWorker {
                 None
             }
         }
+    }
+
+    /// Backs off the pod's next sandbox creation attempt.
+    fn sandbox_failed(&mut self) {
+        let delay = match self.sandbox_backoff {
+            Some((_, d)) => (d * 2).min(SANDBOX_BACKOFF_MAX),
+            None => SANDBOX_BACKOFF_INITIAL,
+        };
+        self.sandbox_backoff = Some((Instant::now() + delay, delay));
     }
 
     /// Records a failure to start `name`: its waiting reason and a Warning event.
