@@ -85,9 +85,13 @@ struct Rr {
 }
 
 async fn requests(addr: SocketAddr, secs: f64) -> Rr {
+    requests_over(addr, secs, CONNECTIONS).await
+}
+
+async fn requests_over(addr: SocketAddr, secs: f64, connections: usize) -> Rr {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = vec![];
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.set_nodelay(true).unwrap();
@@ -227,6 +231,13 @@ async fn main() {
         Some(h) => Some(requests(h.addr, secs).await),
         None => None,
     };
+    // Per-hop latency without queueing: one connection, one request at a time.
+    let d1 = requests_over(direct, secs, 1).await;
+    let p1 = requests_over(proxied, secs, 1).await;
+    let h1 = match &peer {
+        Some(h) => Some(requests_over(h.addr, secs, 1).await),
+        None => None,
+    };
     let bytes = 2 << 30;
     let bd = bulk(direct, bytes).await;
     let bp = bulk(proxied, bytes).await;
@@ -259,6 +270,25 @@ async fn main() {
         us(p.p50.saturating_sub(d.p50)),
         us(p.p99.saturating_sub(d.p99))
     );
+    println!(
+        "one connection, one request at a time: direct p50 {} p99 {}; proxy p50 {} p99 {} \
+         (added p50 {}, p99 {})",
+        us(d1.p50),
+        us(d1.p99),
+        us(p1.p50),
+        us(p1.p99),
+        us(p1.p50.saturating_sub(d1.p50)),
+        us(p1.p99.saturating_sub(d1.p99))
+    );
+    if let Some(h) = &h1 {
+        println!(
+            "one connection through HAProxy: p50 {} p99 {} (added p50 {}, p99 {})",
+            us(h.p50),
+            us(h.p99),
+            us(h.p50.saturating_sub(d1.p50)),
+            us(h.p99.saturating_sub(d1.p99))
+        );
+    }
     println!(
         "one bulk stream (2 GiB): direct {bd:.0} MiB/s, through the proxy {bp:.0} MiB/s ({:.0}%)",
         100.0 * bp / bd
