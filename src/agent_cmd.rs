@@ -10,7 +10,7 @@ use clap::Args;
 use kelp_node_agent::dns::{self, DnsConfig, DnsServer, KubeCatalog};
 use kelp_node_agent::kube::Client;
 use kelp_node_agent::kubelet::env::ServiceCache;
-use kelp_node_agent::network::{AddressMode, PodNetwork};
+use kelp_node_agent::network::{routes, AddressMode, PodNetwork};
 use kelp_node_agent::proxy::{self, ProxyConfig};
 use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime, RuntimeRouter};
 use kelp_runtime_wasm::service::{RuntimeConfig, WasmRuntime};
@@ -55,6 +55,10 @@ pub struct NetArgs {
     /// Do not run the service proxy on this node.
     #[arg(long)]
     disable_proxy: bool,
+    /// Do not install routes to the other nodes' pod ranges (host-gw: `podCIDR via
+    /// InternalIP`); use when something else routes pod traffic between nodes.
+    #[arg(long)]
+    disable_pod_routes: bool,
     /// Where node ports accept (default: every address).
     #[arg(long, default_value = "0.0.0.0")]
     nodeport_address: IpAddr,
@@ -291,6 +295,16 @@ async fn run_node(
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into())
     );
+    // Host-gw routes to the other nodes' pods; only with a real pod interface (in
+    // loopback mode pod addresses are 127/8 and never leave the machine).
+    let pod_routes = (!node.net.disable_pod_routes && !mode.is_loopback()).then(|| {
+        let (client, name, rx) = (client.clone(), cfg.node_name.clone(), rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = routes::run(client, name, stopped(rx)).await {
+                tracing::warn!(error = %e, "pod routes to other nodes are not managed");
+            }
+        })
+    });
     let proxy = (!node.net.disable_proxy).then(|| {
         let pc = node.net.proxy_config(&cfg.node_name);
         let (client, rx) = (client.clone(), rx.clone());
@@ -313,6 +327,9 @@ async fn run_node(
     let _ = tx.send(true);
     if let Some(p) = proxy {
         let _ = p.await;
+    }
+    if let Some(r) = pod_routes {
+        let _ = r.await;
     }
     if let Some(d) = dns {
         let _ = d.await;

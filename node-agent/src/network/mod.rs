@@ -12,10 +12,12 @@
 //!   127/8 (10.42.3.0/24 → 127.42.3.0/24). Pods on one machine still have distinct
 //!   addresses; ClusterIPs cannot be bound (the proxy serves node ports only).
 //!
-//! Layout: [`ipam`] (the pure allocator and its file), [`iface`] (netlink).
+//! Layout: [`ipam`] (the pure allocator and its file), [`iface`] (netlink),
+//! [`routes`] (host-gw routes to the other nodes' pod ranges, interface mode only).
 
 pub mod iface;
 pub mod ipam;
+pub mod routes;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
