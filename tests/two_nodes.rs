@@ -498,7 +498,6 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
     // period, its pods are marked not Ready, and the EndpointSlice stops offering
     // the endpoint (ready=false; after the toleration the pod is evicted and the
     // endpoint is terminating, which is not ready either).
-    w.procs[agents[1]].kill();
     let ready_b = |w: &World| -> Vec<String> {
         let Some(slices) = w.json(&[
             "get",
@@ -517,6 +516,15 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
             .map(|e| e.to_string())
             .collect()
     };
+    // Not vacuous: the endpoint was listed ready on node B before the kill.
+    let listed = wait_until(DEADLINE, || !ready_b(&w).is_empty());
+    assert!(
+        listed,
+        "no ready endpoint on node B in the EndpointSlice:\n{}",
+        w.logs()
+    );
+    w.procs[agents[1]].kill();
+    let killed = std::time::Instant::now();
     let gone = wait_until(DEADLINE, || ready_b(&w).is_empty());
     assert!(
         gone,
@@ -524,8 +532,16 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
         ready_b(&w),
         w.logs()
     );
-    let node_b = w.json(&["get", "node", &nodes[1]]).unwrap_or_default();
-    assert_ne!(node_ready(&node_b).as_deref(), Some("True"));
+    let node_b = w.json(&["get", "node", &nodes[1]]).expect("node B");
+    let status = node_ready(&node_b);
+    assert!(
+        matches!(status.as_deref(), Some("Unknown" | "False")),
+        "node B's Ready is {status:?} after its agent was killed"
+    );
+    eprintln!(
+        "node B's endpoint left the ready set {:?} after the kill",
+        killed.elapsed()
+    );
 
     // The Node is deleted for good: node A drops its route to B's pods.
     w.kubectl_ok(&["delete", "node", &nodes[1], "--wait=false"]);
