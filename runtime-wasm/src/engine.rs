@@ -192,7 +192,9 @@ impl WasmEngine {
             .clone();
         let result = {
             let _only = flight.lock().unwrap_or_else(|e| e.into_inner());
-            match self.cache().by_digest(&digest) {
+            // (The cache guard must not outlive the lookup: the miss arm locks it.)
+            let cached = self.cache().by_digest(&digest);
+            match cached {
                 Some(a) => Ok(a),
                 None => self
                     .compile_uncached(bytes, &digest)
