@@ -456,7 +456,7 @@ spec:
     );
     k.eq("ready", &cs["ready"], true);
     k.eq("started", &cs["started"], true);
-    // An address from the node's pod range (10.42/16; moved into 127/8 without
+    // An address from the node's pod range (the cluster CIDR; moved into 127/8 without
     // CAP_NET_ADMIN).
     let pod_ip = pod["status"]["podIP"]
         .as_str()
@@ -464,7 +464,7 @@ spec:
         .to_string();
     k.that(
         "podIP from the pod network",
-        pod_ip.starts_with("10.42.") || (pod_ip.starts_with("127.") && pod_ip != "127.0.0.1"),
+        pod_ip.starts_with("10.") || (pod_ip.starts_with("127.") && pod_ip != "127.0.0.1"),
     );
     k.eq("podIPs", &pod["status"]["podIPs"][0]["ip"], pod_ip.as_str());
     k.eq(

@@ -303,6 +303,12 @@ impl Cluster {
             cmd.args(["--node-name", node]);
         }
         cmd.args(self.opts.extra_args);
+        // Clusters of one test process run side by side and their nodes share the host's
+        // pod interface: each gets its own pod range, else two nodes both holding
+        // 10.42.0.2 remove each other's address on release.
+        if !self.opts.extra_args.contains(&"--cluster-cidr") {
+            cmd.args(["--cluster-cidr", &self.cluster_cidr()]);
+        }
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--https-port", &self.port.to_string()])
@@ -356,6 +362,12 @@ impl Cluster {
     }
 
     /// `server`, `up` (with a node) or `apiserver` (alone).
+    /// A /16 of 10.0.0.0/8 of this cluster's own (the last octet of its loopback
+    /// address counts the clusters of the test process).
+    fn cluster_cidr(&self) -> String {
+        format!("10.{}.0.0/16", 100 + self.ip.octets()[3] as u32 % 150)
+    }
+
     fn command(&self) -> &'static str {
         if self.opts.up_node.is_some() {
             "up"
