@@ -51,6 +51,9 @@ impl Default for Allocation {
     }
 }
 
+/// A lock per image digest being compiled.
+type InFlight = std::collections::HashMap<[u8; 32], Arc<Mutex<()>>>;
+
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: Engine,
@@ -60,7 +63,7 @@ pub struct WasmEngine {
     /// One lock per digest being compiled: the first container of an image compiles
     /// it, the others wait for that artifact (a burst of 100 pods of a new image
     /// compiled it ~25 times at once: seconds of CPU and a gigabyte of memory).
-    compiling: Arc<Mutex<std::collections::HashMap<[u8; 32], Arc<Mutex<()>>>>>,
+    compiling: Arc<Mutex<InFlight>>,
     _ticker: Arc<Ticker>,
 }
 
