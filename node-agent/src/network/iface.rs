@@ -33,7 +33,8 @@ pub enum IfaceError {
     Socket(std::io::Error),
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+/// The errno of a netlink failure (the kernel reports it negated).
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         // The kernel reports negative errnos.
         rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),

@@ -49,12 +49,7 @@ pub enum RouteError {
     Socket(std::io::Error),
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
-}
+use super::iface::errno;
 
 fn nl(e: rtnetlink::Error) -> RouteError {
     if errno(&e) == Some(EPERM) {
