@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod image_cmd;
+mod image_kind;
 mod runtime_cmd;
 mod scheduler_cmd;
 

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pods;
 pub mod portforward;
+pub mod relay;
 pub mod remotecommand;
 pub mod spdy;
 pub mod stats;
@@ -401,6 +402,30 @@ async fn exec(
         Err(r) => return r,
     };
     info!(pod = %format!("{ns}/{name}"), %container, command = ?opts.command, "exec");
+    if rt.streaming().is_none() {
+        // A remote runtime: its streaming server runs the command; we relay.
+        let url = match rt
+            .exec(cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: opts.command.clone(),
+                tty: opts.tty,
+                stdin: opts.stdin,
+                stdout: opts.stdout,
+                stderr: opts.stderr,
+            })
+            .await
+        {
+            Ok(r) => r.url,
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("exec in container \"{container}\": {}", e.message()),
+                )
+            }
+        };
+        let command = opts.command.clone();
+        return ws.on_upgrade(move |socket| relay::relay(socket, url, command));
+    }
     ws.on_upgrade(move |socket| async move {
         let cmd = opts.command.clone();
         remotecommand::serve(socket, v5, opts, move |io| async move {
@@ -409,11 +434,7 @@ async fn exec(
                     Ok(code) => remotecommand::Outcome::Exited(code),
                     Err(e) => remotecommand::Outcome::Failed(e.message().to_string()),
                 },
-                // Remote runtimes stream through the URL CRI Exec returns; relaying
-                // to it is the seam for containerd (not served yet).
-                None => remotecommand::Outcome::Failed(
-                    "exec through this runtime's CRI streaming server is not supported yet".into(),
-                ),
+                None => remotecommand::Outcome::Failed("the runtime cannot stream".into()),
             }
         })
         .await

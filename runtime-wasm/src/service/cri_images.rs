@@ -28,7 +28,8 @@ fn image(rec: &ImageRecord) -> cri::Image {
 
 /// CRI credentials: `username`/`password`, or `auth` (base64 `user:password`, the
 /// docker config form kubelet passes from imagePullSecrets).
-fn auth(a: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> {
+/// CRI credentials as the registry client takes them.
+pub fn registry_auth(a: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> {
     let Some(a) = a else {
         return Ok(RegistryAuth::Anonymous);
     };
@@ -90,7 +91,7 @@ impl ImageService for WasmRuntime {
         if reference.is_empty() {
             return Err(Status::invalid_argument("image reference is required"));
         }
-        let auth = auth(req.auth)?;
+        let auth = registry_auth(req.auth)?;
         let opts = PullOptions {
             insecure_registries: self.config().insecure_registries.clone(),
             ..Default::default()
