@@ -4,7 +4,10 @@
 //!
 //! `scripts/bench-pods.sh` starts the cluster and runs this; by hand:
 //! `cargo run --release --example pod_bench -- --kubeconfig F --node N --image REF
-//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]`.
+//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]
+//!  [--runtime-class C] [--command "ARGV..."] [--label TEXT]`.
+//! `scripts/bench-linux-vs-wasm.sh` runs it twice on one node: a Wasm pod and a Linux
+//! container pod of the same tiny HTTP app.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +31,10 @@ struct Args {
     rss_pid: Option<u32>,
     /// Leave spec.nodeName empty so the scheduler places the pods.
     schedule: bool,
+    runtime_class: Option<String>,
+    command: Option<Vec<String>>,
+    /// Printed before each figure (which run this is).
+    label: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -39,6 +46,9 @@ fn parse_args() -> anyhow::Result<Args> {
         bursts: Vec::new(),
         rss_pid: None,
         schedule: false,
+        runtime_class: None,
+        command: None,
+        label: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +61,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--burst" => a.bursts.push(val()?.parse()?),
             "--rss-pid" => a.rss_pid = Some(val()?.parse()?),
             "--schedule" => a.schedule = true,
+            "--runtime-class" => a.runtime_class = Some(val()?),
+            "--command" => {
+                a.command = Some(val()?.split_whitespace().map(String::from).collect())
+            }
+            "--label" => a.label = format!("{}: ", val()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -86,6 +101,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The machine's memory in use (MemTotal − MemAvailable), KiB: what a node's pods
+/// cost in all, wherever it is charged (runtime daemons, shims, kernel objects).
+fn used_kib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some(field("MemTotal:")? - field("MemAvailable:")?)
+}
+
 fn pod(name: &str, run: &str, a: &Args) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -96,10 +126,12 @@ fn pod(name: &str, run: &str, a: &Args) -> Pod {
         spec: Some(PodSpec {
             node_name: (!a.schedule).then(|| a.node.clone()),
             termination_grace_period_seconds: Some(0),
+            runtime_class_name: a.runtime_class.clone(),
             containers: vec![Container {
                 name: "app".into(),
                 image: Some(a.image.clone()),
                 image_pull_policy: Some("IfNotPresent".into()),
+                command: a.command.clone(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -238,7 +270,8 @@ async fn main() -> anyhow::Result<()> {
         }
         lat.sort();
         println!(
-            "single pod create → Running: n={} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            "{}single pod create → Running: n={} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            a.label,
             lat.len(),
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
@@ -246,9 +279,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for &n in &a.bursts {
+        let used_before = used_kib();
         let (lat, all) = run_burst(&client, &ns, n, &a).await?;
+        if let (Some(b), Some(after)) = (used_before, used_kib()) {
+            println!(
+                "{}machine memory in use with {n} running pods: +{:.1} MiB, {:.2} MiB per pod",
+                a.label,
+                after.saturating_sub(b) as f64 / 1024.0,
+                after.saturating_sub(b) as f64 / 1024.0 / n as f64
+            );
+        }
         println!(
-            "{n} pods create → Running: all in {:.2} s ({:.0} pods/s); per pod p50 {:.1} ms p99 {:.1} ms",
+            "{}{n} pods create → Running: all in {:.2} s ({:.0} pods/s); per pod p50 {:.1} ms p99 {:.1} ms",
+            a.label,
             all.as_secs_f64(),
             n as f64 / all.as_secs_f64(),
             ms(percentile(&lat, 0.5)),
