@@ -62,9 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rss-pid" => a.rss_pid = Some(val()?.parse()?),
             "--schedule" => a.schedule = true,
             "--runtime-class" => a.runtime_class = Some(val()?),
-            "--command" => {
-                a.command = Some(val()?.split_whitespace().map(String::from).collect())
-            }
+            "--command" => a.command = Some(val()?.split_whitespace().map(String::from).collect()),
             "--label" => a.label = format!("{}: ", val()?),
             other => anyhow::bail!("unknown argument {other}"),
         }

@@ -18,9 +18,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::wait_until;
-use up::{http_hello, push, Up};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use up::{http_hello, push, Up};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -140,7 +140,11 @@ fn a_wasm_pod_reaches_a_service_by_name() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
-    let up = Up::start("dns", "info,kelp_node_agent::dns=debug,kelp_runtime_wasm::http=debug", &[]);
+    let up = Up::start(
+        "dns",
+        "info,kelp_node_agent::dns=debug,kelp_runtime_wasm::http=debug",
+        &[],
+    );
     up.apply(&APPS.replace("IMAGE", &image));
     let client = SocketAddr::new(up.running_pod_ip("client"), 8080);
 

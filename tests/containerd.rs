@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::wait_until;
 use containerd::{Containerd, BUSYBOX_IMAGE};
 use serde_json::Value;
-use up::{http_hello, push, Up, DEADLINE};
+use up::{http_hello, push_as, Up, DEADLINE};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -79,7 +79,9 @@ fn pods_running(list: &Value, n: usize) -> bool {
 fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
     let (net, len) = cidr.split_once('/').unwrap();
     let net: std::net::Ipv4Addr = net.parse().unwrap();
-    let mask = u32::MAX.checked_shl(32 - len.parse::<u32>().unwrap()).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - len.parse::<u32>().unwrap())
+        .unwrap_or(0);
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
@@ -93,6 +95,7 @@ spec:
   template:
     metadata: {labels: {app: linux-web}}
     spec:
+      imagePullSecrets: [{name: regcred}]
       containers:
       - name: httpd
         image: LINUX_IMAGE
@@ -117,6 +120,7 @@ spec:
   template:
     metadata: {labels: {app: wasm-web}}
     spec:
+      imagePullSecrets: [{name: regcred}]
       containers:
       - name: web
         image: WASM_IMAGE
@@ -166,14 +170,23 @@ spec:
 fn linux_and_wasm_pods_share_a_node() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ctd = Containerd::start();
-    let reg = registry::Registry::start();
+    // Both images come from a registry behind basic auth, pulled with the pods'
+    // imagePullSecrets: the Wasm one by the Wasm runtime, the Linux one by containerd.
+    let reg = registry::Registry::start_with_auth("kelp", "pa55");
     let wasm_image = format!("{}/kelp/http-hello:v1", reg.addr);
-    push(&http_hello(), &wasm_image);
+    push_as(&http_hello(), &wasm_image, Some(("kelp", "pa55")));
     // The Deployment's image comes from the registry through containerd's CRI pull.
     let linux_image = format!("{}/kelp/busybox:1.35", reg.addr);
     for args in [
         vec!["images", "tag", BUSYBOX_IMAGE, &linux_image],
-        vec!["images", "push", "--plain-http", &linux_image],
+        vec![
+            "images",
+            "push",
+            "--plain-http",
+            "--user",
+            "kelp:pa55",
+            &linux_image,
+        ],
         vec!["images", "rm", &linux_image],
     ] {
         let out = ctd.ctr(&args);
@@ -206,22 +219,41 @@ fn linux_and_wasm_pods_share_a_node() {
         .collect();
     assert_eq!(handlers, ["runc", "wasm"], "the node serves both runtimes");
 
+    up.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", reg.addr),
+        "--docker-username=kelp",
+        "--docker-password=pa55",
+    ])
+    .unwrap();
     up.apply(
         &APPS
             .replace("LINUX_IMAGE", &linux_image)
             .replace("WASM_IMAGE", &wasm_image),
     );
-    let linux = wait_json(&up, &["get", "pods", "-l", "app=linux-web"], "2 Linux pods ready", |l| {
-        pods_running(l, 2)
-    });
-    let wasm = wait_json(&up, &["get", "pods", "-l", "app=wasm-web"], "the Wasm pod ready", |l| {
-        pods_running(l, 1)
-    });
+    let linux = wait_json(
+        &up,
+        &["get", "pods", "-l", "app=linux-web"],
+        "2 Linux pods ready",
+        |l| pods_running(l, 2),
+    );
+    let wasm = wait_json(
+        &up,
+        &["get", "pods", "-l", "app=wasm-web"],
+        "the Wasm pod ready",
+        |l| pods_running(l, 1),
+    );
     let pod_cidr = node["spec"]["podCIDR"].as_str().unwrap().to_string();
     for p in linux["items"].as_array().unwrap() {
         let cs = &p["status"]["containerStatuses"][0];
         assert!(
-            cs["containerID"].as_str().unwrap().starts_with("containerd://"),
+            cs["containerID"]
+                .as_str()
+                .unwrap()
+                .starts_with("containerd://"),
             "{cs}"
         );
         let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
@@ -232,8 +264,14 @@ fn linux_and_wasm_pods_share_a_node() {
         .as_str()
         .unwrap()
         .starts_with("wasm://"));
-    let bb = linux["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
-    let bb_ip = linux["items"][0]["status"]["podIP"].as_str().unwrap().to_string();
+    let bb = linux["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bb_ip = linux["items"][0]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Reachable from the node at its own address.
     assert_eq!(
@@ -244,10 +282,19 @@ fn linux_and_wasm_pods_share_a_node() {
     let logs = up.kubectl(&["logs", &bb]).unwrap();
     assert!(logs.contains(&format!("serving from {bb}")), "{logs}");
     // kubectl exec: output, exit code, stdin.
-    let out = up.kubectl(&["exec", &bb, "--", "sh", "-c", "echo hi; hostname"]).unwrap();
+    let out = up
+        .kubectl(&["exec", &bb, "--", "sh", "-c", "echo hi; hostname"])
+        .unwrap();
     assert_eq!(out, format!("hi\n{bb}\n"));
-    let err = up.kubectl(&["exec", &bb, "--", "sh", "-c", "exit 3"]).unwrap_err();
+    let err = up
+        .kubectl(&["exec", &bb, "--", "sh", "-c", "exit 3"])
+        .unwrap_err();
     assert!(err.contains("exit code 3"), "{err}");
+    // stdin, to its end: `cat` exits once the client closes its stdin.
+    let echoed = up
+        .kubectl_in(&["exec", "-i", &bb, "--", "cat"], Some("piped input\n"))
+        .unwrap();
+    assert_eq!(echoed, "piped input\n");
     // -it through a pseudo-terminal (script gives kubectl one).
     let tty = Command::new("script")
         .args(["-qec"])
@@ -261,16 +308,27 @@ fn linux_and_wasm_pods_share_a_node() {
         .output()
         .expect("script");
     let tty_out = String::from_utf8_lossy(&tty.stdout);
-    assert!(tty.status.success(), "exec -it: {tty_out}{}", String::from_utf8_lossy(&tty.stderr));
+    assert!(
+        tty.status.success(),
+        "exec -it: {tty_out}{}",
+        String::from_utf8_lossy(&tty.stderr)
+    );
     assert!(tty_out.contains("hi\r\n"), "{tty_out:?}");
-    assert!(tty_out.contains("/dev/pts/"), "the command has a terminal: {tty_out:?}");
+    assert!(
+        tty_out.contains("/dev/pts/"),
+        "the command has a terminal: {tty_out:?}"
+    );
 
     // kubectl port-forward.
     let port = up::free_port();
     let mut pf = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(up.kubeconfig())
-        .args(["port-forward", &format!("pod/{bb}"), &format!("{port}:8080")])
+        .args([
+            "port-forward",
+            &format!("pod/{bb}"),
+            &format!("{port}:8080"),
+        ])
         .env("HOME", up.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -293,7 +351,8 @@ fn linux_and_wasm_pods_share_a_node() {
         seen = curl(&format!(
             "http://{wasm_ip}:8080/fetch/linux-web.default.svc.cluster.local/"
         ));
-        seen.as_deref().is_ok_and(|b| b.contains("hello from a Linux container"))
+        seen.as_deref()
+            .is_ok_and(|b| b.contains("hello from a Linux container"))
     });
     assert!(ok, "Wasm pod → linux-web Service: {seen:?}\n{}", up.log());
     // Linux → Wasm through the Service by name, from inside the container: the name
@@ -304,9 +363,18 @@ fn linux_and_wasm_pods_share_a_node() {
         .unwrap()
         .to_string();
     let lookup = up
-        .kubectl(&["exec", &bb, "--", "nslookup", "wasm-web.default.svc.cluster.local"])
+        .kubectl(&[
+            "exec",
+            &bb,
+            "--",
+            "nslookup",
+            "wasm-web.default.svc.cluster.local",
+        ])
         .unwrap_or_else(|e| panic!("nslookup in the Linux pod: {e}"));
-    assert!(lookup.contains(&svc_ip), "DNS answers the ClusterIP {svc_ip}: {lookup}");
+    assert!(
+        lookup.contains(&svc_ip),
+        "DNS answers the ClusterIP {svc_ip}: {lookup}"
+    );
     let mut back = Err(String::new());
     let ok = wait_until(Duration::from_secs(30), || {
         // nc, not wget: busybox's wget looks up "http" in /etc/services through NSS.
@@ -318,7 +386,8 @@ fn linux_and_wasm_pods_share_a_node() {
             "-c",
             &format!("printf 'GET / HTTP/1.1\\r\\nhost: wasm-web\\r\\nconnection: close\\r\\n\\r\\n' | nc -w 5 {svc_ip} 80"),
         ]);
-        back.as_deref().is_ok_and(|b| b.to_lowercase().contains("hello"))
+        back.as_deref()
+            .is_ok_and(|b| b.to_lowercase().contains("hello"))
     });
     assert!(ok, "Linux pod → wasm-web Service: {back:?}\n{}", up.log());
 
@@ -330,15 +399,45 @@ fn linux_and_wasm_pods_share_a_node() {
     let term = &oom["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(term["reason"], "OOMKilled", "{term}");
     assert_eq!(term["exitCode"], 137, "{term}");
-    wait_json(&up, &["get", "pod", "locked-down"], "locked-down done", |p| {
-        p["status"]["phase"] == "Succeeded"
-    });
+    wait_json(
+        &up,
+        &["get", "pod", "locked-down"],
+        "locked-down done",
+        |p| p["status"]["phase"] == "Succeeded",
+    );
     let logs = up.kubectl(&["logs", "locked-down"]).unwrap();
     assert_eq!(logs, "uid=65534 gid=65534\nrootfs=readonly\n");
 
+    // A pod mixing a Wasm and a Linux image: refused with a clear reason.
+    up.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mixed}}\nspec:\n  imagePullSecrets: [{{name: regcred}}]\n  containers:\n  - {{name: wasm, image: {wasm_image}}}\n  - {{name: linux, image: {BUSYBOX_IMAGE}}}\n"
+    ));
+    let mixed = wait_json(
+        &up,
+        &["get", "pod", "mixed"],
+        "the mixed pod refused",
+        |p| p["status"]["phase"] == "Failed",
+    );
+    assert_eq!(
+        mixed["status"]["reason"], "MixedRuntimes",
+        "{}",
+        mixed["status"]
+    );
+    assert!(
+        mixed["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot share a pod"),
+        "{}",
+        mixed["status"]
+    );
+    up.kubectl(&["delete", "pod", "mixed"]).unwrap();
+
     // Deleting everything leaves nothing in containerd.
-    up.kubectl(&["delete", "deployment", "linux-web", "wasm-web"]).unwrap();
-    up.kubectl(&["delete", "pod", "oom", "locked-down"]).unwrap();
+    up.kubectl(&["delete", "deployment", "linux-web", "wasm-web"])
+        .unwrap();
+    up.kubectl(&["delete", "pod", "oom", "locked-down"])
+        .unwrap();
     wait_json(&up, &["get", "pods"], "every pod gone", |l| {
         l["items"].as_array().is_some_and(|i| i.is_empty())
     });
@@ -347,7 +446,11 @@ fn linux_and_wasm_pods_share_a_node() {
         left = (ctd.ids("containers"), ctd.ids("tasks"));
         left.0.is_empty() && left.1.is_empty()
     });
-    assert!(empty, "containerd still holds containers {:?} and tasks {:?}", left.0, left.1);
+    assert!(
+        empty,
+        "containerd still holds containers {:?} and tasks {:?}",
+        left.0, left.1
+    );
     drop(up);
 }
 
@@ -362,7 +465,12 @@ fn a_node_without_containerd_gets_no_linux_pods() {
     ));
     let ev = wait_json(
         &up,
-        &["get", "events", "--field-selector", "involvedObject.name=linux,reason=FailedScheduling"],
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=linux,reason=FailedScheduling",
+        ],
         "a FailedScheduling event",
         |l| l["items"].as_array().is_some_and(|i| !i.is_empty()),
     );

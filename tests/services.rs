@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::wait_until;
-use up::{http_hello, push, Up};
 use serde_json::Value;
+use up::{http_hello, push, Up};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 static SERIAL: Mutex<()> = Mutex::new(());

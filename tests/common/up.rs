@@ -18,9 +18,8 @@ use crate::common::wait_until;
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
-pub fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
+#[allow(unused_imports)]
+pub use crate::common::{kelp, push, push_as};
 
 pub fn http_hello() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,20 +30,6 @@ pub fn http_hello() -> PathBuf {
         p.display()
     );
     p
-}
-
-pub fn push(file: &Path, reference: &str) {
-    let out = kelp()
-        .arg("push")
-        .arg(file)
-        .arg(reference)
-        .output()
-        .expect("running kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 pub fn free_port() -> u16 {

@@ -774,6 +774,11 @@ impl PodWorker {
             return Some(config);
         };
         if !kubelet_network {
+            // The runtime networks the pod through the CNI config the agent writes
+            // once the node's range is known: settle it before the first sandbox.
+            if let Err(e) = net.prepare().await {
+                warn!(error = %e, "pod network not ready");
+            }
             return Some(config);
         }
         match net.acquire(spec::uid(pod)).await {

@@ -423,8 +423,7 @@ async fn exec(
                 )
             }
         };
-        let command = opts.command.clone();
-        return ws.on_upgrade(move |socket| relay::relay(socket, url, command));
+        return ws.on_upgrade(move |socket| relay::relay_spdy(socket, url, opts));
     }
     ws.on_upgrade(move |socket| async move {
         let cmd = opts.command.clone();

@@ -280,6 +280,13 @@ impl WasmRuntime {
         .map_err(|e| ServiceError::Internal(format!("compile task: {e}")))?
     }
 
+    /// Compiles `image` for the engine that will run it and keeps the result in the
+    /// compile cache, so the first container of an image pulled or imported ahead
+    /// of time starts without compiling. Returns whether it serves wasi:http.
+    pub async fn precompile(&self, image: &ImageRecord) -> Result<bool, ServiceError> {
+        self.compile_image(image).await.map(|(_, _, http)| http)
+    }
+
     pub async fn create_container(
         &self,
         sandbox_id: &str,

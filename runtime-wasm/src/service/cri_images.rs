@@ -101,6 +101,15 @@ impl ImageService for WasmRuntime {
             .pull(&reference, &auth, &opts)
             .await
             .map_err(ServiceError::from)?;
+        // Compiled now, in the background: a container created later (another pod,
+        // a restart) finds it compiled; one created at once waits for this compile
+        // instead of starting its own.
+        let (rt, image) = (self.clone(), rec.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rt.precompile(&image).await {
+                tracing::debug!(image = %image.id, error = %e, "precompile after pull failed");
+            }
+        });
         Ok(Response::new(cri::PullImageResponse {
             image_ref: rec.id.clone(),
         }))
