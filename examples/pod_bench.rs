@@ -35,6 +35,9 @@ struct Args {
     command: Option<Vec<String>>,
     /// Printed before each figure (which run this is).
     label: String,
+    /// Process names whose proportional memory (with their descendants') is the
+    /// node's cost of its pods (`kelp,containerd,containerd-shim-runc-v2`).
+    pss_of: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
         runtime_class: None,
         command: None,
         label: String::new(),
+        pss_of: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runtime-class" => a.runtime_class = Some(val()?),
             "--command" => a.command = Some(val()?.split_whitespace().map(String::from).collect()),
             "--label" => a.label = format!("{}: ", val()?),
+            "--pss-of" => a.pss_of = val()?.split(',').map(String::from).collect(),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -99,19 +104,58 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// The machine's memory in use (MemTotal − MemAvailable), KiB: what a node's pods
-/// cost in all, wherever it is charged (runtime daemons, shims, kernel objects).
-fn used_kib() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        info.lines()
-            .find(|l| l.starts_with(name))?
+/// The summed proportional set size (KiB) of the processes named `names` and all
+/// their descendants: shared pages (one busybox binary in every container, the shim's
+/// code) are split among their users instead of counted in each.
+fn pss_kib(names: &[String]) -> u64 {
+    let mut parent = HashMap::new();
+    let mut comm = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
             .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        parent.insert(pid, ppid);
+        comm.insert(pid, stat[open + 1..close].to_string());
+    }
+    // comm is cut at 15 bytes (containerd-shim-runc-v2 → containerd-shim).
+    let named = |pid: &u32| {
+        comm.get(pid)
+            .is_some_and(|c| names.iter().any(|n| n.starts_with(c.as_str()) && !c.is_empty()))
     };
-    Some(field("MemTotal:")? - field("MemAvailable:")?)
+    let counted = |mut pid: u32| loop {
+        if named(&pid) {
+            return true;
+        }
+        match parent.get(&pid) {
+            Some(&p) if p > 1 && p != pid => pid = p,
+            _ => return false,
+        }
+    };
+    parent
+        .keys()
+        .filter(|pid| counted(**pid))
+        .filter_map(|pid| {
+            let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            r.lines()
+                .find(|l| l.starts_with("Pss:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn pod(name: &str, run: &str, a: &Args) -> Pod {
@@ -277,13 +321,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for &n in &a.bursts {
-        let used_before = used_kib();
+        let pss_before = (!a.pss_of.is_empty()).then(|| pss_kib(&a.pss_of));
         let (lat, all) = run_burst(&client, &ns, n, &a).await?;
-        if let (Some(b), Some(after)) = (used_before, used_kib()) {
+        if let Some(b) = pss_before {
+            let after = pss_kib(&a.pss_of);
             println!(
-                "{}machine memory in use with {n} running pods: +{:.1} MiB, {:.2} MiB per pod",
+                "{}node processes ({}) PSS with {n} running pods: {:.1} → {:.1} MiB, {:.2} MiB per pod",
                 a.label,
-                after.saturating_sub(b) as f64 / 1024.0,
+                a.pss_of.join(", "),
+                b as f64 / 1024.0,
+                after as f64 / 1024.0,
                 after.saturating_sub(b) as f64 / 1024.0 / n as f64
             );
         }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wasm pod vs Linux container pod on one `kelp up` node in one run (figures in
 # docs/benchmarks.md, "Wasm and Linux pods"): pod create → Running seen through a watch,
-# one at a time and in a burst, and the machine's memory per running pod, for the same
+# one at a time and in a burst, and the memory per running pod (proportional set size
+# of kelp, containerd, the shims and the containers' processes), for the same
 # tiny HTTP app — examples/wasm/http-hello (wasi:http) on the in-process Wasm runtime,
 # and busybox httpd (static, 2 MB image) under runc through containerd.
 # Usage: scripts/bench-linux-vs-wasm.sh [SINGLES] [BURST] (default 50 50).
@@ -43,7 +44,7 @@ target/release/kelp up --data-dir "$work/up" --https-port 16452 --node-name benc
 pids+=($!)
 wait_for "node_ready $work/up/kubeconfig bench-mixed"
 bench=(target/release/examples/pod_bench --kubeconfig "$work/up/kubeconfig" --node bench-mixed
-  --singles "$singles" --burst "$burst")
+  --singles "$singles" --burst "$burst" --pss-of kelp,containerd,containerd-shim-runc-v2)
 "${bench[@]}" --label wasm --image "$wasm_image"
 "${bench[@]}" --label linux --image kelp.local/busybox:1.35 --runtime-class runc \
   --command "httpd -f -p 8080 -h /www"
