@@ -131,8 +131,11 @@ fn pss_kib(names: &[String]) -> u64 {
     }
     // comm is cut at 15 bytes (containerd-shim-runc-v2 → containerd-shim).
     let named = |pid: &u32| {
-        comm.get(pid)
-            .is_some_and(|c| names.iter().any(|n| n.starts_with(c.as_str()) && !c.is_empty()))
+        comm.get(pid).is_some_and(|c| {
+            names
+                .iter()
+                .any(|n| n.starts_with(c.as_str()) && !c.is_empty())
+        })
     };
     let counted = |mut pid: u32| loop {
         if named(&pid) {

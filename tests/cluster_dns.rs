@@ -130,6 +130,19 @@ spec:
   - name: web
     image: IMAGE
     ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fenced
+  annotations:
+    kelp.dev/egress: deny
+    kelp.dev/egress-allow: "hello.default.svc.cluster.local:80"
+spec:
+  containers:
+  - name: web
+    image: IMAGE
+    ports: [{containerPort: 8080}]
 "#;
 
 /// The done-when of issue 6's DNS item: a Wasm pod reaches another Service by its
@@ -164,6 +177,32 @@ fn a_wasm_pod_reaches_a_service_by_name() {
         last.1.contains("Hello from Kelp over wasi:http") && last.1.contains("/hi"),
         "{last:?}"
     );
+
+    // A pod denying egress but to hello's name on port 80: that name works; the
+    // headless name, hello's ClusterIP and the short name (not listed) are refused
+    // by the runtime before any connection.
+    let fenced = SocketAddr::new(up.running_pod_ip("fenced"), 8080);
+    let ok = wait_until(DEADLINE, || {
+        get(fenced, "/fetch/hello.default.svc.cluster.local/in").is_ok_and(|(s, _)| s == 200)
+    });
+    assert!(
+        ok,
+        "the fenced pod cannot reach its allowed name\n{}",
+        up.log()
+    );
+    let cluster_ip = up.json(&["get", "service", "hello"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for target in [
+        "hello-headless.default.svc.cluster.local:8080/out".to_string(),
+        format!("{cluster_ip}/out"),
+        "hello/out".to_string(),
+    ] {
+        let (status, body) = get(fenced, &format!("/fetch/{target}")).unwrap();
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.to_lowercase().contains("denied"), "{target}: {body}");
+    }
 
     // The short name through the pod's search path (default.svc.cluster.local).
     let (status, body) = get(client, "/fetch/hello/short").unwrap();

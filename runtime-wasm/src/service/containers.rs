@@ -322,6 +322,11 @@ impl WasmRuntime {
             .annotations
             .get(NETWORK_ANNOTATION)
             .is_none_or(|v| v != "none");
+        let egress = crate::egress::EgressPolicy::from_annotations(|k| {
+            sb.config.annotations.get(k).map(String::as_str)
+        })
+        .map_err(ServiceError::InvalidArgument)?
+        .map(Arc::new);
         let spec = ContainerSpec {
             args: argv(&cfg, &image),
             env: environment(&cfg, &image, &sb),
@@ -334,6 +339,7 @@ impl WasmRuntime {
                 .or_else(|| image.working_dir.clone()),
             stdin: None,
             allow_network,
+            egress,
             hostname: Some(sb.config.hostname.clone()).filter(|h| !h.is_empty()),
             resolver: sb.config.dns.clone(),
             cpu_limit_millis: cfg.cpu_limit_millis,
