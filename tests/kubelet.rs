@@ -245,7 +245,17 @@ fn node_registers_with_labels_capacity_conditions_and_a_renewed_lease() {
         "capacity memory in Ki",
         cap["memory"].as_str().is_some_and(|s| s.ends_with("Ki")),
     );
-    k.eq("capacity pods", &cap["pods"], "10000");
+    // --max-pods (10000 by default), bounded by the pod range once the Node has one
+    // (a /24 addresses 253 pods; re-posted with the status every minute).
+    let range_bound = node["spec"]["podCIDR"]
+        .as_str()
+        .and_then(|c| c.split_once('/'))
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+        .map(|p| ((1u64 << (32 - p)) - 3).min(10_000).to_string());
+    k.that(
+        "capacity pods is --max-pods or the pod range's size",
+        cap["pods"] == "10000" || cap["pods"].as_str() == range_bound.as_deref(),
+    );
     k.eq(
         "allocatable = capacity",
         &node["status"]["allocatable"],
