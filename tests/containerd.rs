@@ -100,7 +100,7 @@ spec:
       - name: httpd
         image: LINUX_IMAGE
         imagePullPolicy: Always
-        command: ["sh", "-c", "echo serving from $(hostname); exec httpd -f -p 8080 -h /www"]
+        command: ["sh", "-c", "echo serving from $(hostname); httpd -p 127.0.0.1:8081 -h /www; exec httpd -f -p 8080 -h /www"]
         ports: [{containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ---
@@ -319,7 +319,12 @@ fn linux_and_wasm_pods_share_a_node() {
         "the command has a terminal: {tty_out:?}"
     );
 
-    // kubectl port-forward.
+    // kubectl port-forward, to a port the container serves on its own 127.0.0.1 only:
+    // reached through containerd's port-forward in the pod's network namespace.
+    assert!(
+        curl(&format!("http://{bb_ip}:8081/")).is_err(),
+        "8081 is not served on the pod's address"
+    );
     let port = up::free_port();
     let mut pf = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -327,11 +332,11 @@ fn linux_and_wasm_pods_share_a_node() {
         .args([
             "port-forward",
             &format!("pod/{bb}"),
-            &format!("{port}:8080"),
+            &format!("{port}:8081"),
         ])
         .env("HOME", up.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl port-forward");
     let mut body = Err(String::new());
@@ -340,8 +345,12 @@ fn linux_and_wasm_pods_share_a_node() {
         body.is_ok()
     });
     let _ = pf.kill();
-    let _ = pf.wait();
-    assert!(forwarded, "port-forward: {body:?}");
+    let pf_out = pf.wait_with_output().expect("kubectl port-forward");
+    assert!(
+        forwarded,
+        "port-forward: {body:?}\nkubectl: {}",
+        String::from_utf8_lossy(&pf_out.stderr)
+    );
     assert_eq!(body.unwrap(), "hello from a Linux container\n");
 
     // Wasm → Linux through the Service by name (cluster DNS, the proxy, the bridge).

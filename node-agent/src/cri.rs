@@ -103,6 +103,15 @@ pub trait CriRuntime: Send + Sync {
     async fn exec(&self, _req: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
         Err(Status::unimplemented("Exec"))
     }
+
+    /// CRI `PortForward`: the URL of the runtime's streaming server for a sandbox's
+    /// ports.
+    async fn port_forward(
+        &self,
+        _req: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, Status> {
+        Err(Status::unimplemented("PortForward"))
+    }
 }
 
 /// Forwards each listed method to the in-process CRI service trait `$svc`.
@@ -194,6 +203,7 @@ remote! {
     runtime.container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
     runtime.exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
     runtime.exec(cri::ExecRequest) -> cri::ExecResponse;
+    runtime.port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
     runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
     images.pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     images.image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;

@@ -246,6 +246,35 @@ pub(crate) async fn find_container(
     None
 }
 
+/// The runtime holding the ready sandbox of the pod with UID `uid`, and its id.
+async fn find_sandbox(router: &RuntimeRouter, uid: &str) -> Option<(Arc<dyn CriRuntime>, String)> {
+    for routed in router.runtimes() {
+        let filter = cri::PodSandboxFilter {
+            label_selector: [(
+                crate::kubelet::spec::POD_UID_LABEL.to_string(),
+                uid.to_string(),
+            )]
+            .into(),
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        };
+        if let Ok(l) = routed
+            .runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+        {
+            if let Some(sb) = l.items.into_iter().next() {
+                return Some((routed.runtime.clone(), sb.id));
+            }
+        }
+    }
+    None
+}
+
 /// The pod `ns/name` and that it has container `container`, or the 404 upstream
 /// answers.
 fn pod_with_container(
@@ -529,7 +558,14 @@ async fn port_forward(
         );
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let dial = portforward::dialer(ip, format!("{ns}/{name}"), uid);
+    // A runtime that streams itself (containerd) forwards inside the pod's network
+    // namespace; the in-process Wasm runtime's pods listen on the pod's address.
+    let dial = match find_sandbox(&state.router, &uid).await {
+        Some((rt, sandbox)) if rt.streaming().is_none() => {
+            relay::cri_port_dialer(rt, sandbox, format!("{ns}/{name}"), uid)
+        }
+        _ => portforward::dialer(ip, format!("{ns}/{name}"), uid),
+    };
     info!(pod = %format!("{ns}/{name}"), %ip, "port-forward");
 
     let upgrade = parts

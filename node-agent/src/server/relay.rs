@@ -1,6 +1,9 @@
-//! Exec for remote runtimes (containerd): the client's WebSocket session relayed to
-//! the runtime's streaming server at the URL CRI `Exec` returned, as upstream's
-//! kubelet proxies it.
+//! Streaming for remote runtimes (containerd), through the runtime's streaming server
+//! at the URL CRI `Exec` / `PortForward` returned, as upstream's kubelet does: exec
+//! sessions relayed from the client's WebSocket ([`relay_spdy`]), port-forward
+//! connections opened in the pod's network namespace by the runtime
+//! ([`cri_port_dialer`], so a process listening on the container's 127.0.0.1 is
+//! reached too).
 //!
 //! Toward the runtime the kubelet speaks SPDY/3.1 with `v4.channel.k8s.io`, as
 //! upstream's API server and kubelet do: one SPDY stream per channel, so the client
@@ -30,7 +33,7 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
         frame.extend_from_slice(st.to_string().as_bytes());
         frame
     };
-    let (rd, mut wr, leftover) = match spdy_connect(&url).await {
+    let (rd, mut wr, leftover) = match spdy_connect(&url, V4).await {
         Ok(c) => c,
         Err(msg) => {
             warn!(%url, error = %msg, "cannot reach the runtime's streaming server");
@@ -229,6 +232,7 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
 /// what was read past the HTTP response.
 async fn spdy_connect(
     url: &str,
+    protocol: &str,
 ) -> Result<
     (
         tokio::net::tcp::OwnedReadHalf,
@@ -254,7 +258,7 @@ async fn spdy_connect(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {V4}\r\nContent-Length: 0\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
     );
     wr.write_all(req.as_bytes())
         .await
@@ -290,10 +294,174 @@ async fn spdy_connect(
             .filter(|(k, _)| k.eq_ignore_ascii_case("x-stream-protocol-version"))
             .map(|(_, v)| v.trim().to_string())
     });
-    if proto.as_deref() != Some(V4) {
+    if proto.as_deref() != Some(protocol) {
         return Err(format!(
-            "streaming server {url} chose protocol {proto:?}, not {V4}"
+            "streaming server {url} chose protocol {proto:?}, not {protocol}"
         ));
     }
     Ok((rd, wr, head[end..].to_vec()))
+}
+
+/// Dials a pod's port through the runtime's port-forward: one CRI `PortForward` (its
+/// URL serves one session) and one SPDY session per connection, with upstream's
+/// error and data stream pair.
+pub fn cri_port_dialer(
+    rt: std::sync::Arc<dyn crate::cri::CriRuntime>,
+    sandbox: String,
+    pod: String,
+    uid: String,
+) -> super::spdy::Dial {
+    std::sync::Arc::new(move |port: u16| {
+        let (rt, sandbox, pod, uid) = (rt.clone(), sandbox.clone(), pod.clone(), uid.clone());
+        Box::pin(async move {
+            let fail =
+                |e: String| format!("error forwarding port {port} to pod {pod}, uid {uid}: {e}");
+            let url = rt
+                .port_forward(kelp_cri_api::v1::PortForwardRequest {
+                    pod_sandbox_id: sandbox,
+                    port: vec![i32::from(port)],
+                })
+                .await
+                .map_err(|e| fail(e.message().to_string()))?
+                .url;
+            let (rd, wr, leftover) = spdy_connect(&url, PORT_FORWARD).await.map_err(fail)?;
+            let (ours, theirs) = tokio::io::duplex(256 * 1024);
+            tokio::spawn(pump_port(rd, wr, leftover, theirs, port));
+            Ok(Box::new(ours) as super::spdy::PodConn)
+        })
+    })
+}
+
+const PORT_FORWARD: &str = "portforward.k8s.io";
+
+/// Moves one forwarded connection's bytes between `local` and the SPDY data stream.
+async fn pump_port(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    leftover: Vec<u8>,
+    local: tokio::io::DuplexStream,
+    port: u16,
+) {
+    const ERROR_STREAM: u32 = 1;
+    const DATA_STREAM: u32 = 3;
+    let mut enc = Encoder::default();
+    let mut out = Vec::new();
+    for (id, kind) in [(ERROR_STREAM, "error"), (DATA_STREAM, "data")] {
+        let headers = vec![
+            ("streamtype".to_string(), kind.to_string()),
+            ("port".to_string(), port.to_string()),
+            ("requestid".to_string(), "0".to_string()),
+        ];
+        if enc
+            .encode(
+                &Frame::SynStream {
+                    stream_id: id,
+                    associated: 0,
+                    fin: false,
+                    headers,
+                },
+                &mut out,
+            )
+            .is_err()
+        {
+            return;
+        }
+    }
+    // Nothing goes up the error stream.
+    let _ = enc.encode(
+        &Frame::Data {
+            stream_id: ERROR_STREAM,
+            fin: true,
+            data: Default::default(),
+        },
+        &mut out,
+    );
+    if wr.write_all(&out).await.is_err() {
+        return;
+    }
+    let (mut lr, mut lw) = tokio::io::split(local);
+    let mut dec = Decoder::default();
+    dec.push(&leftover);
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut lbuf = vec![0u8; 32 * 1024];
+    let (mut remote_open, mut local_open) = (true, true);
+    let mut error = Vec::new();
+    'session: loop {
+        loop {
+            let frame = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "spdy: bad frame from the streaming server");
+                    break 'session;
+                }
+            };
+            match frame {
+                Frame::Data {
+                    stream_id: DATA_STREAM,
+                    fin,
+                    data,
+                } => {
+                    if !data.is_empty() && lw.write_all(&data).await.is_err() {
+                        break 'session;
+                    }
+                    if fin {
+                        remote_open = false;
+                        let _ = lw.shutdown().await;
+                    }
+                }
+                Frame::Data {
+                    stream_id: ERROR_STREAM,
+                    data,
+                    ..
+                } => error.extend_from_slice(&data),
+                Frame::RstStream {
+                    stream_id: DATA_STREAM,
+                    ..
+                }
+                | Frame::GoAway { .. } => break 'session,
+                Frame::Ping { id } => {
+                    let mut o = Vec::new();
+                    if enc.encode(&Frame::Ping { id }, &mut o).is_ok()
+                        && wr.write_all(&o).await.is_err()
+                    {
+                        break 'session;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !error.is_empty() {
+            warn!(port, error = %String::from_utf8_lossy(&error), "port-forward through the runtime failed");
+            break;
+        }
+        if !remote_open && !local_open {
+            break;
+        }
+        tokio::select! {
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dec.push(&buf[..n]),
+            },
+            n = lr.read(&mut lbuf), if local_open => {
+                let mut o = Vec::new();
+                let frame = match n {
+                    Ok(0) | Err(_) => {
+                        local_open = false;
+                        Frame::Data { stream_id: DATA_STREAM, fin: true, data: Default::default() }
+                    }
+                    Ok(n) => Frame::Data {
+                        stream_id: DATA_STREAM,
+                        fin: false,
+                        data: bytes::Bytes::copy_from_slice(&lbuf[..n]),
+                    },
+                };
+                if enc.encode(&frame, &mut o).is_err() || wr.write_all(&o).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = lw.shutdown().await;
+    let _ = wr.shutdown().await;
 }
