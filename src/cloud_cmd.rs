@@ -81,8 +81,8 @@ pub async fn run(
         .context("--cloud-provider is required")?;
     opts.leader_elect = args.leader_elect;
     let provider = opts.build_provider()?;
-    let client = kelp_control_plane::controllers::manager::client_from_kubeconfig(&args.kubeconfig)
-        .await?;
+    let client =
+        kelp_control_plane::controllers::manager::client_from_kubeconfig(&args.kubeconfig).await?;
     println!(
         "kelp cloud-controller-manager: provider {} (leader election {})",
         opts.provider,

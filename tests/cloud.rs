@@ -15,9 +15,9 @@
 //!   allocations are read back, so a new Service does not take a held address.
 //! * Routes: the node's pod CIDR route is recorded and `NetworkUnavailable=False`.
 
-mod common;
 #[path = "common/agent.rs"]
 mod agent;
+mod common;
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
 
@@ -160,15 +160,26 @@ fn fleet_nodes_are_initialized_from_the_inventory_and_deleted_when_gone() {
         last["spec"]["providerID"].as_str(),
         Some(format!("fleet://{name}").as_str()),
     );
-    checks.eq("zone", labels["topology.kubernetes.io/zone"].as_str(), Some("rack-a"));
-    checks.eq("region", labels["topology.kubernetes.io/region"].as_str(), Some("site-1"));
+    checks.eq(
+        "zone",
+        labels["topology.kubernetes.io/zone"].as_str(),
+        Some("rack-a"),
+    );
+    checks.eq(
+        "region",
+        labels["topology.kubernetes.io/region"].as_str(),
+        Some("site-1"),
+    );
     checks.eq(
         "instance type",
         labels["node.kubernetes.io/instance-type"].as_str(),
         Some("rpi4-8g"),
     );
     checks.that(
-        &format!("the inventory's ExternalIP is on the node: {}", last["status"]["addresses"]),
+        &format!(
+            "the inventory's ExternalIP is on the node: {}",
+            last["status"]["addresses"]
+        ),
         last["status"]["addresses"]
             .as_array()
             .into_iter()
@@ -197,7 +208,11 @@ fn fleet_nodes_are_initialized_from_the_inventory_and_deleted_when_gone() {
             .iter()
             .any(|(r, m)| r == "CloudProviderLookupFailed" && m.contains("inventory.yaml"))
     });
-    assert!(ok, "no event for the broken inventory: {:?}", events_of(kubectl, &name));
+    assert!(
+        ok,
+        "no event for the broken inventory: {:?}",
+        events_of(kubectl, &name)
+    );
     assert!(
         get_json(&c, &["get", "node", &name]).is_some(),
         "a broken inventory deleted the node"
@@ -206,9 +221,15 @@ fn fleet_nodes_are_initialized_from_the_inventory_and_deleted_when_gone() {
     // Gone from the inventory: the Node goes.
     write_inventory(dir.path(), "instances: []\n");
     let ok = wait_until(DEADLINE, || get_json(&c, &["get", "node", &name]).is_none());
-    assert!(ok, "the node of a removed instance stayed\n{}", c.log_tail());
     assert!(
-        events_of(kubectl, &name).iter().any(|(r, _)| r == "DeletingNode"),
+        ok,
+        "the node of a removed instance stayed\n{}",
+        c.log_tail()
+    );
+    assert!(
+        events_of(kubectl, &name)
+            .iter()
+            .any(|(r, _)| r == "DeletingNode"),
         "{:?}",
         events_of(kubectl, &name)
     );
@@ -267,15 +288,13 @@ impl Up {
         self.child = Some(child);
         let ok = wait_until(DEADLINE, || {
             self.kubeconfig().exists()
-                && self
-                    .json(&["get", "node", &self.node])
-                    .is_some_and(|n| {
-                        n["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
+                && self.json(&["get", "node", &self.node]).is_some_and(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
         });
         assert!(ok, "kelp up's node never became Ready:\n{}", self.log());
     }
@@ -444,7 +463,11 @@ fn load_balancer_services_get_pool_addresses_that_the_proxy_serves() {
         .arg(&image)
         .output()
         .unwrap();
-    assert!(out.status.success(), "kelp push: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kelp push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A test-only range (198.18.0.0/15, benchmarking) of this process; one address.
     let third = std::process::id() % 250;
@@ -515,7 +538,11 @@ spec:
         .unwrap_or_else(|e| panic!("delete web-a: {e}\n{}", up.log()));
     up.wait_ingress("web-b", &first);
     let ok = wait_until(DEADLINE, || served_by_hello(&first, "/via-lb-b"));
-    assert!(ok, "{first}:80 never reached a hello pod for web-b\n{}", up.log());
+    assert!(
+        ok,
+        "{first}:80 never reached a hello pod for web-b\n{}",
+        up.log()
+    );
 
     // The route controller recorded the node's pod CIDR route.
     let ok = wait_until(DEADLINE, || {

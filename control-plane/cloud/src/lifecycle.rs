@@ -68,7 +68,9 @@ pub async fn decide(node: &Node, instances: &dyn InstancesV2) -> Result<Verdict,
 
 pub async fn run(ctx: CloudContext) {
     if ctx.provider.instances_v2().is_none() {
-        tracing::info!("no instances from this provider: the cloud node lifecycle controller is off");
+        tracing::info!(
+            "no instances from this provider: the cloud node lifecycle controller is off"
+        );
         return std::future::pending().await;
     }
     let api: Api<Node> = Api::all(ctx.client.clone());
@@ -150,9 +152,13 @@ async fn act(
                 ..Default::default()
             });
             tracing::info!(node = %name, "instance shut down: tainting the node");
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&set_taints(list)))
-                .await
-                .map(|_| ())
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&set_taints(list)),
+            )
+            .await
+            .map(|_| ())
         }
         Verdict::RemoveShutdownTaint => {
             let list: Vec<Taint> = taints(node)
@@ -160,9 +166,13 @@ async fn act(
                 .filter(|t| t.key != SHUTDOWN_TAINT)
                 .cloned()
                 .collect();
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&set_taints(list)))
-                .await
-                .map(|_| ())
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&set_taints(list)),
+            )
+            .await
+            .map(|_| ())
         }
     }
 }
@@ -188,21 +198,36 @@ mod tests {
         let cloud = FakeCloud::default();
         let i = cloud.instances_v2_ref();
         // Ready: left alone even when gone from the cloud.
-        assert_eq!(decide(&node("True", false), i).await.unwrap(), Verdict::Nothing);
+        assert_eq!(
+            decide(&node("True", false), i).await.unwrap(),
+            Verdict::Nothing
+        );
         assert_eq!(
             decide(&node("True", true), i).await.unwrap(),
             Verdict::RemoveShutdownTaint
         );
-        assert_eq!(decide(&node("Unknown", false), i).await.unwrap(), Verdict::Delete);
+        assert_eq!(
+            decide(&node("Unknown", false), i).await.unwrap(),
+            Verdict::Delete
+        );
         cloud.add_instance("a", false);
-        assert_eq!(decide(&node("False", false), i).await.unwrap(), Verdict::Nothing);
+        assert_eq!(
+            decide(&node("False", false), i).await.unwrap(),
+            Verdict::Nothing
+        );
         cloud.add_instance("a", true);
         assert_eq!(
             decide(&node("Unknown", false), i).await.unwrap(),
             Verdict::AddShutdownTaint
         );
-        assert_eq!(decide(&node("Unknown", true), i).await.unwrap(), Verdict::Nothing);
+        assert_eq!(
+            decide(&node("Unknown", true), i).await.unwrap(),
+            Verdict::Nothing
+        );
         cloud.fail_with("inventory unreadable");
-        assert!(decide(&node("Unknown", false), i).await.is_err(), "an error never deletes");
+        assert!(
+            decide(&node("Unknown", false), i).await.is_err(),
+            "an error never deletes"
+        );
     }
 }

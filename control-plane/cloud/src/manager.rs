@@ -61,7 +61,10 @@ async fn run_loops(ctx: CloudContext) {
             }
         }
     }
-    tracing::info!(provider = ctx.provider.provider_name(), "cloud loops starting");
+    tracing::info!(
+        provider = ctx.provider.provider_name(),
+        "cloud loops starting"
+    );
     tokio::join!(
         node::run(ctx.clone()),
         lifecycle::run(ctx.clone()),

@@ -188,7 +188,9 @@ async fn sync(st: &State, key: &Key) -> Result<Action, ControllerError> {
     }
     st.backoff.succeeded(key);
     if !uninitialized {
-        return Ok(Action::RequeueAfter(st.ctx.settings.node_status_update_frequency));
+        return Ok(Action::RequeueAfter(
+            st.ctx.settings.node_status_update_frequency,
+        ));
     }
     api.patch(
         &key.name,
@@ -203,7 +205,9 @@ async fn sync(st: &State, key: &Key) -> Result<Action, ControllerError> {
         "Synced",
         "Node synced successfully".into(),
     );
-    Ok(Action::RequeueAfter(st.ctx.settings.node_status_update_frequency))
+    Ok(Action::RequeueAfter(
+        st.ctx.settings.node_status_update_frequency,
+    ))
 }
 
 #[cfg(test)]
@@ -239,7 +243,10 @@ mod tests {
         assert_eq!(p["spec"]["taints"][0]["key"], "dedicated");
         assert_eq!(p["metadata"]["labels"][LABEL_ZONE], "rack-a");
         assert_eq!(p["metadata"]["labels"][LABEL_INSTANCE_TYPE], "rpi4");
-        assert!(p["metadata"]["labels"].get(LABEL_REGION).is_none(), "empty: not set");
+        assert!(
+            p["metadata"]["labels"].get(LABEL_REGION).is_none(),
+            "empty: not set"
+        );
         assert_eq!(p["metadata"]["resourceVersion"], "7");
         // An existing providerID is never rewritten.
         let n = node(json!({"metadata": {"name": "a"}, "spec": {"providerID": "fleet://x"}}));
@@ -258,7 +265,10 @@ mod tests {
             .collect();
         assert_eq!(got, [("InternalIP", "10.0.0.5"), ("Hostname", "a-host")]);
         let done = node(json!({"metadata": {"name": "a"}, "status": {"addresses": want}}));
-        assert!(desired_addresses(&done, &meta()).is_none(), "nothing to change");
+        assert!(
+            desired_addresses(&done, &meta()).is_none(),
+            "nothing to change"
+        );
         let none = InstanceMetadata {
             node_addresses: vec![],
             ..meta()

@@ -46,10 +46,7 @@ impl<K: Eq + Hash + Clone> Backoff<K> {
     pub fn failed(&self, key: &K) -> Duration {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(key.clone()).or_insert(0);
-        let delay = self
-            .base
-            .saturating_mul(1u32 << (*n).min(20))
-            .min(self.max);
+        let delay = self.base.saturating_mul(1u32 << (*n).min(20)).min(self.max);
         *n += 1;
         delay
     }

@@ -31,9 +31,7 @@ pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
 /// The pod CIDRs of a node.
 pub fn pod_cidrs(node: &Node) -> Vec<String> {
     let spec = node.spec.as_ref();
-    let mut out: Vec<String> = spec
-        .and_then(|s| s.pod_cidrs.clone())
-        .unwrap_or_default();
+    let mut out: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
     if out.is_empty() {
         out.extend(spec.and_then(|s| s.pod_cidr.clone()));
     }
@@ -75,7 +73,11 @@ fn condition(node: &Node) -> Option<&NodeCondition> {
 }
 
 pub async fn run(ctx: CloudContext) {
-    let Some(_) = ctx.provider.routes().filter(|_| ctx.settings.configure_cloud_routes) else {
+    let Some(_) = ctx
+        .provider
+        .routes()
+        .filter(|_| ctx.settings.configure_cloud_routes)
+    else {
         tracing::info!("cloud routes are not configured: the route controller is off");
         return std::future::pending().await;
     };
@@ -123,7 +125,9 @@ async fn reconcile(
     let (create, delete) = plan(&all, &existing);
     for r in delete {
         match bounded(routes.delete_route(cluster, &r)).await {
-            Ok(()) => tracing::info!(node = %r.target_node, cidr = %r.destination_cidr, "route deleted"),
+            Ok(()) => {
+                tracing::info!(node = %r.target_node, cidr = %r.destination_cidr, "route deleted")
+            }
             Err(e) => tracing::warn!(node = %r.target_node, error = %e, "deleting a route failed"),
         }
     }
@@ -163,13 +167,18 @@ async fn reconcile(
 
 /// Writes `NetworkUnavailable` when it differs (read-modify-write of the status, so
 /// the kubelet's conditions are kept).
-async fn set_condition(ctx: &CloudContext, cached: &Node, unavailable: bool) -> Result<(), kube::Error> {
+async fn set_condition(
+    ctx: &CloudContext,
+    cached: &Node,
+    unavailable: bool,
+) -> Result<(), kube::Error> {
     let (status, reason, message) = if unavailable {
         ("True", "NoRouteCreated", "Node created without a route")
     } else {
         ("False", "RouteCreated", "RouteController created a route")
     };
-    if condition(cached).is_some_and(|c| c.status == status && c.reason.as_deref() == Some(reason)) {
+    if condition(cached).is_some_and(|c| c.status == status && c.reason.as_deref() == Some(reason))
+    {
         return Ok(());
     }
     let api: Api<Node> = Api::all(ctx.client.clone());
@@ -190,7 +199,7 @@ async fn set_condition(ctx: &CloudContext, cached: &Node, unavailable: bool) -> 
         last_heartbeat_time: Some(now.clone()),
         last_transition_time: Some(now),
     });
-    api.replace_status(&name, &PostParams::default(), serde_json::to_vec(&node).map_err(kube::Error::SerdeError)?)
+    api.replace_status(&name, &PostParams::default(), &node)
         .await?;
     Ok(())
 }

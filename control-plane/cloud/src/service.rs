@@ -159,7 +159,7 @@ pub async fn run(ctx: CloudContext) {
         };
         let on_change = Arc::new(on_change);
         let c = on_change.clone();
-        node_inf.run(move |_, _| c(), move || on_change())
+        node_inf.run(move |_, _| (*c)(), move || (*on_change)())
     };
     let workers = {
         let st = st.clone();
@@ -181,7 +181,10 @@ pub async fn run(ctx: CloudContext) {
 
 async fn sync(st: &State, key: &Key) -> Result<Action, ControllerError> {
     let Some(svc) = st.services.get(&key.object_ref()) else {
-        st.hosts.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        st.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         st.backoff.succeeded(key);
         return Ok(Action::Done);
     };
@@ -264,7 +267,7 @@ async fn ensure(
             "Updated load balancer with new hosts".into(),
         ),
         Some(status) if status != status_of(svc) => {
-            let patch = json!({"status": {"loadBalancer": status}});
+            let patch = json!({"status": {"loadBalancer": &status}});
             api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
             let ips: Vec<String> = status
@@ -350,7 +353,10 @@ async fn cleanup(
         Err(e) if kelp_controllers::is_status(&e, 404) => {}
         Err(e) => return Err(e.into()),
     }
-    st.hosts.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    st.hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
     st.backoff.succeeded(key);
     // Its address may be what a waiting Service needs.
     st.wake_waiting();
@@ -380,8 +386,10 @@ mod tests {
         assert!(!wants_load_balancer(&svc(
             json!({"metadata": {"name": "a"}, "spec": {"type": "NodePort"}})
         )));
-        assert!(!wants_load_balancer(&svc(json!({"metadata": {"name": "a"},
-            "spec": {"type": "LoadBalancer", "loadBalancerClass": "example.com/other"}}))));
+        assert!(!wants_load_balancer(&svc(
+            json!({"metadata": {"name": "a"},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "example.com/other"}})
+        )));
         let deleting = svc(json!({"metadata": {"name": "a",
             "deletionTimestamp": "2024-01-01T00:00:00Z", "finalizers": [FINALIZER]},
             "spec": {"type": "LoadBalancer"}}));

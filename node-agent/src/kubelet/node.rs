@@ -227,39 +227,39 @@ pub fn node_status(
         ]),
         conditions: Some(
             vec![
-            node_condition(
-                old,
-                &now,
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            node_condition(
-                old,
-                &now,
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-            ),
-            node_condition(
-                old,
-                &now,
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
-            node_condition(
-                old,
-                &now,
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            ),
-        ]
+                node_condition(
+                    old,
+                    &now,
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            ]
             .into_iter()
             .chain(
                 old.and_then(|s| s.conditions.as_ref())
@@ -484,7 +484,11 @@ mod tests {
         let t = parse_taints("dedicated=edge:NoSchedule, gpu:NoExecute").unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(
-            (t[0].key.as_str(), t[0].value.as_deref(), t[0].effect.as_str()),
+            (
+                t[0].key.as_str(),
+                t[0].value.as_deref(),
+                t[0].effect.as_str()
+            ),
             ("dedicated", Some("edge"), "NoSchedule")
         );
         assert_eq!((t[1].key.as_str(), t[1].value.as_deref()), ("gpu", None));
@@ -495,7 +499,10 @@ mod tests {
         assert!(registration_taints(&cfg).is_empty());
         cfg.external_cloud_provider = true;
         cfg.register_with_taints = t;
-        let keys: Vec<String> = registration_taints(&cfg).into_iter().map(|t| t.key).collect();
+        let keys: Vec<String> = registration_taints(&cfg)
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
         assert_eq!(keys, ["dedicated", "gpu", UNINITIALIZED_TAINT]);
     }
 
@@ -521,7 +528,13 @@ mod tests {
             .collect();
         assert_eq!(
             types,
-            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready", "NetworkUnavailable"]
+            [
+                "MemoryPressure",
+                "DiskPressure",
+                "PIDPressure",
+                "Ready",
+                "NetworkUnavailable"
+            ]
         );
     }
 

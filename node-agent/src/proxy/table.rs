@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(lb, &t[&key("10.43.0.10", 80, Protocol::Tcp)]);
         assert!(t.contains_key(&key("198.18.0.10", 53, Protocol::Udp)));
         assert!(t.contains_key(&key("127.200.0.1", 80, Protocol::Tcp)));
-        assert!(!t.contains_key(&key("198.18.0.11", 80, Protocol::Tcp)), "ipMode Proxy");
+        assert!(
+            !t.contains_key(&key("198.18.0.11", 80, Protocol::Tcp)),
+            "ipMode Proxy"
+        );
         // externalTrafficPolicy Local: this node's endpoints only.
         s.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
         let t = desired(&[Arc::new(s.clone())], &[web_slice(eps.clone())], &ANY);

@@ -242,7 +242,9 @@ instances:
         assert!(inv.instances[1].shutdown);
         // Lookup by providerID when the Node has one, else by name.
         assert_eq!(
-            inv.find(Some("fleet://serial-42"), "whatever").unwrap().name,
+            inv.find(Some("fleet://serial-42"), "whatever")
+                .unwrap()
+                .name,
             "edge-02"
         );
         assert!(inv.find(Some("fleet://edge-02"), "edge-02").is_none());

@@ -32,9 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, Service,
-};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
@@ -177,7 +175,11 @@ impl CloudProvider for Fleet {
                 }
             }
         }
-        tracing::info!(in_use = fresh.len(), pool = pool.label(), "fleet load-balancer addresses read back from Services");
+        tracing::info!(
+            in_use = fresh.len(),
+            pool = pool.label(),
+            "fleet load-balancer addresses read back from Services"
+        );
         *self.lock_allocations() = fresh;
         Ok(())
     }
@@ -206,7 +208,9 @@ impl InstancesV2 for Fleet {
     }
 
     async fn instance_metadata(&self, node: &Node) -> Result<InstanceMetadata, CloudError> {
-        let i = self.instance_of(node)?.ok_or(CloudError::InstanceNotFound)?;
+        let i = self
+            .instance_of(node)?
+            .ok_or(CloudError::InstanceNotFound)?;
         Ok(InstanceMetadata {
             provider_id: i.provider_id(),
             instance_type: i.instance_type.clone(),
@@ -264,12 +268,13 @@ impl LoadBalancer for Fleet {
                 alloc.release(&owner);
             }
         }
-        let ip = alloc
-            .allocate(pool, &owner, &preferred)
-            .ok_or_else(|| CloudError::PoolExhausted {
-                pool: pool.label().to_string(),
-                size: pool.size(),
-            })?;
+        let ip =
+            alloc
+                .allocate(pool, &owner, &preferred)
+                .ok_or_else(|| CloudError::PoolExhausted {
+                    pool: pool.label().to_string(),
+                    size: pool.size(),
+                })?;
         if requested.is_some_and(|r| r != ip) {
             alloc.release(&owner);
             return Err(CloudError::Other(format!(
@@ -367,8 +372,10 @@ mod tests {
         Fleet::from_config_file(&dir.join("cloud.yaml")).unwrap()
     }
     fn node(name: &str, provider_id: Option<&str>) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"providerID": provider_id}}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"providerID": provider_id}}),
+        )
+        .unwrap()
     }
     fn svc(uid: &str, lb_ip: Option<&str>, status_ip: Option<&str>) -> Service {
         let ingress: Vec<_> = status_ip.into_iter().map(|i| json!({"ip": i})).collect();
@@ -398,7 +405,10 @@ mod tests {
         assert_eq!(m.instance_type, "t1");
         assert_eq!(m.node_addresses[0].address, "10.0.0.1");
         // Once initialized the Node is found by its providerID.
-        assert!(f.instance_exists(&node("a", Some("fleet://a"))).await.unwrap());
+        assert!(f
+            .instance_exists(&node("a", Some("fleet://a")))
+            .await
+            .unwrap());
         std::fs::write(
             dir.path().join("inv.yaml"),
             "instances: [{name: a, shutdown: true}, {name: b}]",
@@ -412,7 +422,10 @@ mod tests {
             Err(CloudError::InstanceNotFound)
         ));
         std::fs::write(dir.path().join("inv.yaml"), "instances: [").unwrap();
-        assert!(f.instance_exists(&a).await.is_err(), "broken file: an error, not gone");
+        assert!(
+            f.instance_exists(&a).await.is_err(),
+            "broken file: an error, not gone"
+        );
     }
 
     #[tokio::test]
@@ -420,19 +433,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = fleet(dir.path(), "", &["10.9.0.1-10.9.0.2"]);
         let lb = f.load_balancer().unwrap();
-        let a = lb.ensure_load_balancer("k", &svc("a", None, None), &[]).await.unwrap();
+        let a = lb
+            .ensure_load_balancer("k", &svc("a", None, None), &[])
+            .await
+            .unwrap();
         assert_eq!(ip_of(&a), "10.9.0.1");
-        assert_eq!(a.ingress.as_ref().unwrap()[0].ip_mode.as_deref(), Some("VIP"));
+        assert_eq!(
+            a.ingress.as_ref().unwrap()[0].ip_mode.as_deref(),
+            Some("VIP")
+        );
         // A requested address from the pool.
         let b = lb
             .ensure_load_balancer("k", &svc("b", Some("10.9.0.2"), None), &[])
             .await
             .unwrap();
         assert_eq!(ip_of(&b), "10.9.0.2");
-        let c = lb.ensure_load_balancer("k", &svc("c", None, None), &[]).await;
-        assert!(matches!(c, Err(CloudError::PoolExhausted { size: 2, .. })), "{c:?}");
-        lb.ensure_load_balancer_deleted("k", &svc("a", None, None)).await.unwrap();
-        let c = lb.ensure_load_balancer("k", &svc("c", None, None), &[]).await.unwrap();
+        let c = lb
+            .ensure_load_balancer("k", &svc("c", None, None), &[])
+            .await;
+        assert!(
+            matches!(c, Err(CloudError::PoolExhausted { size: 2, .. })),
+            "{c:?}"
+        );
+        lb.ensure_load_balancer_deleted("k", &svc("a", None, None))
+            .await
+            .unwrap();
+        let c = lb
+            .ensure_load_balancer("k", &svc("c", None, None), &[])
+            .await
+            .unwrap();
         assert_eq!(ip_of(&c), "10.9.0.1");
         // Outside the pool: refused.
         assert!(lb

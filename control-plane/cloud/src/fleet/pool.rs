@@ -60,10 +60,7 @@ impl AddressPool {
     }
 
     pub fn size(&self) -> usize {
-        self.ranges
-            .iter()
-            .map(|(a, b)| (b - a) as usize + 1)
-            .sum()
+        self.ranges.iter().map(|(a, b)| (b - a) as usize + 1).sum()
     }
 
     /// Every address, in the order they are handed out.
@@ -160,14 +157,16 @@ mod tests {
 
     #[test]
     fn pools_from_cidrs_ranges_and_single_addresses() {
-        let p = pool(&["10.0.0.0/30", "10.0.1.5-10.0.1.7", "10.0.2.9", "10.0.3.0/32"]);
+        let p = pool(&[
+            "10.0.0.0/30",
+            "10.0.1.5-10.0.1.7",
+            "10.0.2.9",
+            "10.0.3.0/32",
+        ]);
         let all: Vec<String> = p.addresses().map(|a| a.to_string()).collect();
         assert_eq!(
             all,
-            [
-                "10.0.0.1", "10.0.0.2", "10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.2.9",
-                "10.0.3.0"
-            ]
+            ["10.0.0.1", "10.0.0.2", "10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.2.9", "10.0.3.0"]
         );
         assert_eq!(p.size(), 7);
         assert!(p.contains(ip("10.0.1.6")) && !p.contains(ip("10.0.0.3")));
