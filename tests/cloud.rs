@@ -275,6 +275,13 @@ impl Up {
             .args(["--https-port", &self.port.to_string()])
             .args(["--node-name", &self.node, "--pod-interface", &self.iface])
             .args(["--kubelet-port", "0", "--cloud-provider", "fleet"])
+            // A pod range of its own: other `kelp up`s on this machine (the services
+            // tests) use 10.42.0.0/16, and two interfaces holding one pod address
+            // lose its local route when either releases it.
+            .args([
+                "--cluster-cidr",
+                &format!("10.{}.0.0/16", 250 + std::process::id() % 6),
+            ])
             .arg("--cloud-config")
             .arg(self.dir.path().join("cloud.yaml"))
             .env("KELP_LOG", "info,kelp_node_agent::proxy=debug")
