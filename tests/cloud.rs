@@ -577,3 +577,74 @@ spec:
     let ok = wait_until(DEADLINE, || served_by_hello(&second, "/via-lb-c"));
     assert!(ok, "{second}:80 never reached a hello pod\n{}", up.log());
 }
+
+/// `kelp cloud-controller-manager` as its own process (the upstream shape) next to a
+/// `kelp server` that runs no provider: it takes the `cloud-controller-manager`
+/// Lease and serves LoadBalancer Services; an unknown provider or a missing
+/// cloud-config fails the command at start.
+#[test]
+fn the_cloud_controller_manager_runs_alone_leader_elected() {
+    let bad = kelp()
+        .args(["cloud-controller-manager", "--kubeconfig", "/nonexistent"])
+        .args(["--cloud-provider", "nimbus"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown --cloud-provider \"nimbus\""), "{err}");
+    let missing = kelp()
+        .args(["cloud-controller-manager", "--kubeconfig", "/nonexistent"])
+        .args([
+            "--cloud-provider",
+            "fleet",
+            "--cloud-config",
+            "/nonexistent/cloud.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+
+    let c = Cluster::start(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_cloud_config(dir.path(), &["198.18.251.0/30"]);
+    write_inventory(dir.path(), "instances: []\n");
+    let log = std::fs::File::create(dir.path().join("ccm.log")).unwrap();
+    let mut ccm = kelp()
+        .arg("cloud-controller-manager")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(["--cloud-provider", "fleet", "--cloud-config"])
+        .arg(&cfg)
+        .env("KELP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ccm_log = || std::fs::read_to_string(dir.path().join("ccm.log")).unwrap_or_default();
+    c.kubectl_stdin_ok(&["apply", "-f", "-"], &lb_service("alone"));
+    let ok = wait_until(DEADLINE, || {
+        get_json(&c, &["get", "service", "alone"]).is_some_and(|s| {
+            // /30 without network and broadcast: .1 is the first address.
+            s["status"]["loadBalancer"]["ingress"][0]["ip"] == "198.18.251.1"
+        })
+    });
+    let lease = get_json(
+        &c,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "cloud-controller-manager",
+        ],
+    );
+    let _ = ccm.kill();
+    let _ = ccm.wait();
+    assert!(ok, "no address from the standalone manager:\n{}", ccm_log());
+    let holder = lease.expect("the cloud-controller-manager Lease")["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!holder.is_empty(), "nobody holds the Lease");
+}
