@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kelp_controllers::events::Recorder;
-use kelp_controllers::informer::{drive, reflect};
+use kelp_controllers::runner::Informer;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -74,8 +73,18 @@ pub async fn run(ctx: CloudContext) {
         return std::future::pending().await;
     }
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let (nodes, stream) = reflect(api.clone(), watcher::Config::default());
-    drive(stream);
+    // The watch runs in this future (not a detached task), so losing leadership,
+    // which drops the loops, ends it too.
+    let inf = Informer::new(api.clone());
+    let nodes = inf.store();
+    let watching = inf.run(|_, _| {}, || {});
+    tokio::select! {
+        _ = watching => {}
+        _ = monitor(ctx, api, nodes) => {}
+    }
+}
+
+async fn monitor(ctx: CloudContext, api: Api<Node>, nodes: kube::runtime::reflector::Store<Node>) {
     let _ = nodes.wait_until_ready().await;
     let recorder = Recorder::new(ctx.client.clone(), "cloud-node-lifecycle-controller");
     // The last error reported per node: a persisting error is one Event, not one

@@ -60,6 +60,22 @@ pub fn parse_taints(spec: &str) -> Result<Vec<Taint>, String> {
     Ok(out)
 }
 
+/// With an external cloud provider the addresses are the provider's once the Node
+/// has any (upstream's kubelet does the same): left out of the status patch, they
+/// stay as they are.
+pub fn leave_provider_addresses(
+    cfg: &KubeletConfig,
+    old: Option<&NodeStatus>,
+    status: &mut NodeStatus,
+) {
+    let has_addresses = old
+        .and_then(|s| s.addresses.as_ref())
+        .is_some_and(|a| !a.is_empty());
+    if cfg.external_cloud_provider && has_addresses {
+        status.addresses = None;
+    }
+}
+
 /// The taints a new Node is created with.
 pub fn registration_taints(cfg: &KubeletConfig) -> Vec<Taint> {
     let mut t = cfg.register_with_taints.clone();
@@ -376,16 +392,7 @@ impl NodeAgent {
             old.as_ref(),
             Timestamp::now(),
         );
-        // With an external cloud provider the addresses are the provider's once the
-        // Node has any (upstream kubelet does the same); left out of the patch, they
-        // stay as they are.
-        let has_addresses = old
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .is_some_and(|a| !a.is_empty());
-        if self.cfg.external_cloud_provider && has_addresses {
-            status.addresses = None;
-        }
+        leave_provider_addresses(&self.cfg, old.as_ref(), &mut status);
         let patch = serde_json::json!({ "status": status });
         self.nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -499,6 +506,16 @@ mod tests {
         assert!(registration_taints(&cfg).is_empty());
         cfg.external_cloud_provider = true;
         cfg.register_with_taints = t;
+        // The first status carries the kubelet's addresses; later ones leave the
+        // provider's alone.
+        let facts = HostFacts::detect();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut first = node_status(&cfg, &facts, &[], "x", None, now);
+        leave_provider_addresses(&cfg, None, &mut first);
+        assert!(first.addresses.is_some());
+        let mut later = node_status(&cfg, &facts, &[], "x", Some(&first), now);
+        leave_provider_addresses(&cfg, Some(&first), &mut later);
+        assert!(later.addresses.is_none());
         let keys: Vec<String> = registration_taints(&cfg)
             .into_iter()
             .map(|t| t.key)
