@@ -218,6 +218,9 @@ async fn ensure(
             "resourceVersion": svc.metadata.resource_version}});
         api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        // The update wakes this key again with the finalizer in the cache; going on
+        // now would race that reconcile (two Ensuring/Ensured pairs).
+        return Ok(Action::Done);
     }
     let nodes = eligible_nodes(&st.nodes.state());
     let hosts = names(&nodes);
