@@ -4,7 +4,10 @@
 //!
 //! `scripts/bench-pods.sh` starts the cluster and runs this; by hand:
 //! `cargo run --release --example pod_bench -- --kubeconfig F --node N --image REF
-//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]`.
+//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]
+//!  [--runtime-class C] [--command "ARGV..."] [--label TEXT]`.
+//! `scripts/bench-linux-vs-wasm.sh` runs it twice on one node: a Wasm pod and a Linux
+//! container pod of the same tiny HTTP app.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +31,13 @@ struct Args {
     rss_pid: Option<u32>,
     /// Leave spec.nodeName empty so the scheduler places the pods.
     schedule: bool,
+    runtime_class: Option<String>,
+    command: Option<Vec<String>>,
+    /// Printed before each figure (which run this is).
+    label: String,
+    /// Process names whose proportional memory (with their descendants') is the
+    /// node's cost of its pods (`kelp,containerd,containerd-shim-runc-v2`).
+    pss_of: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -39,6 +49,10 @@ fn parse_args() -> anyhow::Result<Args> {
         bursts: Vec::new(),
         rss_pid: None,
         schedule: false,
+        runtime_class: None,
+        command: None,
+        label: String::new(),
+        pss_of: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +65,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--burst" => a.bursts.push(val()?.parse()?),
             "--rss-pid" => a.rss_pid = Some(val()?.parse()?),
             "--schedule" => a.schedule = true,
+            "--runtime-class" => a.runtime_class = Some(val()?),
+            "--command" => a.command = Some(val()?.split_whitespace().map(String::from).collect()),
+            "--label" => a.label = format!("{}: ", val()?),
+            "--pss-of" => a.pss_of = val()?.split(',').map(String::from).collect(),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -86,6 +104,63 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The summed proportional set size (KiB) of the processes named `names` and all
+/// their descendants: shared pages (one busybox binary in every container, the shim's
+/// code) are split among their users instead of counted in each.
+fn pss_kib(names: &[String]) -> u64 {
+    let mut parent = HashMap::new();
+    let mut comm = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        parent.insert(pid, ppid);
+        comm.insert(pid, stat[open + 1..close].to_string());
+    }
+    // comm is cut at 15 bytes (containerd-shim-runc-v2 → containerd-shim).
+    let named = |pid: &u32| {
+        comm.get(pid).is_some_and(|c| {
+            names
+                .iter()
+                .any(|n| n.starts_with(c.as_str()) && !c.is_empty())
+        })
+    };
+    let counted = |mut pid: u32| loop {
+        if named(&pid) {
+            return true;
+        }
+        match parent.get(&pid) {
+            Some(&p) if p > 1 && p != pid => pid = p,
+            _ => return false,
+        }
+    };
+    parent
+        .keys()
+        .filter(|pid| counted(**pid))
+        .filter_map(|pid| {
+            let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            r.lines()
+                .find(|l| l.starts_with("Pss:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn pod(name: &str, run: &str, a: &Args) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -96,10 +171,12 @@ fn pod(name: &str, run: &str, a: &Args) -> Pod {
         spec: Some(PodSpec {
             node_name: (!a.schedule).then(|| a.node.clone()),
             termination_grace_period_seconds: Some(0),
+            runtime_class_name: a.runtime_class.clone(),
             containers: vec![Container {
                 name: "app".into(),
                 image: Some(a.image.clone()),
                 image_pull_policy: Some("IfNotPresent".into()),
+                command: a.command.clone(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -238,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
         }
         lat.sort();
         println!(
-            "single pod create → Running: n={} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            "{}single pod create → Running: n={} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            a.label,
             lat.len(),
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
@@ -246,9 +324,22 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for &n in &a.bursts {
+        let pss_before = (!a.pss_of.is_empty()).then(|| pss_kib(&a.pss_of));
         let (lat, all) = run_burst(&client, &ns, n, &a).await?;
+        if let Some(b) = pss_before {
+            let after = pss_kib(&a.pss_of);
+            println!(
+                "{}node processes ({}) PSS with {n} running pods: {:.1} → {:.1} MiB, {:.2} MiB per pod",
+                a.label,
+                a.pss_of.join(", "),
+                b as f64 / 1024.0,
+                after as f64 / 1024.0,
+                after.saturating_sub(b) as f64 / 1024.0 / n as f64
+            );
+        }
         println!(
-            "{n} pods create → Running: all in {:.2} s ({:.0} pods/s); per pod p50 {:.1} ms p99 {:.1} ms",
+            "{}{n} pods create → Running: all in {:.2} s ({:.0} pods/s); per pod p50 {:.1} ms p99 {:.1} ms",
+            a.label,
             all.as_secs_f64(),
             n as f64 / all.as_secs_f64(),
             ms(percentile(&lat, 0.5)),

@@ -12,6 +12,12 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Linux containers (tests/containerd.rs): containerd with runc, the CNI plugins, and
+# busybox-static for the locally built pause and busybox images.
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
@@ -20,6 +26,8 @@ fi
 $SUDO systemctl stop etcd >/dev/null 2>&1 || true
 # docker-registry's package starts a system registry on 5000; tests start their own.
 $SUDO systemctl stop docker-registry >/dev/null 2>&1 || true
+# containerd's package starts a system containerd; tests start their own.
+$SUDO systemctl stop containerd >/dev/null 2>&1 || true
 
 python3 -c 'import kubernetes' 2>/dev/null || python3 -m pip install -q 'kubernetes>=30'
 

@@ -10,6 +10,7 @@ use clap::Args;
 use kelp_node_agent::dns::{self, DnsConfig, DnsServer, KubeCatalog};
 use kelp_node_agent::kube::Client;
 use kelp_node_agent::kubelet::env::ServiceCache;
+use kelp_node_agent::network::cni::CniSettings;
 use kelp_node_agent::network::{routes, AddressMode, PodNetwork};
 use kelp_node_agent::proxy::{self, ProxyConfig};
 use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime, RuntimeRouter};
@@ -28,7 +29,8 @@ pub struct NodeArgs {
     /// Node state: the Wasm runtime under DATA_DIR/runtime, pods under DATA_DIR/kubelet.
     #[arg(long, default_value = "/var/lib/kelp", env = "KELP_DATA_DIR")]
     data_dir: PathBuf,
-    /// Use this CRI runtime (`unix:///PATH`) instead of the in-process Wasm runtime.
+    /// A CRI runtime (`unix:///PATH`): containerd runs Linux containers next to the
+    /// in-process Wasm runtime; `kelp runtime` replaces the in-process one.
     #[arg(long)]
     container_runtime_endpoint: Option<String>,
     /// A registry reached over plain http although not on loopback (repeatable).
@@ -93,6 +95,13 @@ pub struct NetArgs {
     /// relays names outside the cluster domain to its nameservers.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// With a Linux container runtime: where it reads CNI configs (containerd's CRI
+    /// `cni.conf_dir`); the agent writes its pods' network there.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The bridge Linux pods are attached to.
+    #[arg(long, default_value = "kelp-cni0")]
+    cni_bridge: String,
 }
 
 impl NetArgs {
@@ -187,6 +196,10 @@ pub struct UpArgs {
     /// A registry reached over plain http although not on loopback (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// Also run Linux containers through this CRI runtime (`unix:///PATH`, e.g.
+    /// containerd's socket) next to the in-process Wasm runtime.
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
     /// The in-process node's kubelet server port (0: any free port).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
@@ -194,41 +207,52 @@ pub struct UpArgs {
     net: NetArgs,
 }
 
-/// The runtimes of a node: the in-process Wasm runtime, or a remote CRI runtime with
-/// the handlers it reports.
-async fn runtimes(node: &NodeArgs) -> anyhow::Result<RuntimeRouter> {
-    if let Some(endpoint) = &node.container_runtime_endpoint {
-        let remote = RemoteRuntime::connect(endpoint)
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?;
-        let status = remote
-            .status(kelp_cri_api::v1::StatusRequest { verbose: false })
-            .await
-            .with_context(|| format!("CRI Status of {endpoint}"))?;
-        let version = remote
-            .version(kelp_cri_api::v1::VersionRequest {
-                version: "v1".into(),
-            })
-            .await
-            .with_context(|| format!("CRI Version of {endpoint}"))?;
-        let mut handlers: Vec<String> = status
-            .runtime_handlers
-            .into_iter()
-            .map(|h| h.name)
-            .filter(|h| !h.is_empty())
-            .collect();
-        if handlers.is_empty() {
-            handlers.push(kelp_node_agent::cri::DEFAULT_HANDLER.into());
-        }
-        let remote: Arc<dyn CriRuntime> = Arc::new(remote);
+/// The runtimes of a node, and whether a Linux runtime networks its pods through CNI:
+/// - no endpoint: the in-process Wasm runtime alone;
+/// - an endpoint serving Kelp's Wasm runtime (`kelp runtime`): that runtime alone;
+/// - any other CRI runtime (containerd): the in-process Wasm runtime for `wasm`, the
+///   remote one for its handlers (`runc` when it names none), and for pods naming no
+///   RuntimeClass whose images are Linux images.
+async fn runtimes(node: &NodeArgs) -> anyhow::Result<(RuntimeRouter, bool)> {
+    let mut cfg = RuntimeConfig::new(node.data_dir.join("runtime"));
+    cfg.insecure_registries = node.insecure_registry.clone();
+    let Some(endpoint) = &node.container_runtime_endpoint else {
+        let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
+        let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
+        return Ok((
+            RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm),
+            false,
+        ));
+    };
+    let remote = RemoteRuntime::connect(endpoint)
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    let status = remote
+        .status(kelp_cri_api::v1::StatusRequest { verbose: false })
+        .await
+        .with_context(|| format!("CRI Status of {endpoint}"))?;
+    let version = remote
+        .version(kelp_cri_api::v1::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .with_context(|| format!("CRI Version of {endpoint}"))?;
+    let handlers: Vec<String> = status
+        .runtime_handlers
+        .into_iter()
+        .map(|h| h.name)
+        .filter(|h| !h.is_empty())
+        .collect();
+    let remote_arc: Arc<dyn CriRuntime> = Arc::new(remote.clone());
+    if version.runtime_name == kelp_runtime_wasm::service::RUNTIME_NAME {
         let mut router = RuntimeRouter::new();
+        let handlers = if handlers.is_empty() {
+            vec![kelp_node_agent::cri::DEFAULT_HANDLER.to_string()]
+        } else {
+            handlers
+        };
         for h in &handlers {
-            let scheme = if h == "wasm" {
-                "wasm".to_string()
-            } else {
-                version.runtime_name.clone()
-            };
-            router = router.with_runtime_scheme(h, &scheme, remote.clone());
+            router = router.with_runtime(h, remote_arc.clone());
         }
         if !handlers
             .iter()
@@ -236,14 +260,40 @@ async fn runtimes(node: &NodeArgs) -> anyhow::Result<RuntimeRouter> {
         {
             router = router.with_default_handler(&handlers[0]);
         }
-        return Ok(router);
+        return Ok((router, false));
     }
-    let mut cfg = RuntimeConfig::new(node.data_dir.join("runtime"));
-    cfg.insecure_registries = node.insecure_registry.clone();
-    let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
-    let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
-    Ok(RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm))
+    // A Linux runtime (containerd 1.6/1.7 name no handlers in Status: `runc` is the
+    // CRI plugin's default runtime).
+    let handlers = if handlers.is_empty() {
+        vec![LINUX_HANDLER.to_string()]
+    } else {
+        handlers
+    };
+    let wasm = Arc::new(WasmRuntime::new(cfg).context("starting the Wasm runtime")?);
+    let wasm_cri: Arc<dyn CriRuntime> = Arc::new(wasm.clone());
+    let mut router =
+        RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm_cri);
+    for h in &handlers {
+        if h != kelp_runtime_wasm::service::HANDLER {
+            router = router.with_networked_runtime(h, &version.runtime_name, remote_arc.clone());
+        }
+    }
+    let linux = if handlers.iter().any(|h| h == LINUX_HANDLER) {
+        LINUX_HANDLER.to_string()
+    } else {
+        handlers[0].clone()
+    };
+    let classifier = Arc::new(crate::image_kind::Classifier::new(wasm, remote_arc));
+    router = router.with_linux_handler(&linux, classifier);
+    println!(
+        "kelp kubelet: Linux containers through {} {} at {endpoint}",
+        version.runtime_name, version.runtime_version
+    );
+    Ok((router, true))
 }
+
+/// The handler Linux pods run under (the RuntimeClass `runc` that `kelp up` creates).
+pub const LINUX_HANDLER: &str = "runc";
 
 fn kubelet_config(
     node: &NodeArgs,
@@ -278,17 +328,40 @@ async fn run_node(
     client_ca_pem: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let router = runtimes(&node).await?;
+    let (router, cni) = runtimes(&node).await?;
     let mut cfg = kubelet_config(&node, server.as_deref(), client_ca_pem);
     let mode = AddressMode::detect(&node.net.pod_interface)
         .await
         .with_context(|| format!("pod interface {}", node.net.pod_interface))?;
-    cfg.network = Some(Arc::new(PodNetwork::new(
+    let mut network = PodNetwork::new(
         client.clone(),
         cfg.node_name.clone(),
         mode.clone(),
         node.data_dir.join("network"),
-    )));
+    );
+    if cni {
+        network = network.with_cni(CniSettings {
+            conf_dir: node.net.cni_conf_dir.clone(),
+            bridge: node.net.cni_bridge.clone(),
+            ipam_dir: node.data_dir.join("cni"),
+        });
+    }
+    let network = Arc::new(network);
+    cfg.network = Some(network.clone());
+    if cni {
+        // Linux pods need the CNI config, which needs the node's podCIDR (assigned
+        // after registration).
+        tokio::spawn(async move {
+            loop {
+                match network.prepare().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "pod network not ready"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+    }
     // One Service reflector for the kubelet (service links) and cluster DNS.
     let services = ServiceCache::start(client.clone());
     cfg.services = Some(services.clone());
@@ -458,7 +531,7 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         node_name: up.node_name.clone(),
         node_ip: None,
         data_dir: data_dir.to_path_buf(),
-        container_runtime_endpoint: None,
+        container_runtime_endpoint: up.container_runtime_endpoint.clone(),
         insecure_registry: up.insecure_registry.clone(),
         max_pods: 10_000,
         kubelet_port: up.kubelet_port,

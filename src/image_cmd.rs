@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kelp_runtime_wasm::image::{self, ImageStore, PullOptions, RegistryAuth};
+use kelp_runtime_wasm::service::{RuntimeConfig, WasmRuntime};
 
 #[derive(Args, Clone)]
 pub struct StoreArgs {
@@ -15,6 +16,21 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// Compiles `rec` into the node's compile cache, so its first container starts
+    /// without compiling (the runtime shares the data dir's cache).
+    async fn precompile(&self, rec: &image::ImageRecord) -> anyhow::Result<()> {
+        let t = std::time::Instant::now();
+        let rt = WasmRuntime::new(RuntimeConfig::new(self.data_dir.join("runtime")))
+            .context("opening the Wasm runtime's compile cache")?;
+        let http = rt.precompile(rec).await.context("compiling")?;
+        println!(
+            "  compiled for the {} engine in {:.0} ms",
+            if http { "wasi:http" } else { "command" },
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
+
     fn open(&self) -> anyhow::Result<ImageStore> {
         let root = self.data_dir.join("runtime").join("images");
         ImageStore::open(&root)
@@ -122,6 +138,7 @@ pub async fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
             );
             println!("  image id: {}", rec.id);
             println!("  {:?}, {}", rec.kind, human(rec.size));
+            store.precompile(&rec).await?;
         }
         ImageCommand::Ls { store } => {
             let store = store.open()?;
@@ -179,6 +196,7 @@ pub async fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
             }
             println!("  image id: {}", rec.id);
             println!("  {:?}, {}", rec.kind, human(rec.size));
+            store.precompile(&rec).await?;
         }
         ImageCommand::Rm { reference, store } => {
             store

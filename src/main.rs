@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod cloud_cmd;
 mod image_cmd;
+mod image_kind;
 mod runtime_cmd;
 mod scheduler_cmd;
 

@@ -10,202 +10,19 @@
 mod common;
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
+#[path = "common/up.rs"]
+mod up;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::wait_until;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use serde_json::Value;
+use up::{http_hello, push, Up};
 
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
-
-fn http_hello() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/wasm/target/wasm32-wasip2/release/http_hello.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-wasm-examples.sh",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// `kelp up` with its own pod interface; killed by pid and the interface deleted on drop.
-struct Up {
-    dir: tempfile::TempDir,
-    child: Child,
-    node: String,
-    iface: String,
-}
-
-impl Up {
-    fn start() -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let iface = format!("kelpd{}", std::process::id() % 100_000);
-        let node = format!("dns-node-{}", std::process::id());
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = kelp()
-            .arg("up")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--https-port", &free_port().to_string()])
-            .args(["--node-name", &node, "--pod-interface", &iface])
-            .args(["--kubelet-port", "0"])
-            .env(
-                "KELP_LOG",
-                "info,kelp_node_agent::dns=debug,kelp_runtime_wasm::http=debug",
-            )
-            .env_remove("KELP_DATA_DIR")
-            .env_remove("KELP_POD_INTERFACE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kelp up");
-        let up = Up {
-            dir,
-            child,
-            node,
-            iface,
-        };
-        let ok = wait_until(DEADLINE, || {
-            up.kubeconfig().exists()
-                && up
-                    .kubectl(&["get", "node", &up.node, "-o", "json"])
-                    .ok()
-                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                    .is_some_and(|n| {
-                        n["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-        });
-        assert!(ok, "kelp up's node never became Ready:\n{}", up.log());
-        up
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("data/kubeconfig")
-    }
-
-    fn full_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        let s = self.full_log();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-
-    /// Where the node's cluster DNS listens (the agent prints it at start).
-    fn dns_addr(&self) -> SocketAddr {
-        let log = self.full_log();
-        let addr = log
-            .lines()
-            .find_map(|l| {
-                l.split_once("cluster DNS ")
-                    .map(|(_, a)| a.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("kelp up did not say where cluster DNS listens:\n{log}"));
-        addr.parse()
-            .unwrap_or_else(|_| panic!("cluster DNS address {addr:?}"))
-    }
-
-    fn kubectl_in(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl");
-        if let Some(i) = input {
-            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        self.kubectl_in(args, None)
-    }
-
-    fn apply(&self, yaml: &str) {
-        if let Err(e) = self.kubectl_in(&["apply", "-f", "-"], Some(yaml)) {
-            panic!("kubectl apply failed: {e}\n{yaml}");
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let s = self
-            .kubectl(&a)
-            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
-        serde_json::from_str(&s).unwrap()
-    }
-
-    /// Waits until pod `name` runs with an address; returns its IP.
-    fn running_pod_ip(&self, name: &str) -> IpAddr {
-        let mut last = Value::Null;
-        let ok = wait_until(DEADLINE, || {
-            last = self
-                .kubectl(&["get", "pod", name, "-o", "json"])
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or(Value::Null);
-            last["status"]["phase"] == "Running" && last["status"]["podIP"].is_string()
-        });
-        assert!(
-            ok,
-            "pod {name} never ran: {}\n{}",
-            last["status"],
-            self.log()
-        );
-        last["status"]["podIP"].as_str().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.iface])
-            .stderr(Stdio::null())
-            .status();
-        if std::thread::panicking() {
-            eprintln!("--- kelp up log ---\n{}", self.log());
-        }
-    }
-}
 
 /// One HTTP/1.1 GET on a fresh connection: (status, body).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -313,6 +130,19 @@ spec:
   - name: web
     image: IMAGE
     ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fenced
+  annotations:
+    kelp.dev/egress: deny
+    kelp.dev/egress-allow: "hello.default.svc.cluster.local:80"
+spec:
+  containers:
+  - name: web
+    image: IMAGE
+    ports: [{containerPort: 8080}]
 "#;
 
 /// The done-when of issue 6's DNS item: a Wasm pod reaches another Service by its
@@ -322,18 +152,12 @@ spec:
 fn a_wasm_pod_reaches_a_service_by_name() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
-    let out = kelp()
-        .arg("push")
-        .arg(http_hello())
-        .arg(&image)
-        .output()
-        .expect("kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push: {}",
-        String::from_utf8_lossy(&out.stderr)
+    push(&http_hello(), &image);
+    let up = Up::start(
+        "dns",
+        "info,kelp_node_agent::dns=debug,kelp_runtime_wasm::http=debug",
+        &[],
     );
-    let up = Up::start();
     up.apply(&APPS.replace("IMAGE", &image));
     let client = SocketAddr::new(up.running_pod_ip("client"), 8080);
 
@@ -353,6 +177,32 @@ fn a_wasm_pod_reaches_a_service_by_name() {
         last.1.contains("Hello from Kelp over wasi:http") && last.1.contains("/hi"),
         "{last:?}"
     );
+
+    // A pod denying egress but to hello's name on port 80: that name works; the
+    // headless name, hello's ClusterIP and the short name (not listed) are refused
+    // by the runtime before any connection.
+    let fenced = SocketAddr::new(up.running_pod_ip("fenced"), 8080);
+    let ok = wait_until(DEADLINE, || {
+        get(fenced, "/fetch/hello.default.svc.cluster.local/in").is_ok_and(|(s, _)| s == 200)
+    });
+    assert!(
+        ok,
+        "the fenced pod cannot reach its allowed name\n{}",
+        up.log()
+    );
+    let cluster_ip = up.json(&["get", "service", "hello"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for target in [
+        "hello-headless.default.svc.cluster.local:8080/out".to_string(),
+        format!("{cluster_ip}/out"),
+        "hello/out".to_string(),
+    ] {
+        let (status, body) = get(fenced, &format!("/fetch/{target}")).unwrap();
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.to_lowercase().contains("denied"), "{target}: {body}");
+    }
 
     // The short name through the pod's search path (default.svc.cluster.local).
     let (status, body) = get(client, "/fetch/hello/short").unwrap();

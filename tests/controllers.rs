@@ -14,16 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_until, Backend, Checks, Cluster, Options};
+use common::{kelp, wait_until, Backend, Checks, Cluster, Options};
 use serde_json::{json, Value};
 
 /// Bound on every wait for a rollout, pod or deletion.
 const DEADLINE: Duration = Duration::from_secs(90);
 const NODE: &str = "ctrl-node";
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
 
 fn counter_wasm() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,15 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{wait_until, Backend, Checks, Cluster};
+use common::{kelp, push, wait_until, Backend, Checks, Cluster};
 use serde_json::Value;
 
 /// Bound on every wait for a pod or node condition.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
 
 fn example(target: &str, name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,21 +30,6 @@ fn example(target: &str, name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn push(file: &Path, reference: &str) {
-    let out = kelp()
-        .arg("push")
-        .arg(file)
-        .arg(reference)
-        .output()
-        .expect("running kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push {reference} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A `kelp agent` process joined to `cluster` with the node token; killed by pid on drop.
@@ -264,7 +245,17 @@ fn node_registers_with_labels_capacity_conditions_and_a_renewed_lease() {
         "capacity memory in Ki",
         cap["memory"].as_str().is_some_and(|s| s.ends_with("Ki")),
     );
-    k.eq("capacity pods", &cap["pods"], "10000");
+    // --max-pods (10000 by default), bounded by the pod range once the Node has one
+    // (a /24 addresses 253 pods; re-posted with the status every minute).
+    let range_bound = node["spec"]["podCIDR"]
+        .as_str()
+        .and_then(|c| c.split_once('/'))
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+        .map(|p| ((1u64 << (32 - p)) - 3).min(10_000).to_string());
+    k.that(
+        "capacity pods is --max-pods or the pod range's size",
+        cap["pods"] == "10000" || cap["pods"].as_str() == range_bound.as_deref(),
+    );
     k.eq(
         "allocatable = capacity",
         &node["status"]["allocatable"],

@@ -12,15 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{wait_until, Backend, Cluster};
+use common::{kelp, push, wait_until, Backend, Cluster};
 use serde_json::Value;
 
 /// Bound on every wait for a pod or node condition.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
 
 fn example_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,21 +33,6 @@ fn example(target: &str, name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn push(file: &Path, reference: &str) {
-    let out = kelp()
-        .arg("push")
-        .arg(file)
-        .arg(reference)
-        .output()
-        .expect("running kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push {reference} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A `kelp agent` joined with the node token, its kubelet server on a free port

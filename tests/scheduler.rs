@@ -8,19 +8,15 @@ mod common;
 mod registry;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Backend, Checks, Cluster, Options};
+use common::{kelp, wait_until, Backend, Checks, Cluster, Options};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The node `kelp up` runs in-process.
 const UP_NODE: &str = "up-node";
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
 
 fn push_counter(reg: &registry::Registry) -> String {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))

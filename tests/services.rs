@@ -9,204 +9,21 @@
 mod common;
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
+#[path = "common/up.rs"]
+mod up;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::wait_until;
 use serde_json::Value;
+use up::{http_hello, push, Up};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
-
-fn http_hello() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/wasm/target/wasm32-wasip2/release/http_hello.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-wasm-examples.sh",
-        p.display()
-    );
-    p
-}
-
-fn push(file: &Path, reference: &str) {
-    let out = kelp()
-        .arg("push")
-        .arg(file)
-        .arg(reference)
-        .output()
-        .expect("running kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// `kelp up` with its own pod interface; killed by pid and the interface deleted on drop.
-struct Up {
-    dir: tempfile::TempDir,
-    child: Child,
-    node: String,
-    iface: String,
-}
-
-impl Up {
-    fn start() -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let iface = format!("kelps{}", std::process::id() % 100_000);
-        let node = format!("svc-node-{}", std::process::id());
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = kelp()
-            .arg("up")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--https-port", &free_port().to_string()])
-            .args(["--node-name", &node, "--pod-interface", &iface])
-            .args(["--kubelet-port", "0"])
-            .env("KELP_LOG", "info,kelp_node_agent::proxy=debug")
-            .env_remove("KELP_DATA_DIR")
-            .env_remove("KELP_POD_INTERFACE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kelp up");
-        let up = Up {
-            dir,
-            child,
-            node,
-            iface,
-        };
-        let ok = wait_until(DEADLINE, || {
-            up.kubeconfig().exists()
-                && up
-                    .kubectl(&["get", "node", &up.node, "-o", "json"])
-                    .ok()
-                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                    .is_some_and(|n| {
-                        n["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-        });
-        assert!(ok, "kelp up's node never became Ready:\n{}", up.log());
-        up
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("data/kubeconfig")
-    }
-
-    fn log(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-
-    fn kubectl_in(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl");
-        if let Some(i) = input {
-            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        self.kubectl_in(args, None)
-    }
-
-    fn apply(&self, yaml: &str) {
-        if let Err(e) = self.kubectl_in(&["apply", "-f", "-"], Some(yaml)) {
-            panic!("kubectl apply failed: {e}\n{yaml}");
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let s = self
-            .kubectl(&a)
-            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
-        serde_json::from_str(&s).unwrap()
-    }
-
-    /// Waits until pod `name` runs with an address; returns its IP.
-    fn running_pod_ip(&self, name: &str) -> IpAddr {
-        let mut last = Value::Null;
-        let ok = wait_until(DEADLINE, || {
-            last = self
-                .kubectl(&["get", "pod", name, "-o", "json"])
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or(Value::Null);
-            last["status"]["phase"] == "Running" && last["status"]["podIP"].is_string()
-        });
-        assert!(
-            ok,
-            "pod {name} never ran: {}\n{}",
-            last["status"],
-            self.log()
-        );
-        last["status"]["podIP"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn interface_addresses(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-br", "addr", "show", "dev", &self.iface])
-            .output()
-            .expect("ip addr");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.iface])
-            .stderr(Stdio::null())
-            .status();
-        if std::thread::panicking() {
-            eprintln!("--- kelp up log ---\n{}", self.log());
-        }
-    }
-}
 
 /// One HTTP/1.1 GET on a fresh connection: (status, the `x-kelp-pod` header, body).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
@@ -282,7 +99,7 @@ fn the_proxy_serves_cluster_ips_and_node_ports_from_endpoint_slices() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
-    let up = Up::start();
+    let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &[]);
     let node = up.node.clone();
 
     let names = ["hello-0", "hello-1", "hello-2"];
@@ -485,7 +302,7 @@ fn a_deployment_behind_a_service_rescales_without_failed_requests() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
-    let up = Up::start();
+    let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &[]);
     // Each pod reads its readiness from the ConfigMap key named after it.
     up.apply(&format!(
         r#"

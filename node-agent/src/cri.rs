@@ -103,6 +103,15 @@ pub trait CriRuntime: Send + Sync {
     async fn exec(&self, _req: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
         Err(Status::unimplemented("Exec"))
     }
+
+    /// CRI `PortForward`: the URL of the runtime's streaming server for a sandbox's
+    /// ports.
+    async fn port_forward(
+        &self,
+        _req: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, Status> {
+        Err(Status::unimplemented("PortForward"))
+    }
 }
 
 /// Forwards each listed method to the in-process CRI service trait `$svc`.
@@ -194,6 +203,7 @@ remote! {
     runtime.container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
     runtime.exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
     runtime.exec(cri::ExecRequest) -> cri::ExecResponse;
+    runtime.port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
     runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
     images.pull_image(cri::PullImageRequest) -> cri::PullImageResponse;
     images.image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse;
@@ -210,6 +220,32 @@ pub struct RoutedRuntime {
     /// Scheme of container ids in pod status (`wasm://<id>`, `containerd://<id>`).
     pub id_scheme: String,
     pub runtime: Arc<dyn CriRuntime>,
+    /// Whether the kubelet gives this runtime's pods their addresses (from the node's
+    /// pod network, passed in the sandbox config); `false`: the runtime networks its
+    /// sandboxes itself (containerd through CNI) and reports the address.
+    pub kubelet_network: bool,
+}
+
+/// What kind of image a container names, for pods that name no RuntimeClass on a node
+/// serving both Wasm and Linux containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Wasm,
+    Linux,
+}
+
+/// Tells Wasm images from Linux ones (by their manifest and config, without pulling
+/// layers). Implemented by the binary with the Wasm runtime's registry client; the
+/// kubelet never looks into images itself.
+#[async_trait::async_trait]
+pub trait ImageClassifier: Send + Sync {
+    /// `Err`: the image could not be looked at (registry down, not found, refused) —
+    /// a message for the pod's events; the kubelet tries again later.
+    async fn classify(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+    ) -> Result<ImageKind, String>;
 }
 
 /// A pod's RuntimeClass handler is served by none of the node's runtimes.
@@ -226,6 +262,9 @@ pub struct UnknownHandler {
 pub struct RuntimeRouter {
     default_handler: String,
     runtimes: BTreeMap<String, RoutedRuntime>,
+    /// Pods naming no RuntimeClass whose images are Linux images go to this handler
+    /// (`None`: every such pod goes to the default handler).
+    linux_handler: Option<(String, Arc<dyn ImageClassifier>)>,
 }
 
 impl Default for RuntimeRouter {
@@ -233,6 +272,7 @@ impl Default for RuntimeRouter {
         RuntimeRouter {
             default_handler: DEFAULT_HANDLER.to_string(),
             runtimes: BTreeMap::new(),
+            linux_handler: None,
         }
     }
 }
@@ -260,9 +300,41 @@ impl RuntimeRouter {
                 handler: handler.to_string(),
                 id_scheme: id_scheme.to_string(),
                 runtime,
+                kubelet_network: true,
             },
         );
         self
+    }
+
+    /// Serves `handler` with a runtime that networks its own sandboxes (CNI).
+    pub fn with_networked_runtime(
+        mut self,
+        handler: &str,
+        id_scheme: &str,
+        runtime: Arc<dyn CriRuntime>,
+    ) -> Self {
+        self = self.with_runtime_scheme(handler, id_scheme, runtime);
+        if let Some(r) = self.runtimes.get_mut(handler) {
+            r.kubelet_network = false;
+        }
+        self
+    }
+
+    /// Pods naming no RuntimeClass whose images `classifier` finds to be Linux images
+    /// go to `handler` (Wasm images still go to the default handler).
+    pub fn with_linux_handler(
+        mut self,
+        handler: &str,
+        classifier: Arc<dyn ImageClassifier>,
+    ) -> Self {
+        self.linux_handler = Some((handler.to_string(), classifier));
+        self
+    }
+
+    /// The handler for Linux images of pods naming no RuntimeClass, and how to tell
+    /// them apart.
+    pub fn linux_handler(&self) -> Option<(&str, &Arc<dyn ImageClassifier>)> {
+        self.linux_handler.as_ref().map(|(h, c)| (h.as_str(), c))
     }
 
     /// Pods without a RuntimeClass go to `handler`.

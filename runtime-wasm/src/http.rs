@@ -146,6 +146,7 @@ impl Limited for Host {
 struct Hooks {
     allow_network: bool,
     resolver: Option<Arc<PodResolver>>,
+    egress: Option<Arc<crate::egress::EgressPolicy>>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -165,11 +166,32 @@ impl WasiHttpHooks for Hooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let resolver = self.resolver.clone();
+        let egress = self.egress.clone();
         Box::new(async move {
+            let (host, port) = {
+                let u = request.uri();
+                let default = if u.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                };
+                (
+                    u.host().unwrap_or("").to_string(),
+                    u.port_u16().unwrap_or(default),
+                )
+            };
             let request = match resolver {
                 Some(r) => resolve_authority(&r, request).await?,
                 None => request,
             };
+            if let Some(policy) = &egress {
+                // By name as written, or by the address it resolved to.
+                let resolved = request.uri().host().unwrap_or("").to_string();
+                if !policy.allows_host(&host, port) && !policy.allows_host(&resolved, port) {
+                    debug!(%host, port, "outgoing request denied by the pod's egress policy");
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+            }
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
@@ -376,6 +398,7 @@ impl Server {
             hooks: Hooks {
                 allow_network: self.spec.allow_network,
                 resolver: self.spec.resolver.clone(),
+                egress: self.spec.egress.clone(),
             },
             limits: MemoryLimit::for_spec(&self.spec),
         };

@@ -13,6 +13,7 @@
 
 pub mod container;
 pub mod dns;
+pub mod egress;
 pub mod engine;
 pub mod http;
 pub mod image;

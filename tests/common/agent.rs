@@ -16,9 +16,8 @@ use crate::common::{wait_until, Cluster};
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
+#[allow(unused_imports)]
+pub use crate::common::{kelp, push, push_as};
 
 pub fn example(target: &str, name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,26 +31,6 @@ pub fn example(target: &str, name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-pub fn push(file: &Path, reference: &str) {
-    push_as(file, reference, None)
-}
-
-/// `kelp push`, with `(user, password)` for a registry behind basic auth.
-pub fn push_as(file: &Path, reference: &str, creds: Option<(&str, &str)>) {
-    let mut cmd = kelp();
-    cmd.arg("push").arg(file).arg(reference);
-    if let Some((u, p)) = creds {
-        cmd.args(["--username", u, "--password", p]);
-    }
-    let out = cmd.output().expect("running kelp push");
-    assert!(
-        out.status.success(),
-        "kelp push {reference} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A `kelp agent` process joined to `cluster` with the node token; killed by pid on drop.

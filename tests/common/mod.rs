@@ -32,6 +32,31 @@ pub enum Backend {
     Etcd,
 }
 
+pub fn kelp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kelp"))
+}
+
+/// `kelp push FILE REFERENCE`.
+pub fn push(file: &Path, reference: &str) {
+    push_as(file, reference, None)
+}
+
+/// `kelp push`, with `(user, password)` for a registry behind basic auth.
+pub fn push_as(file: &Path, reference: &str, creds: Option<(&str, &str)>) {
+    let mut cmd = kelp();
+    cmd.arg("push").arg(file).arg(reference);
+    if let Some((u, p)) = creds {
+        cmd.args(["--username", u, "--password", p]);
+    }
+    let out = cmd.output().expect("running kelp push");
+    assert!(
+        out.status.success(),
+        "kelp push {reference} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `cond` until it holds (true) or `timeout` passes (false).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

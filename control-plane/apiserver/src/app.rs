@@ -117,7 +117,8 @@ impl App {
             .with_state(app)
     }
 
-    /// Creates what every cluster has: the system namespaces.
+    /// Creates what every cluster has: the system namespaces, the `kubernetes`
+    /// Service and the `wasm` and `runc` RuntimeClasses.
     pub async fn bootstrap(self: &Arc<Self>) -> ApiResult<()> {
         let ns = self
             .registry
@@ -131,6 +132,22 @@ impl App {
                 Ok(_) => info!(namespace = name, "created system namespace"),
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e),
+            }
+        }
+        // The two runtimes a Kelp node can serve: Wasm in-process, Linux containers
+        // through containerd's default runc runtime. Created once; users may edit or
+        // delete them.
+        if let Some(rc) = self.registry.get("node.k8s.io", "v1", "runtimeclasses") {
+            for handler in ["wasm", "runc"] {
+                let obj = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                    "metadata": {"name": handler}, "handler": handler});
+                match rest::create_object(self, &rc, None, obj, &Query::default(), "kelp", "Update")
+                    .await
+                {
+                    Ok(_) => info!(runtime_class = handler, "created RuntimeClass"),
+                    Err(e) if e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         crate::kubernetes_service::reconcile(self).await?;

@@ -34,6 +34,9 @@ struct Record {
     kind: EventType,
     reason: String,
     message: String,
+    /// When it happened (the event's timestamps, and when it may be written).
+    at: tokio::time::Instant,
+    time: Timestamp,
 }
 
 /// Records events; cheap to clone. Sending never blocks: when the queue is full the
@@ -45,6 +48,11 @@ pub struct EventRecorder {
 
 /// How many events may wait to be written.
 const QUEUE: usize = 1024;
+/// How long an event waits before it is written. A pod's start produces its events
+/// (Pulled, Created, Started) just before its Running status; written at once, their
+/// commits queue in the store ahead of the status's and delay what users wait for by
+/// one or two durable writes. Events are informational; the status is not.
+const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl EventRecorder {
     /// Starts the writer task; `host` is the node name put in `source.host`.
@@ -77,6 +85,8 @@ impl EventRecorder {
             kind,
             reason: reason.to_string(),
             message: message.into(),
+            at: tokio::time::Instant::now(),
+            time: Timestamp::now(),
         });
     }
 }
@@ -88,6 +98,7 @@ async fn writer(client: Client, host: String, mut rx: mpsc::Receiver<Record>) {
     let mut seen: HashMap<Key, (String, i32)> = HashMap::new();
     let mut serial: u64 = 0;
     while let Some(r) = rx.recv().await {
+        tokio::time::sleep_until(r.at + WRITE_DELAY).await;
         let ns = r
             .object
             .namespace
@@ -100,7 +111,7 @@ async fn writer(client: Client, host: String, mut rx: mpsc::Receiver<Record>) {
             r.reason.clone(),
             r.message.clone(),
         );
-        let now = Time(Timestamp::now());
+        let now = Time(r.time);
         if let Some((name, count)) = seen.get_mut(&key) {
             *count += 1;
             let patch = serde_json::json!({"count": *count, "lastTimestamp": now});

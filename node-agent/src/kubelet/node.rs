@@ -209,20 +209,38 @@ fn node_condition(
     }
 }
 
-/// The node's status at `now` (transition times kept from `old`).
+/// How many pods the node can address: `max_pods`, or fewer when the node's pod
+/// range is smaller (a /24 holds 253 pods: the network, gateway and broadcast
+/// addresses are not handed out).
+pub fn pod_capacity(max_pods: u32, pod_cidr: Option<&str>) -> u32 {
+    let Some(prefix) = pod_cidr
+        .and_then(|c| c.split_once('/'))
+        .filter(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().is_ok())
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+        .filter(|p| *p <= 32)
+    else {
+        return max_pods;
+    };
+    let size = 1u64 << (32 - prefix);
+    max_pods.min(size.saturating_sub(3).min(u64::from(u32::MAX)) as u32)
+}
+
+/// The node's status at `now` (transition times kept from `old`); `pod_cidr` is the
+/// Node's `spec.podCIDR`, bounding its pod capacity.
 pub fn node_status(
     cfg: &KubeletConfig,
     facts: &HostFacts,
     handlers: &[String],
     runtime_version: &str,
     old: Option<&NodeStatus>,
+    pod_cidr: Option<&str>,
     now: Timestamp,
 ) -> NodeStatus {
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
     let resources: BTreeMap<String, Quantity> = [
         ("cpu", facts.cpus.to_string()),
         ("memory", format!("{}Ki", facts.memory_bytes / 1024)),
-        ("pods", cfg.max_pods.to_string()),
+        ("pods", pod_capacity(cfg.max_pods, pod_cidr).to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), Quantity(v)))
@@ -383,13 +401,19 @@ impl NodeAgent {
     /// Writes the node's status (status subresource, merge patch).
     pub async fn update_status(&self) -> Result<Node, kube::Error> {
         let name = &self.cfg.node_name;
-        let old = self.nodes.get_opt(name).await?.and_then(|n| n.status);
+        let node = self.nodes.get_opt(name).await?;
+        let pod_cidr = node
+            .as_ref()
+            .and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.pod_cidr.clone());
+        let old = node.and_then(|n| n.status);
         let mut status = node_status(
             &self.cfg,
             &self.facts,
             &self.handlers,
             &self.runtime_version,
             old.as_ref(),
+            pod_cidr.as_deref(),
             Timestamp::now(),
         );
         leave_provider_addresses(&self.cfg, old.as_ref(), &mut status);
@@ -510,10 +534,10 @@ mod tests {
         // provider's alone.
         let facts = HostFacts::detect();
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let mut first = node_status(&cfg, &facts, &[], "x", None, now);
+        let mut first = node_status(&cfg, &facts, &[], "x", None, None, now);
         leave_provider_addresses(&cfg, None, &mut first);
         assert!(first.addresses.is_some());
-        let mut later = node_status(&cfg, &facts, &[], "x", Some(&first), now);
+        let mut later = node_status(&cfg, &facts, &[], "x", Some(&first), None, now);
         leave_provider_addresses(&cfg, Some(&first), &mut later);
         assert!(later.addresses.is_none());
         let keys: Vec<String> = registration_taints(&cfg)
@@ -528,14 +552,14 @@ mod tests {
         let cfg = KubeletConfig::new("n1", "/tmp/k");
         let facts = HostFacts::detect();
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let mut old = node_status(&cfg, &facts, &[], "x", None, now);
+        let mut old = node_status(&cfg, &facts, &[], "x", None, None, now);
         old.conditions.as_mut().unwrap().push(NodeCondition {
             type_: "NetworkUnavailable".into(),
             status: "False".into(),
             reason: Some("RouteCreated".into()),
             ..Default::default()
         });
-        let new = node_status(&cfg, &facts, &[], "x", Some(&old), now);
+        let new = node_status(&cfg, &facts, &[], "x", Some(&old), None, now);
         let types: Vec<&str> = new
             .conditions
             .as_ref()
@@ -553,6 +577,20 @@ mod tests {
                 "NetworkUnavailable"
             ]
         );
+    }
+
+    #[test]
+    fn pod_capacity_follows_the_pod_range() {
+        assert_eq!(pod_capacity(10_000, None), 10_000);
+        assert_eq!(pod_capacity(10_000, Some("10.42.0.0/24")), 253);
+        assert_eq!(pod_capacity(10_000, Some("10.42.0.0/20")), 4093);
+        assert_eq!(pod_capacity(110, Some("10.42.0.0/20")), 110);
+        assert_eq!(
+            pod_capacity(10_000, Some("fd00::/64")),
+            10_000,
+            "IPv6 ranges are not counted"
+        );
+        assert_eq!(pod_capacity(10_000, Some("junk")), 10_000);
     }
 
     #[test]
@@ -588,6 +626,7 @@ mod tests {
             &["wasm".into()],
             "kelp-wasm://0.1.0",
             None,
+            None,
             now,
         );
         let cap = s.capacity.as_ref().unwrap();
@@ -619,7 +658,13 @@ mod tests {
             &["wasm".into()],
             "x",
             Some(&s),
+            Some("10.42.3.0/24"),
             Timestamp::from_second(1_700_000_100).unwrap(),
+        );
+        assert_eq!(
+            later.capacity.as_ref().unwrap()["pods"].0,
+            "253",
+            "a /24 addresses 253 pods"
         );
         let r2 = later
             .conditions

@@ -125,7 +125,13 @@ pub fn credentials_for(
                 cri::AuthConfig {
                     username,
                     password,
-                    server_address: k_host,
+                    // As a URL: containerd parses it as one and compares its
+                    // host with the registry's ("host:port" alone does not parse).
+                    server_address: if k_host.contains("://") {
+                        k_host
+                    } else {
+                        format!("https://{k_host}")
+                    },
                     ..Default::default()
                 },
             ));
@@ -187,7 +193,7 @@ mod tests {
             (c[0].username.as_str(), c[0].password.as_str()),
             ("alice", "s3cret")
         );
-        assert_eq!(c[0].server_address, "127.0.0.1:5000");
+        assert_eq!(c[0].server_address, "https://127.0.0.1:5000");
         let c = credentials_for("nginx:1", &secrets);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].username, "hub");

@@ -113,6 +113,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, log_dir: &Path) -> cri::PodSandbo
             .unwrap_or_default()
             .into_iter()
             .collect(),
+        linux: Some(sandbox_linux(pod)),
         ..Default::default()
     }
 }
@@ -151,16 +152,162 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
 const CPU_PERIOD_US: i64 = 100_000;
 
 fn resources(c: &Container) -> Option<cri::LinuxContainerResources> {
-    let limits = c.resources.as_ref()?.limits.as_ref()?;
+    let res = c.resources.as_ref()?;
+    let limits = res.limits.as_ref();
+    let requests = res.requests.as_ref();
+    let get =
+        |m: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >,
+         k: &str| { m.and_then(|m| m.get(k)).and_then(|q| parse_quantity(&q.0)) };
     let mut r = cri::LinuxContainerResources::default();
-    if let Some(m) = limits.get("memory").and_then(|q| parse_quantity(&q.0)) {
+    if let Some(m) = get(limits, "memory") {
         r.memory_limit_in_bytes = m.ceil() as i64;
     }
-    if let Some(cpu) = limits.get("cpu").and_then(|q| parse_quantity(&q.0)) {
+    if let Some(cpu) = get(limits, "cpu") {
         r.cpu_period = CPU_PERIOD_US;
         r.cpu_quota = ((cpu * CPU_PERIOD_US as f64).ceil() as i64).max(1000);
     }
+    // Upstream's shares: the request (else the limit, as defaulting copies it) in
+    // millicores × 1024 / 1000, at least 2.
+    if let Some(cpu) = get(requests, "cpu").or(get(limits, "cpu")) {
+        r.cpu_shares = ((cpu * 1024.0).round() as i64).max(2);
+    }
+    if r == cri::LinuxContainerResources::default() {
+        return None;
+    }
     Some(r)
+}
+
+/// The container's Linux security settings from its and its pod's securityContext
+/// (the container's fields win, as upstream). Runtimes without Linux isolation (the
+/// Wasm runtime) ignore them.
+fn security_context(pod: &Pod, c: &Container) -> Option<cri::LinuxContainerSecurityContext> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = c.security_context.as_ref();
+    let run_as_user = csc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user));
+    let run_as_group = csc
+        .and_then(|s| s.run_as_group)
+        .or(psc.and_then(|s| s.run_as_group));
+    let seccomp = csc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or(psc.and_then(|s| s.seccomp_profile.as_ref()));
+    let privileged = csc.and_then(|s| s.privileged).unwrap_or(false);
+    Some(cri::LinuxContainerSecurityContext {
+        capabilities: csc
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|caps| cri::Capability {
+                add_capabilities: caps.add.clone().unwrap_or_default(),
+                drop_capabilities: caps.drop.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+        privileged,
+        namespace_options: Some(namespace_options(pod)),
+        run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
+        run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
+        readonly_rootfs: csc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        supplemental_groups: psc
+            .and_then(|s| s.supplemental_groups.clone())
+            .unwrap_or_default(),
+        no_new_privs: csc
+            .and_then(|s| s.allow_privilege_escalation)
+            .is_some_and(|allow| !allow),
+        seccomp: Some(seccomp_profile(seccomp, privileged)),
+        ..Default::default()
+    })
+}
+
+const POD: i32 = cri::NamespaceMode::Pod as i32;
+const CONTAINER: i32 = cri::NamespaceMode::Container as i32;
+const NODE: i32 = cri::NamespaceMode::Node as i32;
+
+/// CRI's seccomp profile for a pod's `seccompProfile`: none named is Unconfined, as
+/// upstream's kubelet without `SeccompDefault`; privileged containers are never
+/// filtered.
+fn seccomp_profile(
+    p: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+    privileged: bool,
+) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    let unconfined = cri::SecurityProfile {
+        profile_type: ProfileType::Unconfined as i32,
+        localhost_ref: String::new(),
+    };
+    match p {
+        _ if privileged => unconfined,
+        Some(p) if p.type_ == "RuntimeDefault" => cri::SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        },
+        Some(p) if p.type_ == "Localhost" => cri::SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: p.localhost_profile.clone().unwrap_or_default(),
+        },
+        _ => unconfined,
+    }
+}
+
+/// The pod's namespaces: the node's where `hostNetwork`/`hostPID`/`hostIPC` say so,
+/// one PID namespace per container unless `shareProcessNamespace`.
+fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
+    let spec = pod.spec.as_ref();
+    let host = |f: Option<bool>| if f.unwrap_or(false) { NODE } else { POD };
+    cri::NamespaceOption {
+        network: host(spec.and_then(|s| s.host_network)),
+        pid: if spec.and_then(|s| s.host_pid).unwrap_or(false) {
+            NODE
+        } else if spec
+            .and_then(|s| s.share_process_namespace)
+            .unwrap_or(false)
+        {
+            POD
+        } else {
+            CONTAINER
+        },
+        ipc: host(spec.and_then(|s| s.host_ipc)),
+        ..Default::default()
+    }
+}
+
+/// The sandbox's Linux settings: its namespaces and pod-level security context.
+fn sandbox_linux(pod: &Pod) -> cri::LinuxPodSandboxConfig {
+    let spec = pod.spec.as_ref();
+    let psc = spec.and_then(|s| s.security_context.as_ref());
+    cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(namespace_options(pod)),
+            run_as_user: psc
+                .and_then(|s| s.run_as_user)
+                .map(|value| cri::Int64Value { value }),
+            run_as_group: psc
+                .and_then(|s| s.run_as_group)
+                .map(|value| cri::Int64Value { value }),
+            supplemental_groups: psc
+                .and_then(|s| s.supplemental_groups.clone())
+                .unwrap_or_default(),
+            seccomp: Some(seccomp_profile(
+                psc.and_then(|s| s.seccomp_profile.as_ref()),
+                false,
+            )),
+            ..Default::default()
+        }),
+        sysctls: psc
+            .and_then(|s| s.sysctls.as_ref())
+            .map(|v| {
+                v.iter()
+                    .map(|s| (s.name.clone(), s.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    }
 }
 
 /// The container config for `c` in `pod`, attempt `attempt`, with resolved env and
@@ -214,9 +361,9 @@ pub fn container_config(
         stdin: c.stdin.unwrap_or(false),
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
-        linux: resources(c).map(|r| cri::LinuxContainerConfig {
-            resources: Some(r),
-            security_context: None,
+        linux: Some(cri::LinuxContainerConfig {
+            resources: resources(c),
+            security_context: security_context(pod, c),
         }),
         ..Default::default()
     }

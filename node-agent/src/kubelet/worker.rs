@@ -31,7 +31,7 @@ use super::spec;
 use super::status::{compute_pod_status, differs, status_patch, StatusContext};
 use super::volumes;
 use super::KubeletConfig;
-use crate::cri::{CriRuntime, RoutedRuntime, RuntimeRouter};
+use crate::cri::{CriRuntime, ImageKind, RoutedRuntime, RuntimeRouter};
 
 /// The sandbox annotation carrying the pod's address to the runtime.
 pub const POD_IP_ANNOTATION: &str = "kelp.dev/pod-ip";
@@ -340,12 +340,98 @@ impl PodWorker {
                 }
             }
         };
+        let handler = match handler {
+            Some(h) => Some(h),
+            None => self.handler_by_image(pod).await?,
+        };
         match self.shared.router.route(handler.as_deref()) {
             Ok(r) => {
                 self.routed = Some(r.clone());
                 Ok(r.clone())
             }
             Err(e) => Err(Waiting::new("UnknownRuntimeHandler", e.to_string())),
+        }
+    }
+
+    /// For a pod naming no RuntimeClass on a node that also runs Linux containers: the
+    /// runtime already holding its sandbox (a restarted kubelet adopts it there), else
+    /// the Linux handler when its images are Linux images. `None`: the default handler.
+    async fn handler_by_image(&mut self, pod: &Pod) -> Result<Option<String>, Waiting> {
+        let Some((linux, classifier)) = self
+            .shared
+            .router
+            .linux_handler()
+            .map(|(h, c)| (h.to_string(), c.clone()))
+        else {
+            return Ok(None);
+        };
+        let uid = spec::uid(pod).to_string();
+        for r in self.shared.router.runtimes() {
+            let filter = cri::PodSandboxFilter {
+                label_selector: [(spec::POD_UID_LABEL.to_string(), uid.clone())].into(),
+                ..Default::default()
+            };
+            if let Ok(l) = r
+                .runtime
+                .list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await
+            {
+                if !l.items.is_empty() {
+                    return Ok(Some(r.handler.clone()));
+                }
+            }
+        }
+        let images: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
+            .filter_map(|c| c.image.clone())
+            .collect();
+        let mut kinds = Vec::new();
+        for image in &images {
+            let auth = self.pull_credentials(pod, image).await.into_iter().next();
+            match classifier.classify(image, auth).await {
+                Ok(k) => kinds.push((image.as_str(), k)),
+                Err(msg) => {
+                    let msg = format!(
+                        "cannot tell whether image {image:?} is a Wasm or a Linux image: {msg}"
+                    );
+                    if self.warned.insert(msg.clone()) {
+                        self.events()
+                            .pod(pod, None, EventType::Warning, "Failed", msg.clone());
+                    }
+                    // Transient (registry down, credentials missing): tried again.
+                    warn!(error = %msg, "pod not routed yet");
+                    return Err(Waiting::new("", ""));
+                }
+            }
+        }
+        let wasm: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, k)| *k == ImageKind::Wasm)
+            .map(|(i, _)| *i)
+            .collect();
+        let lin: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, k)| *k == ImageKind::Linux)
+            .map(|(i, _)| *i)
+            .collect();
+        match (wasm.is_empty(), lin.is_empty()) {
+            (_, true) => Ok(None),
+            (true, false) => Ok(Some(linux)),
+            (false, false) => Err(Waiting::new(
+                "MixedRuntimes",
+                format!(
+                    "a pod's containers run on one runtime: Wasm images {wasm:?} and Linux images {lin:?} cannot share a pod; split them into two pods (or name a RuntimeClass)"
+                ),
+            )),
         }
     }
 
@@ -567,7 +653,7 @@ impl PodWorker {
                 }
                 let mut config = spec::sandbox_config(pod, attempt, &pod_dir);
                 config.dns_config = Some(self.dns_config(pod));
-                sandbox_config = match self.with_pod_ip(pod, config).await {
+                sandbox_config = match self.with_pod_ip(pod, routed.kubelet_network, config).await {
                     Some(c) => c,
                     None => return self.sandbox_failed(),
                 };
@@ -681,11 +767,20 @@ impl PodWorker {
     async fn with_pod_ip(
         &mut self,
         pod: &Pod,
+        kubelet_network: bool,
         mut config: cri::PodSandboxConfig,
     ) -> Option<cri::PodSandboxConfig> {
         let Some(net) = self.cfg().network.clone() else {
             return Some(config);
         };
+        if !kubelet_network {
+            // The runtime networks the pod through the CNI config the agent writes
+            // once the node's range is known: settle it before the first sandbox.
+            if let Err(e) = net.prepare().await {
+                warn!(error = %e, "pod network not ready");
+            }
+            return Some(config);
+        }
         match net.acquire(spec::uid(pod)).await {
             Ok(ip) => {
                 config

@@ -15,6 +15,7 @@
 //! Layout: [`ipam`] (the pure allocator and its file), [`iface`] (netlink),
 //! [`routes`] (host-gw routes to the other nodes' pod ranges, interface mode only).
 
+pub mod cni;
 pub mod iface;
 pub mod ipam;
 pub mod routes;
@@ -131,6 +132,9 @@ pub struct PodNetwork {
     mode: AddressMode,
     file: AllocationFile,
     state: Mutex<Option<State>>,
+    /// Set when a Linux container runtime shares the node: its pods get the upper half
+    /// of the range through CNI.
+    cni: Option<cni::CniSettings>,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -158,7 +162,23 @@ impl PodNetwork {
             mode,
             file: AllocationFile::new(state_dir.into().join("pod-ips.json")),
             state: Mutex::new(None),
+            cni: None,
         }
+    }
+
+    /// Shares the node's range with a CNI-networked runtime (see [`cni`]).
+    pub fn with_cni(mut self, settings: cni::CniSettings) -> Self {
+        self.cni = Some(settings);
+        self
+    }
+
+    /// Settles the range now; `true` once it comes from the Node (and the CNI config,
+    /// if any, is written). Agents with a Linux runtime call this until it holds, as
+    /// their pods need the CNI config before any Wasm pod asks for an address.
+    pub async fn prepare(&self) -> Result<bool, NetworkError> {
+        let mut g = self.state.lock().await;
+        self.settle(&mut g).await?;
+        Ok(g.as_ref().is_some_and(|s| s.from_node))
     }
 
     pub fn mode(&self) -> &AddressMode {
@@ -188,6 +208,8 @@ impl PodNetwork {
     fn effective(&self, cidr: Ipv4Net) -> Ipv4Net {
         if self.mode.is_loopback() {
             loopback_range(cidr)
+        } else if self.cni.is_some() {
+            cni::split(cidr).0
         } else {
             cidr
         }
@@ -213,6 +235,18 @@ impl PodNetwork {
         if from_node {
             if let Err(e) = self.mode.fence(range).await {
                 warn!(%range, error = %e, "cannot fence the pod range with an unreachable route");
+            }
+            if let (Some(settings), Some(linux)) =
+                (&self.cni, node_cidr.and_then(|c| cni::split(c).1))
+            {
+                match cni::write(settings, linux) {
+                    Ok(path) => {
+                        info!(range = %linux, path = %path.display(), "CNI config for Linux pods written")
+                    }
+                    Err(e) => {
+                        warn!(dir = %settings.conf_dir.display(), error = %e, "cannot write the CNI config")
+                    }
+                }
             }
         }
         match slot {

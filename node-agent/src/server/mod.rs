@@ -11,6 +11,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pods;
 pub mod portforward;
+pub mod relay;
 pub mod remotecommand;
 pub mod spdy;
 pub mod stats;
@@ -245,6 +246,35 @@ pub(crate) async fn find_container(
     None
 }
 
+/// The runtime holding the ready sandbox of the pod with UID `uid`, and its id.
+async fn find_sandbox(router: &RuntimeRouter, uid: &str) -> Option<(Arc<dyn CriRuntime>, String)> {
+    for routed in router.runtimes() {
+        let filter = cri::PodSandboxFilter {
+            label_selector: [(
+                crate::kubelet::spec::POD_UID_LABEL.to_string(),
+                uid.to_string(),
+            )]
+            .into(),
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        };
+        if let Ok(l) = routed
+            .runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+        {
+            if let Some(sb) = l.items.into_iter().next() {
+                return Some((routed.runtime.clone(), sb.id));
+            }
+        }
+    }
+    None
+}
+
 /// The pod `ns/name` and that it has container `container`, or the 404 upstream
 /// answers.
 fn pod_with_container(
@@ -401,6 +431,29 @@ async fn exec(
         Err(r) => return r,
     };
     info!(pod = %format!("{ns}/{name}"), %container, command = ?opts.command, "exec");
+    if rt.streaming().is_none() {
+        // A remote runtime: its streaming server runs the command; we relay.
+        let url = match rt
+            .exec(cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: opts.command.clone(),
+                tty: opts.tty,
+                stdin: opts.stdin,
+                stdout: opts.stdout,
+                stderr: opts.stderr,
+            })
+            .await
+        {
+            Ok(r) => r.url,
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("exec in container \"{container}\": {}", e.message()),
+                )
+            }
+        };
+        return ws.on_upgrade(move |socket| relay::relay_spdy(socket, url, opts));
+    }
     ws.on_upgrade(move |socket| async move {
         let cmd = opts.command.clone();
         remotecommand::serve(socket, v5, opts, move |io| async move {
@@ -409,11 +462,7 @@ async fn exec(
                     Ok(code) => remotecommand::Outcome::Exited(code),
                     Err(e) => remotecommand::Outcome::Failed(e.message().to_string()),
                 },
-                // Remote runtimes stream through the URL CRI Exec returns; relaying
-                // to it is the seam for containerd (not served yet).
-                None => remotecommand::Outcome::Failed(
-                    "exec through this runtime's CRI streaming server is not supported yet".into(),
-                ),
+                None => remotecommand::Outcome::Failed("the runtime cannot stream".into()),
             }
         })
         .await
@@ -509,7 +558,14 @@ async fn port_forward(
         );
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let dial = portforward::dialer(ip, format!("{ns}/{name}"), uid);
+    // A runtime that streams itself (containerd) forwards inside the pod's network
+    // namespace; the in-process Wasm runtime's pods listen on the pod's address.
+    let dial = match find_sandbox(&state.router, &uid).await {
+        Some((rt, sandbox)) if rt.streaming().is_none() => {
+            relay::cri_port_dialer(rt, sandbox, format!("{ns}/{name}"), uid)
+        }
+        _ => portforward::dialer(ip, format!("{ns}/{name}"), uid),
+    };
     info!(pod = %format!("{ns}/{name}"), %ip, "port-forward");
 
     let upgrade = parts

@@ -34,7 +34,7 @@ pub fn dialer(ip: IpAddr, pod: String, uid: String) -> Dial {
             {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    Ok(s)
+                    Ok(Box::new(s) as super::spdy::PodConn)
                 }
                 Ok(Err(e)) => Err(fail(format!("dial tcp {ip}:{port}: connect: {e}"))),
                 Err(_) => Err(fail(format!("dial tcp {ip}:{port}: i/o timeout"))),
@@ -128,7 +128,7 @@ pub async fn serve_ws_v4(socket: WebSocket, ports: Vec<u16>, dial: Dial) {
         let data_ch = 2 * i as u8;
         match dial(*p).await {
             Ok(tcp) => {
-                let (mut r, w) = tcp.into_split();
+                let (mut r, w) = tokio::io::split(tcp);
                 writers.push(Some(w));
                 open += 1;
                 let tx = out_tx.clone();

@@ -475,10 +475,15 @@ impl Encoder {
 /// Opens a connection to a port of the pod, or says why it cannot (the text goes to
 /// the client on the request's error stream).
 pub type Dial = std::sync::Arc<
-    dyn Fn(u16) -> futures::future::BoxFuture<'static, Result<tokio::net::TcpStream, String>>
-        + Send
-        + Sync,
+    dyn Fn(u16) -> futures::future::BoxFuture<'static, Result<PodConn, String>> + Send + Sync,
 >;
+
+/// A connection to a pod's port: a TCP connection to the pod's address, or a stream
+/// through a runtime's port-forward.
+pub type PodConn = Box<dyn PodIo>;
+
+pub trait PodIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PodIo for T {}
 
 /// Largest data frame sent.
 const CHUNK: usize = 32 * 1024;
@@ -658,7 +663,7 @@ async fn forward(
             return;
         }
     };
-    let (mut r, mut w) = tcp.into_split();
+    let (mut r, mut w) = tokio::io::split(tcp);
     let up = async {
         while let Some(Some(b)) = rx.recv().await {
             if w.write_all(&b).await.is_err() {
@@ -850,6 +855,7 @@ mod tests {
                 }
                 tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
+                    .map(|s| Box::new(s) as PodConn)
                     .map_err(|e| e.to_string())
             })
         });

@@ -74,6 +74,8 @@ pub struct ContainerSpec {
     /// Sockets (TCP, UDP, name lookup) and outgoing wasi:http requests. Denied
     /// unless true.
     pub allow_network: bool,
+    /// Deny-by-default outbound policy (`None`: any destination).
+    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
     /// The pod's resolver for outgoing wasi:http requests (the sandbox's DNS
     /// config); None: the system resolver.
     pub resolver: Option<Arc<crate::dns::PodResolver>>,
@@ -506,6 +508,16 @@ pub(crate) fn wasi_builder(
             .allow_tcp(true)
             .allow_udp(true)
             .allow_ip_name_lookup(true);
+        if let Some(policy) = spec.egress.clone() {
+            use wasmtime_wasi::sockets::SocketAddrUse;
+            b.socket_addr_check(move |addr, use_| {
+                let ok = match use_ {
+                    SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => policy.allows_addr(addr),
+                    _ => true,
+                };
+                Box::pin(async move { ok })
+            });
+        }
     } else {
         b.socket_addr_check(|_, _| Box::pin(async { false }))
             .allow_tcp(false)

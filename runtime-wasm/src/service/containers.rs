@@ -280,6 +280,13 @@ impl WasmRuntime {
         .map_err(|e| ServiceError::Internal(format!("compile task: {e}")))?
     }
 
+    /// Compiles `image` for the engine that will run it and keeps the result in the
+    /// compile cache, so the first container of an image pulled or imported ahead
+    /// of time starts without compiling. Returns whether it serves wasi:http.
+    pub async fn precompile(&self, image: &ImageRecord) -> Result<bool, ServiceError> {
+        self.compile_image(image).await.map(|(_, _, http)| http)
+    }
+
     pub async fn create_container(
         &self,
         sandbox_id: &str,
@@ -315,6 +322,11 @@ impl WasmRuntime {
             .annotations
             .get(NETWORK_ANNOTATION)
             .is_none_or(|v| v != "none");
+        let egress = crate::egress::EgressPolicy::from_annotations(|k| {
+            sb.config.annotations.get(k).map(String::as_str)
+        })
+        .map_err(ServiceError::InvalidArgument)?
+        .map(Arc::new);
         let spec = ContainerSpec {
             args: argv(&cfg, &image),
             env: environment(&cfg, &image, &sb),
@@ -327,6 +339,7 @@ impl WasmRuntime {
                 .or_else(|| image.working_dir.clone()),
             stdin: None,
             allow_network,
+            egress,
             hostname: Some(sb.config.hostname.clone()).filter(|h| !h.is_empty()),
             resolver: sb.config.dns.clone(),
             cpu_limit_millis: cfg.cpu_limit_millis,

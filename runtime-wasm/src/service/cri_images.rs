@@ -28,7 +28,8 @@ fn image(rec: &ImageRecord) -> cri::Image {
 
 /// CRI credentials: `username`/`password`, or `auth` (base64 `user:password`, the
 /// docker config form kubelet passes from imagePullSecrets).
-fn auth(a: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> {
+/// CRI credentials as the registry client takes them.
+pub fn registry_auth(a: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> {
     let Some(a) = a else {
         return Ok(RegistryAuth::Anonymous);
     };
@@ -90,7 +91,7 @@ impl ImageService for WasmRuntime {
         if reference.is_empty() {
             return Err(Status::invalid_argument("image reference is required"));
         }
-        let auth = auth(req.auth)?;
+        let auth = registry_auth(req.auth)?;
         let opts = PullOptions {
             insecure_registries: self.config().insecure_registries.clone(),
             ..Default::default()
@@ -100,6 +101,15 @@ impl ImageService for WasmRuntime {
             .pull(&reference, &auth, &opts)
             .await
             .map_err(ServiceError::from)?;
+        // Compiled now, in the background: a container created later (another pod,
+        // a restart) finds it compiled; one created at once waits for this compile
+        // instead of starting its own.
+        let (rt, image) = (self.clone(), rec.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rt.precompile(&image).await {
+                tracing::debug!(image = %image.id, error = %e, "precompile after pull failed");
+            }
+        });
         Ok(Response::new(cri::PullImageResponse {
             image_ref: rec.id.clone(),
         }))

@@ -279,7 +279,7 @@ impl RuntimeService for WasmRuntime {
     ) -> Result<Response<cri::VersionResponse>, Status> {
         Ok(Response::new(cri::VersionResponse {
             version: "0.1.0".into(),
-            runtime_name: "kelp-wasm".into(),
+            runtime_name: super::RUNTIME_NAME.into(),
             runtime_version: env!("CARGO_PKG_VERSION").into(),
             runtime_api_version: CRI_VERSION.into(),
         }))

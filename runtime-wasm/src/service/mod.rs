@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use containers::{Container, ContainerConfig, ContainerPhase, ContainerState};
+pub use cri_images::registry_auth;
 pub use exec::ExecOutput;
 pub use sandboxes::{PortMapping, Sandbox, SandboxConfig};
 
@@ -26,6 +27,9 @@ use crate::image::ImageStore;
 
 /// The CRI runtime handler this runtime serves (a RuntimeClass names it).
 pub const HANDLER: &str = "wasm";
+/// The `runtime_name` CRI `Version` reports (how the kubelet tells this runtime served
+/// remotely by `kelp runtime` from containerd).
+pub const RUNTIME_NAME: &str = "kelp-wasm";
 /// Sandbox annotation through which the node's network module assigns the pod IP.
 pub const POD_IP_ANNOTATION: &str = "kelp.dev/pod-ip";
 /// Container annotation the kubelet sets with the container's declared ports (JSON).

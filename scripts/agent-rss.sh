@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The idle agent's memory (docs/benchmarks.md, "Pods"): a `kelp server` and a
+# `kelp agent` joined to it, the agent's smaps_rollup read after 10 s idle.
+# Usage: scripts/agent-rss.sh [ENV=VALUE...]  (extra environment for the agent)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin kelp
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; ip link del kelprss0 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+target/release/kelp server --data-dir "$work/cp" --https-port 16471 >"$work/cp.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do [ -f "$work/cp/node-token" ] && break; sleep 0.1; done
+env "$@" target/release/kelp agent --server https://127.0.0.1:16471 --token-file "$work/cp/node-token" \
+  --ca-file "$work/cp/tls/ca.crt" --node-name rss --data-dir "$work/agent" --pod-interface kelprss0 \
+  --kubelet-port 0 >"$work/agent.log" 2>&1 &
+agent=$!
+pids+=("$agent")
+sleep 10 # idle time is what is measured
+grep -E '^(Rss|Pss_Anon|Pss_File):' "/proc/$agent/smaps_rollup"
