@@ -43,8 +43,21 @@ pub struct NodeArgs {
     /// advertises the bound one).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// `external`: a cloud-controller-manager initializes this Node (it registers
+    /// with the `node.cloudprovider.kubernetes.io/uninitialized` taint, and its
+    /// addresses are the provider's once set), as upstream's kubelet flag.
+    #[arg(long, value_name = "external", value_parser = ["external"])]
+    cloud_provider: Option<String>,
+    /// Taints the Node registers with: `KEY[=VALUE]:EFFECT`, comma-separated.
+    #[arg(long, value_name = "TAINTS", value_parser = check_register_taints)]
+    register_with_taints: Option<String>,
     #[command(flatten)]
     net: NetArgs,
+}
+
+/// Rejects a malformed `--register-with-taints` at parse time.
+fn check_register_taints(s: &str) -> Result<String, String> {
+    kelp_node_agent::kubelet::node::parse_taints(s).map(|_| s.to_string())
 }
 
 /// Pod networking and the service proxy of a node.
@@ -295,6 +308,12 @@ fn kubelet_config(
     cfg.max_pods = node.max_pods;
     cfg.kubelet_port = node.kubelet_port;
     cfg.client_ca_pem = client_ca_pem;
+    cfg.external_cloud_provider = node.cloud_provider.is_some();
+    cfg.register_with_taints = node
+        .register_with_taints
+        .as_deref()
+        .and_then(|t| kelp_node_agent::kubelet::node::parse_taints(t).ok())
+        .unwrap_or_default();
     cfg.node_ip = node
         .node_ip
         .or_else(|| server.map(client::local_ip_towards))
@@ -516,6 +535,8 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         insecure_registry: up.insecure_registry.clone(),
         max_pods: 10_000,
         kubelet_port: up.kubelet_port,
+        cloud_provider: None,
+        register_with_taints: None,
         net: up.net.clone(),
     }
 }
@@ -532,6 +553,9 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
     let mut cfg = args.config()?;
     cfg.controllers = Some(args.controller_flags.manager_options()?);
     cfg.scheduler = !args.disable_scheduler;
+    cfg.cloud = args
+        .cloud
+        .options(args.controller_flags.node_monitor_period)?;
     let node = (!up.no_node).then(|| node_for_up(&up, &args.data_dir));
     let ca = args.data_dir.join("tls").join("ca.crt");
     let node_rx = rx.clone();

@@ -1,6 +1,7 @@
 //! `kelp`: the Kelp orchestrator's one binary.
 
 mod agent_cmd;
+mod cloud_cmd;
 mod image_cmd;
 mod image_kind;
 mod runtime_cmd;
@@ -41,6 +42,9 @@ enum Command {
     Apiserver(ControlPlaneArgs),
     /// The controller-manager alone: every controller, leader-elected, as an API client.
     ControllerManager(ControllerManagerArgs),
+    /// The cloud-controller-manager alone: the cloud node, node lifecycle, service and
+    /// route loops over a cloud provider, leader-elected, as an API client.
+    CloudControllerManager(cloud_cmd::CloudControllerManagerArgs),
     /// Images in a node's store: import a .wasm file, list, pull, remove.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -89,6 +93,8 @@ struct ControlPlaneArgs {
     disable_scheduler: bool,
     #[command(flatten)]
     controller_flags: ControllerFlags,
+    #[command(flatten)]
+    cloud: cloud_cmd::CloudFlags,
 }
 
 /// The controllers' own flags (upstream kube-controller-manager names and defaults).
@@ -111,7 +117,7 @@ struct ControllerFlags {
 }
 
 /// `40s`, `2m`, `1h`, `500ms`, or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),
@@ -220,6 +226,7 @@ impl ControlPlaneArgs {
             .context("--service-cluster-ip-range / --service-node-port-range")?,
             controllers: None,
             scheduler: false,
+            cloud: None,
         })
     }
 }
@@ -233,6 +240,11 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
         None
     };
     cfg.scheduler = what == "server" && !args.disable_scheduler;
+    if what == "server" {
+        cfg.cloud = args
+            .cloud
+            .options(args.controller_flags.node_monitor_period)?;
+    }
     kelp_control_plane::run(cfg, shutdown_signal(), |s| {
         println!("kelp {what} is serving the Kubernetes API at {}", s.url);
         println!("  admin kubeconfig: {}", s.kubeconfig.display());
@@ -264,6 +276,7 @@ fn main() -> anyhow::Result<()> {
             Command::Server(a) => run_control_plane(a, "server").await,
             Command::Apiserver(a) => run_control_plane(a, "apiserver").await,
             Command::ControllerManager(a) => run_controller_manager(a).await,
+            Command::CloudControllerManager(a) => cloud_cmd::run(a, shutdown_signal()).await,
             Command::Image(c) => image_cmd::run_image(c).await,
             Command::Push(a) => image_cmd::run_push(a).await,
             Command::Runtime(a) => runtime_cmd::run(a, shutdown_signal()).await,

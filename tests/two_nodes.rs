@@ -107,10 +107,13 @@ impl Drop for World {
 
 impl World {
     fn new() -> World {
+        // Worlds of one test process (its tests run in parallel) differ by a counter.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let pid = std::process::id();
         let x = (pid % 250) as u8 + 1;
-        let ns = [format!("kelp2n-{pid}-a"), format!("kelp2n-{pid}-b")];
-        let veth = [format!("k2n{pid}a"), format!("k2n{pid}b")];
+        let ns = [format!("kelp2n-{pid}-{n}a"), format!("kelp2n-{pid}-{n}b")];
+        let veth = [format!("k2n{pid}{n}a"), format!("k2n{pid}{n}b")];
         let addr = [format!("10.77.{x}.1"), format!("10.77.{x}.2")];
         let dir = tempfile::Builder::new()
             .prefix("kelp-two-nodes-")
@@ -273,6 +276,122 @@ fn node_ready(node: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `kelp server` in namespace A with a short node-monitor grace (as tests/multinode)
+/// and `extra` flags; waits until it serves.
+fn start_server(w: &mut World, extra: &[&str]) {
+    let server_dir = w.path().join("server");
+    let (url, addr_a, port) = (w.url(), w.addr[0].clone(), PORT.to_string());
+    let mut args = vec![
+        "server",
+        "--data-dir",
+        server_dir.to_str().unwrap(),
+        "--https-port",
+        &port,
+        "--bind-address",
+        &addr_a,
+        "--tls-san",
+        &addr_a,
+        "--node-monitor-grace-period",
+        "15s",
+        "--node-monitor-period",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let server = w.spawn(0, &args, "server.log");
+    let up = wait_until(DEADLINE, || {
+        if let Some(e) = w.procs[server].exited() {
+            panic!("kelp server exited: {e}");
+        }
+        w.kubeconfig().exists()
+            && w.kubectl_full(&["get", "--raw", "/readyz"], None)
+                .status
+                .success()
+    });
+    assert!(up, "kelp server not ready at {url}:\n{}", w.logs());
+}
+
+/// One agent per namespace (with `extra` flags), the image imported into each data
+/// dir (the test registry listens on the root namespace's loopback, unreachable from
+/// here). Returns their indexes in `w.procs`.
+fn start_agents(w: &mut World, nodes: &[String; 2], extra: &[&str]) -> Vec<usize> {
+    let server_dir = w.path().join("server");
+    let url = w.url();
+    let mut agents = vec![];
+    for (i, node) in nodes.iter().enumerate() {
+        let data = w.path().join(node);
+        let o = run(Command::new(env!("CARGO_BIN_EXE_kelp"))
+            .args(["image", "import"])
+            .arg(http_hello())
+            .args(["--name", IMAGE, "--data-dir"])
+            .arg(&data));
+        assert!(
+            o.status.success(),
+            "kelp image import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (node_ip, token, ca) = (
+            w.addr[i].clone(),
+            server_dir.join("node-token"),
+            server_dir.join("tls/ca.crt"),
+        );
+        let mut args = vec![
+            "agent",
+            "--server",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--node-name",
+            node,
+            "--node-ip",
+            &node_ip,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pod-interface",
+            "kelp0",
+            "--kubelet-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        agents.push(w.spawn(i, &args, &format!("{node}.log")));
+    }
+    agents
+}
+
+/// Waits until both nodes are Ready with a pod CIDR; returns the CIDRs.
+fn wait_nodes(w: &World, nodes: &[String; 2]) -> Vec<String> {
+    let mut cidr = vec![];
+    for n in nodes {
+        let mut c = None;
+        let ready = wait_until(DEADLINE, || {
+            let Some(node) = w.json(&["get", "node", n]) else {
+                return false;
+            };
+            c = node["spec"]["podCIDR"].as_str().map(str::to_string);
+            node_ready(&node).as_deref() == Some("True") && c.is_some()
+        });
+        assert!(ready, "node {n} not Ready with a podCIDR:\n{}", w.logs());
+        cidr.push(c.unwrap());
+    }
+    cidr
+}
+
+/// host-gw: each node routes the other's pod range via the other's veth address.
+fn wait_host_gw_routes(w: &World, nodes: &[String; 2], cidr: &[String]) {
+    for (i, j) in [(0, 1), (1, 0)] {
+        let want = format!("{} via {}", cidr[j], w.addr[j]);
+        let routed = wait_until(DEADLINE, || w.kelp_routes(i).contains(&want));
+        assert!(
+            routed,
+            "node {} has no route `{want}`: {:?}\n{}",
+            nodes[i],
+            w.kelp_routes(i),
+            w.logs()
+        );
+    }
+}
+
 const IMAGE: &str = "kelp.test/http-hello:v1";
 
 const APPS: &str = r#"
@@ -315,108 +434,10 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
     let nodes = [format!("two-{pid}-a"), format!("two-{pid}-b")];
 
     // The control plane in namespace A, short node-monitor grace (as tests/multinode).
-    let server_dir = w.path().join("server");
-    let (url, addr_a) = (w.url(), w.addr[0].clone());
-    let server = w.spawn(
-        0,
-        &[
-            "server",
-            "--data-dir",
-            server_dir.to_str().unwrap(),
-            "--https-port",
-            &PORT.to_string(),
-            "--bind-address",
-            &addr_a,
-            "--tls-san",
-            &addr_a,
-            "--node-monitor-grace-period",
-            "15s",
-            "--node-monitor-period",
-            "1s",
-        ],
-        "server.log",
-    );
-    let up = wait_until(DEADLINE, || {
-        if let Some(e) = w.procs[server].exited() {
-            panic!("kelp server exited: {e}");
-        }
-        w.kubeconfig().exists()
-            && w.kubectl_full(&["get", "--raw", "/readyz"], None)
-                .status
-                .success()
-    });
-    assert!(up, "kelp server not ready at {url}:\n{}", w.logs());
-
-    // One agent per namespace, the image imported into each data dir (the test
-    // registry listens on the root namespace's loopback, unreachable from here).
-    let mut agents = vec![];
-    for (i, node) in nodes.iter().enumerate() {
-        let data = w.path().join(node);
-        let o = run(Command::new(env!("CARGO_BIN_EXE_kelp"))
-            .args(["image", "import"])
-            .arg(http_hello())
-            .args(["--name", IMAGE, "--data-dir"])
-            .arg(&data));
-        assert!(
-            o.status.success(),
-            "kelp image import: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let (node_ip, token, ca) = (
-            w.addr[i].clone(),
-            server_dir.join("node-token"),
-            server_dir.join("tls/ca.crt"),
-        );
-        agents.push(w.spawn(
-            i,
-            &[
-                "agent",
-                "--server",
-                &url,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--ca-file",
-                ca.to_str().unwrap(),
-                "--node-name",
-                node,
-                "--node-ip",
-                &node_ip,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--pod-interface",
-                "kelp0",
-                "--kubelet-port",
-                "0",
-            ],
-            &format!("{node}.log"),
-        ));
-    }
-    let mut cidr = vec![];
-    for n in &nodes {
-        let mut c = None;
-        let ready = wait_until(DEADLINE, || {
-            let Some(node) = w.json(&["get", "node", n]) else {
-                return false;
-            };
-            c = node["spec"]["podCIDR"].as_str().map(str::to_string);
-            node_ready(&node).as_deref() == Some("True") && c.is_some()
-        });
-        assert!(ready, "node {n} not Ready with a podCIDR:\n{}", w.logs());
-        cidr.push(c.unwrap());
-    }
-
-    // host-gw: each node routes the other's pod range via the other's veth address.
-    for (i, j) in [(0, 1), (1, 0)] {
-        let want = format!("{} via {}", cidr[j], w.addr[j]);
-        let routed = wait_until(DEADLINE, || w.kelp_routes(i).contains(&want));
-        assert!(
-            routed,
-            "node {} has no route `{want}`: {:?}\n{}",
-            nodes[i],
-            w.kelp_routes(i),
-            w.logs()
-        );
-    }
+    start_server(&mut w, &[]);
+    let agents = start_agents(&mut w, &nodes, &[]);
+    let cidr = wait_nodes(&w, &nodes);
+    wait_host_gw_routes(&w, &nodes, &cidr);
 
     let applied = w.kubectl_full(
         &["apply", "-f", "-"],
@@ -552,4 +573,128 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
         cidr[1],
         w.kelp_routes(0)
     );
+}
+
+/// The cloud-controller-manager (fleet provider, in `kelp server`) over the two
+/// namespaced nodes: agents started with `--cloud-provider external` are initialized
+/// from the inventory (zone labels differ per node); the route controller records
+/// both pod CIDR routes (`NetworkUnavailable=False`) while the agents keep the
+/// kernel routes; a LoadBalancer Service whose only endpoint is on node B is reached
+/// on its pool address from namespace A, through node A's proxy.
+#[test]
+fn fleet_nodes_routes_and_a_load_balancer_across_two_namespaced_nodes() {
+    let mut w = World::new();
+    let pid = std::process::id();
+    let nodes = [format!("fleet-{pid}-a"), format!("fleet-{pid}-b")];
+    // Inside the namespaces any address is private to the test.
+    let pool_ip = "198.19.0.10";
+    let cfg = w.path().join("cloud.yaml");
+    std::fs::write(
+        &cfg,
+        format!("inventory: inventory.yaml\nloadBalancer:\n  addresses: [\"{pool_ip}\"]\n"),
+    )
+    .unwrap();
+    let inventory: String = nodes
+        .iter()
+        .zip(&w.addr)
+        .zip(["zone-a", "zone-b"])
+        .map(|((n, a), z)| {
+            format!("- name: {n}\n  addresses: [{a}]\n  zone: {z}\n  region: lab\n  type: netns\n")
+        })
+        .collect();
+    std::fs::write(
+        w.path().join("inventory.yaml"),
+        format!("instances:\n{inventory}"),
+    )
+    .unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_string();
+    start_server(
+        &mut w,
+        &["--cloud-provider", "fleet", "--cloud-config", &cfg_arg],
+    );
+    start_agents(&mut w, &nodes, &["--cloud-provider", "external"]);
+    let cidr = wait_nodes(&w, &nodes);
+
+    for (n, zone) in nodes.iter().zip(["zone-a", "zone-b"]) {
+        let mut last = Value::Null;
+        let ok = wait_until(DEADLINE, || {
+            last = w.json(&["get", "node", n]).unwrap_or(Value::Null);
+            let untainted = !last["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["key"] == "node.cloudprovider.kubernetes.io/uninitialized");
+            let routed = last["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False");
+            untainted
+                && routed
+                && last["metadata"]["labels"]["topology.kubernetes.io/zone"] == zone
+                && last["spec"]["providerID"] == format!("fleet://{n}").as_str()
+        });
+        assert!(
+            ok,
+            "node {n} not initialized and routed: {}\n{}",
+            serde_json::to_string_pretty(&last).unwrap(),
+            w.logs()
+        );
+    }
+    wait_host_gw_routes(&w, &nodes, &cidr);
+
+    let applied = w.kubectl_full(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-b, labels: {{app: web-b}}}}
+spec:
+  nodeName: {}
+  containers:
+  - name: web
+    image: {IMAGE}
+    env: [{{name: WHO, value: web-b}}]
+    ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-b-lb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web-b}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#,
+            nodes[1]
+        )),
+    );
+    assert!(
+        applied.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let ingress = || {
+        w.kubectl_ok(&[
+            "get",
+            "svc",
+            "web-b-lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+    };
+    let ok = wait_until(DEADLINE, || ingress() == pool_ip);
+    assert!(
+        ok,
+        "web-b-lb has {:?}, not {pool_ip}:\n{}",
+        ingress(),
+        w.logs()
+    );
+    let url = format!("http://{pool_ip}:80/env/WHO");
+    let mut last = (false, String::new());
+    let ok = wait_until(DEADLINE, || {
+        last = w.curl(&url);
+        last.0 && last.1 == "web-b\n"
+    });
+    assert!(ok, "GET {url} from namespace A: {last:?}\n{}", w.logs());
 }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 pub use kelp_api as api;
 pub use kelp_apiserver as apiserver;
+pub use kelp_cloud as cloud;
 pub use kelp_controllers as controllers;
 pub use kelp_storage as storage;
 
@@ -77,6 +78,9 @@ pub struct Config {
     pub service_ranges: kelp_apiserver::service_alloc::ServiceRanges,
     /// Run the scheduler in this process (leader-elected) once the API serves.
     pub scheduler: bool,
+    /// Run the cloud-controller-manager in this process (leader-elected) with this
+    /// provider once the API serves (`--cloud-provider`).
+    pub cloud: Option<kelp_cloud::manager::CloudOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +169,27 @@ fn spawn_controller_manager(
         };
         if let Err(e) = run.await {
             tracing::error!(error = %e, "the in-process controller-manager stopped");
+        }
+    });
+}
+
+/// The cloud-controller-manager in-process, an API client on the admin kubeconfig
+/// like `kelp cloud-controller-manager` in its own process.
+fn spawn_cloud_controller_manager(
+    kubeconfig: PathBuf,
+    opts: kelp_cloud::manager::CloudOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let run = async {
+            let provider = opts.build_provider()?;
+            let client = kelp_controllers::manager::client_from_kubeconfig(&kubeconfig)
+                .await
+                .map_err(|e| kelp_cloud::CloudError::Other(e.to_string()))?;
+            kelp_cloud::manager::run(client, provider, opts, shutdown).await
+        };
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "the in-process cloud-controller-manager stopped");
         }
     });
 }
@@ -276,6 +301,9 @@ pub async fn run(
     };
     if let Some(opts) = cfg.controllers.clone() {
         spawn_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
+    }
+    if let Some(opts) = cfg.cloud.clone() {
+        spawn_cloud_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
     }
     if cfg.scheduler {
         tokio::spawn(run_scheduler(

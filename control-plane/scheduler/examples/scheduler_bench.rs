@@ -133,6 +133,7 @@ async fn scenario(nodes: usize, pods: usize) -> anyhow::Result<()> {
         tls_sans: vec![],
         controllers: None,
         scheduler: false,
+        cloud: None,
         service_ranges: Default::default(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -84,6 +84,13 @@ pub struct KubeletConfig {
     pub cluster_domain: String,
     /// The host's resolver config for `dnsPolicy: Default` (upstream's `--resolv-conf`).
     pub resolv_conf: Option<PathBuf>,
+    /// Taints the Node is created with (upstream's `--register-with-taints`).
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// `--cloud-provider external`: register with the
+    /// `node.cloudprovider.kubernetes.io/uninitialized` taint for the
+    /// cloud-controller-manager to initialize, and leave the Node's addresses to it
+    /// once set.
+    pub external_cloud_provider: bool,
 }
 
 impl KubeletConfig {
@@ -109,6 +116,8 @@ impl KubeletConfig {
             cluster_dns: vec![],
             cluster_domain: "cluster.local".into(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
+            register_with_taints: Vec::new(),
+            external_cloud_provider: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeRuntimeHandler,
-    NodeRuntimeHandlerFeatures, NodeStatus, NodeSystemInfo,
+    NodeRuntimeHandlerFeatures, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -23,6 +23,72 @@ use super::KubeletConfig;
 pub const KUBELET_VERSION: &str = "v1.32.0-kelp";
 /// Where node leases live.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The taint a node registers with under `--cloud-provider external`; the
+/// cloud-controller-manager removes it once it initialized the Node.
+pub const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+/// The conditions this kubelet writes; others on the Node (the route controller's
+/// `NetworkUnavailable`) are kept as they are.
+const OWN_CONDITIONS: &[&str] = &["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"];
+
+/// Parses upstream's `--register-with-taints` syntax: `KEY[=VALUE]:EFFECT`,
+/// comma-separated.
+pub fn parse_taints(spec: &str) -> Result<Vec<Taint>, String> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (kv, effect) = item
+            .rsplit_once(':')
+            .ok_or_else(|| format!("taint {item:?}: want KEY[=VALUE]:EFFECT"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!(
+                "taint {item:?}: effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() {
+            return Err(format!("taint {item:?}: empty key"));
+        }
+        out.push(Taint {
+            key: key.into(),
+            value,
+            effect: effect.into(),
+            time_added: None,
+        });
+    }
+    Ok(out)
+}
+
+/// With an external cloud provider the addresses are the provider's once the Node
+/// has any (upstream's kubelet does the same): left out of the status patch, they
+/// stay as they are.
+pub fn leave_provider_addresses(
+    cfg: &KubeletConfig,
+    old: Option<&NodeStatus>,
+    status: &mut NodeStatus,
+) {
+    let has_addresses = old
+        .and_then(|s| s.addresses.as_ref())
+        .is_some_and(|a| !a.is_empty());
+    if cfg.external_cloud_provider && has_addresses {
+        status.addresses = None;
+    }
+}
+
+/// The taints a new Node is created with.
+pub fn registration_taints(cfg: &KubeletConfig) -> Vec<Taint> {
+    let mut t = cfg.register_with_taints.clone();
+    if cfg.external_cloud_provider && !t.iter().any(|t| t.key == UNINITIALIZED_TAINT) {
+        t.push(Taint {
+            key: UNINITIALIZED_TAINT.into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+    }
+    t
+}
 
 /// Facts about the machine the node runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,40 +259,51 @@ pub fn node_status(
                 address: facts.hostname.clone(),
             },
         ]),
-        conditions: Some(vec![
-            node_condition(
-                old,
-                &now,
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            node_condition(
-                old,
-                &now,
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-            ),
-            node_condition(
-                old,
-                &now,
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
-            node_condition(
-                old,
-                &now,
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            ),
-        ]),
+        conditions: Some(
+            vec![
+                node_condition(
+                    old,
+                    &now,
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                node_condition(
+                    old,
+                    &now,
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            ]
+            .into_iter()
+            .chain(
+                old.and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !OWN_CONDITIONS.contains(&c.type_.as_str()))
+                    .cloned(),
+            )
+            .collect(),
+        ),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
                 port: i32::from(cfg.kubelet_port),
@@ -299,6 +376,12 @@ impl NodeAgent {
                 labels: Some(labels.clone()),
                 ..Default::default()
             },
+            // Taints only at creation, as upstream: an existing Node's taints belong
+            // to whoever set or removed them since (the cloud-controller-manager).
+            spec: Some(NodeSpec {
+                taints: Some(registration_taints(&self.cfg)).filter(|t| !t.is_empty()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         match self.nodes.create(&PostParams::default(), &node).await {
@@ -324,7 +407,7 @@ impl NodeAgent {
             .and_then(|n| n.spec.as_ref())
             .and_then(|s| s.pod_cidr.clone());
         let old = node.and_then(|n| n.status);
-        let status = node_status(
+        let mut status = node_status(
             &self.cfg,
             &self.facts,
             &self.handlers,
@@ -333,6 +416,7 @@ impl NodeAgent {
             pod_cidr.as_deref(),
             Timestamp::now(),
         );
+        leave_provider_addresses(&self.cfg, old.as_ref(), &mut status);
         let patch = serde_json::json!({ "status": status });
         self.nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -425,6 +509,75 @@ impl NodeAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_with_taints_syntax_and_the_cloud_taint() {
+        let t = parse_taints("dedicated=edge:NoSchedule, gpu:NoExecute").unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (
+                t[0].key.as_str(),
+                t[0].value.as_deref(),
+                t[0].effect.as_str()
+            ),
+            ("dedicated", Some("edge"), "NoSchedule")
+        );
+        assert_eq!((t[1].key.as_str(), t[1].value.as_deref()), ("gpu", None));
+        for bad in ["x", "x=y:Sometimes", ":NoSchedule"] {
+            assert!(parse_taints(bad).is_err(), "{bad}");
+        }
+        let mut cfg = KubeletConfig::new("n1", "/tmp/k");
+        assert!(registration_taints(&cfg).is_empty());
+        cfg.external_cloud_provider = true;
+        cfg.register_with_taints = t;
+        // The first status carries the kubelet's addresses; later ones leave the
+        // provider's alone.
+        let facts = HostFacts::detect();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut first = node_status(&cfg, &facts, &[], "x", None, None, now);
+        leave_provider_addresses(&cfg, None, &mut first);
+        assert!(first.addresses.is_some());
+        let mut later = node_status(&cfg, &facts, &[], "x", Some(&first), None, now);
+        leave_provider_addresses(&cfg, Some(&first), &mut later);
+        assert!(later.addresses.is_none());
+        let keys: Vec<String> = registration_taints(&cfg)
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        assert_eq!(keys, ["dedicated", "gpu", UNINITIALIZED_TAINT]);
+    }
+
+    #[test]
+    fn conditions_of_others_are_kept() {
+        let cfg = KubeletConfig::new("n1", "/tmp/k");
+        let facts = HostFacts::detect();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut old = node_status(&cfg, &facts, &[], "x", None, None, now);
+        old.conditions.as_mut().unwrap().push(NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "False".into(),
+            reason: Some("RouteCreated".into()),
+            ..Default::default()
+        });
+        let new = node_status(&cfg, &facts, &[], "x", Some(&old), None, now);
+        let types: Vec<&str> = new
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "MemoryPressure",
+                "DiskPressure",
+                "PIDPressure",
+                "Ready",
+                "NetworkUnavailable"
+            ]
+        );
+    }
 
     #[test]
     fn pod_capacity_follows_the_pod_range() {

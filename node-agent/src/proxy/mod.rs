@@ -1,6 +1,7 @@
 //! The userspace service proxy (kube-proxy's job without iptables): watches Services
-//! and EndpointSlices and, for every service port, accepts on the ClusterIP (made a
-//! local address on the pod interface) and on the node port, forwarding TCP and UDP
+//! and EndpointSlices and, for every service port, accepts on the ClusterIP and on
+//! the load-balancer ingress addresses of `type: LoadBalancer` Services (both made
+//! local addresses on the pod interface) and on the node port, forwarding TCP and UDP
 //! to ready endpoints.
 //!
 //! Layout: [`table`] (pure: which listeners, which endpoints), [`balancer`]
@@ -194,6 +195,7 @@ fn listener_label(k: &ListenKey) -> String {
 }
 
 impl Proxy {
+    /// A ClusterIP or load-balancer address (made local), as opposed to a node port.
     fn is_cluster_ip(&self, k: &ListenKey) -> bool {
         k.ip != self.cfg.nodeport_address
     }

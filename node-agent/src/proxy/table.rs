@@ -54,8 +54,28 @@ pub struct NodeView<'a> {
     pub node_name: &'a str,
     /// Where node ports accept (0.0.0.0 or the node IP).
     pub nodeport_ip: IpAddr,
-    /// Whether ClusterIPs can be bound here (not in loopback mode).
+    /// Whether ClusterIPs (and load-balancer addresses) can be made local here (not
+    /// in loopback mode; there only 127/8 load-balancer addresses are served, which
+    /// Linux binds without configuration).
     pub cluster_ips: bool,
+}
+
+/// The load-balancer addresses the proxy accepts on for a `type: LoadBalancer`
+/// Service: `status.loadBalancer.ingress[].ip`, except `ipMode: Proxy` ones (there an
+/// external balancer forwards to node ports, as upstream kube-proxy assumes).
+pub fn load_balancer_ips(svc: &Service) -> Vec<IpAddr> {
+    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        return Vec::new();
+    }
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
 }
 
 /// One endpoint of a service port, as the slices say.
@@ -150,6 +170,10 @@ pub fn desired(
         });
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let lb_ips: Vec<IpAddr> = load_balancer_ips(svc)
+            .into_iter()
+            .filter(|ip| node.cluster_ips || ip.is_loopback())
+            .collect();
         let svc_slices = by_service
             .get(&(ns, name))
             .map(Vec::as_slice)
@@ -212,6 +236,24 @@ pub fn desired(
                         },
                     );
                 }
+            }
+            // Load-balancer addresses take outside traffic: the external policy
+            // applies, as upstream.
+            for ip in &lb_ips {
+                out.insert(
+                    ListenKey {
+                        ip: *ip,
+                        port,
+                        protocol,
+                    },
+                    Entry {
+                        service: label.clone(),
+                        backends: Backends {
+                            addrs: usable(&targets, external_local.then_some(node.node_name)),
+                            affinity,
+                        },
+                    },
+                );
             }
             let node_port = sp.node_port.and_then(|p| u16::try_from(p).ok());
             if let (Some(np), "NodePort" | "LoadBalancer") = (node_port, ty) {
@@ -395,6 +437,50 @@ mod tests {
                 key("0.0.0.0", 30080, Protocol::Tcp)
             ]
         );
+    }
+
+    #[test]
+    fn load_balancer_addresses_forward_like_the_cluster_ip() {
+        let mut s = (*web()).clone();
+        s.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
+        s.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "198.18.0.10", "ipMode": "VIP"},
+            {"ip": "198.18.0.11", "ipMode": "Proxy"},
+            {"hostname": "lb.example.com"},
+            {"ip": "127.200.0.1"}]}}))
+        .unwrap();
+        let eps = vec![
+            ep("10.42.0.2", "n1", true, false),
+            ep("10.42.1.2", "n2", true, false),
+        ];
+        let t = desired(&[Arc::new(s.clone())], &[web_slice(eps.clone())], &ANY);
+        let lb = &t[&key("198.18.0.10", 80, Protocol::Tcp)];
+        assert_eq!(lb, &t[&key("10.43.0.10", 80, Protocol::Tcp)]);
+        assert!(t.contains_key(&key("198.18.0.10", 53, Protocol::Udp)));
+        assert!(t.contains_key(&key("127.200.0.1", 80, Protocol::Tcp)));
+        assert!(
+            !t.contains_key(&key("198.18.0.11", 80, Protocol::Tcp)),
+            "ipMode Proxy"
+        );
+        // externalTrafficPolicy Local: this node's endpoints only.
+        s.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let t = desired(&[Arc::new(s.clone())], &[web_slice(eps.clone())], &ANY);
+        assert_eq!(
+            addrs(&t[&key("198.18.0.10", 80, Protocol::Tcp)]),
+            ["10.42.0.2:8080"]
+        );
+        // Loopback mode: only 127/8 addresses can be served.
+        let lo = NodeView {
+            cluster_ips: false,
+            ..ANY
+        };
+        let t = desired(&[Arc::new(s.clone())], &[web_slice(eps.clone())], &lo);
+        assert!(t.contains_key(&key("127.200.0.1", 80, Protocol::Tcp)));
+        assert!(!t.contains_key(&key("198.18.0.10", 80, Protocol::Tcp)));
+        // Not a LoadBalancer any more: a leftover status is not served.
+        s.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+        let t = desired(&[Arc::new(s)], &[web_slice(eps)], &ANY);
+        assert!(!t.contains_key(&key("198.18.0.10", 80, Protocol::Tcp)));
     }
 
     #[test]
