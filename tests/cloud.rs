@@ -20,21 +20,20 @@ mod agent;
 mod common;
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
+#[path = "common/up.rs"]
+mod up;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Backend, Cluster, Options};
+use common::{kelp, wait_until, Backend, Cluster, Options};
 use serde_json::Value;
+use up::http_get as get;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
 
 /// A cloud-config and inventory in `dir`; returns the cloud-config path.
 fn write_cloud_config(dir: &Path, pool: &[&str]) -> PathBuf {
@@ -409,33 +408,6 @@ impl Drop for Up {
             }
         }
     }
-}
-
-/// One HTTP/1.1 GET: (status, the `x-kelp-pod` header, body).
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let pod = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-kelp-pod")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    Ok((status, pod, body.to_string()))
 }
 
 /// Whether a GET through `ip:80` is answered by one of the `hello` pods (by content:

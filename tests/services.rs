@@ -13,46 +13,17 @@ mod registry;
 mod up;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::wait_until;
 use serde_json::Value;
-use up::{http_hello, push, Up};
+use up::{http_get as get, http_hello, push, Up};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One HTTP/1.1 GET on a fresh connection: (status, the `x-kelp-pod` header, body).
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let pod = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-kelp-pod")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    // A failed exchange shows all it got, headers included.
-    let body = if status == 200 { body } else { &raw };
-    Ok((status, pod, body.to_string()))
-}
 
 /// `n` requests to `addr`: how many each pod answered (panics on a failed request).
 fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {

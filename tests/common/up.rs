@@ -5,8 +5,8 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -215,4 +215,33 @@ impl Drop for Up {
             eprintln!("--- kelp up log ---\n{}", self.log());
         }
     }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, the `x-kelp-pod` header, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let pod = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-kelp-pod")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    // A failed exchange shows all it got, headers included.
+    let body = if status == 200 { body } else { &raw };
+    Ok((status, pod, body.to_string()))
 }
