@@ -48,3 +48,6 @@ bench=(target/release/examples/pod_bench --kubeconfig "$work/up/kubeconfig" --no
 "${bench[@]}" --label wasm --image "$wasm_image"
 "${bench[@]}" --label linux --image kelp.local/busybox:1.35 --runtime-class runc \
   --command "httpd -f -p 8080 -h /www"
+# The kubelet tears the last pods' sandboxes down (CNI DEL removes their network
+# namespaces) after the API objects are gone: wait for it before stopping everything.
+wait_for "[ -z \"\$(ctr --address $work/ctd/containerd.sock -n k8s.io containers ls -q)\" ]" || true
