@@ -161,7 +161,7 @@ fn spawn_controller_manager(
     kubeconfig: PathBuf,
     opts: kelp_controllers::manager::ManagerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let run = async {
             let client = kelp_controllers::manager::client_from_kubeconfig(&kubeconfig).await?;
@@ -170,7 +170,7 @@ fn spawn_controller_manager(
         if let Err(e) = run.await {
             tracing::error!(error = %e, "the in-process controller-manager stopped");
         }
-    });
+    })
 }
 
 /// The cloud-controller-manager in-process, an API client on the admin kubeconfig
@@ -179,7 +179,7 @@ fn spawn_cloud_controller_manager(
     kubeconfig: PathBuf,
     opts: kelp_cloud::manager::CloudOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let run = async {
             let provider = opts.build_provider()?;
@@ -191,7 +191,7 @@ fn spawn_cloud_controller_manager(
         if let Err(e) = run.await {
             tracing::error!(error = %e, "the in-process cloud-controller-manager stopped");
         }
-    });
+    })
 }
 
 /// The in-process scheduler: an API client on the admin kubeconfig, like any other,
@@ -216,6 +216,10 @@ async fn run_scheduler(kubeconfig: PathBuf, shutdown: impl Future<Output = ()> +
         warn!(error = %e, "scheduler stopped");
     }
 }
+
+/// How long the server waits for its in-process components to stop (and release
+/// their leases) before it stops serving.
+const COMPONENT_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the control plane until `shutdown` resolves. `on_ready` is called once the
 /// API server is serving.
@@ -290,27 +294,47 @@ pub async fn run(
         addr,
     };
     on_ready(&started);
-    // One shutdown for the server and the in-process components.
+    // One shutdown for the server and the in-process components. The components stop
+    // first, while the server still answers, so they give their leases up: a
+    // restarted `kelp up` (or another server) takes over at once instead of after the
+    // leases expire.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let mut components = Vec::new();
     if let Some(opts) = cfg.controllers.clone() {
-        spawn_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
-    }
-    if let Some(opts) = cfg.cloud.clone() {
-        spawn_cloud_controller_manager(started.kubeconfig.clone(), opts, stopped(stop_rx.clone()));
-    }
-    if cfg.scheduler {
-        tokio::spawn(run_scheduler(
+        components.push(spawn_controller_manager(
             started.kubeconfig.clone(),
+            opts,
             stopped(stop_rx.clone()),
         ));
     }
+    if let Some(opts) = cfg.cloud.clone() {
+        components.push(spawn_cloud_controller_manager(
+            started.kubeconfig.clone(),
+            opts,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    if cfg.scheduler {
+        components.push(tokio::spawn(run_scheduler(
+            started.kubeconfig.clone(),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let all = async {
+            for c in components {
+                let _ = c.await;
+            }
+        };
+        if tokio::time::timeout(COMPONENT_STOP, all).await.is_err() {
+            warn!("in-process components still stopping; stopping the server anyway");
+        }
+    };
     kelp_apiserver::serve::serve_https(
         listener,
         tls::server_config(&pki)?,

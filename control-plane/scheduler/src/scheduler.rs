@@ -556,11 +556,24 @@ pub async fn run_leader_elected(
     lc.lease_duration = le.lease_duration;
     lc.renew_deadline = le.renew_deadline;
     lc.retry_period = le.retry_period;
-    let mut leading = kelp_controllers::leader::campaign(client.clone(), lc);
+    let (mut leading, campaign) =
+        kelp_controllers::leader::campaign_with_handle(client.clone(), lc.clone());
+    // Stops campaigning and gives the lease up (another scheduler takes over at once).
+    let release = |campaign: tokio::task::JoinHandle<()>| {
+        let (client, lc) = (client.clone(), lc.clone());
+        async move {
+            campaign.abort();
+            let _ = campaign.await;
+            kelp_controllers::leader::release(&client, &lc).await;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                release(campaign).await;
+                return Ok(());
+            }
             ok = async { leading.wait_for(|l| *l).await.is_ok() } => if !ok { return Ok(()) },
         }
         tracing::info!(identity = %cfg.identity, "leading: scheduling");
@@ -577,6 +590,7 @@ pub async fn run_leader_elected(
             _ = &mut shutdown => {
                 let _ = stop_tx.send(());
                 let _ = task.await;
+                release(campaign).await;
                 return Ok(());
             }
             _ = async { leading.wait_for(|l| !*l).await.is_ok() } => {
