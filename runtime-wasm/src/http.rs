@@ -262,8 +262,9 @@ pub async fn serve(
 }
 
 /// Serves `component` on an already bound listener until `stop` fires: stops
-/// accepting at once, lets open connections finish their current response (in-flight
-/// guests are interrupted at the next epoch tick), and returns exit code 0.
+/// accepting at once, lets open connections finish their current response within
+/// the shutdown grace (guests still running after it are interrupted at the next
+/// epoch tick), and returns exit code 0.
 pub async fn serve_on(
     engine: &WasmEngine,
     component: Component,
@@ -296,11 +297,17 @@ pub async fn serve_on(
     drop(artifact);
     let log = open_log(spec)?;
     let timeout = spec.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    // Guests are interrupted by this handle, not by `stop`: a stop lets the requests
+    // in flight (and those of connections accepted just before it) finish; the
+    // interrupt comes when the grace is over, or when this future is dropped (a
+    // forced stop aborts it).
+    let interrupt = StopHandle::default();
+    let _interrupt_on_exit = InterruptOnDrop(interrupt.clone());
     let server = Arc::new(Server {
         pre,
         spec: spec.clone(),
         log: log.clone(),
-        stop: stop.clone(),
+        stop: interrupt.clone(),
         timeout,
         deadline_ticks: (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
     });
@@ -361,8 +368,18 @@ pub async fn serve_on(
     {
         debug!("wasi:http connections still open after the shutdown grace period");
     }
+    interrupt.stop();
     let _ = log.finish();
     Ok(ExitStatus::completed())
+}
+
+/// Interrupts a server's guests when its serving future ends, however it ends.
+struct InterruptOnDrop(StopHandle);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 struct Server {

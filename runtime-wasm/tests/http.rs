@@ -158,8 +158,9 @@ async fn serves_requests_and_survives_failing_handlers() {
     );
 }
 
-/// A stop while a handler spins (with no deadline of its own) interrupts it, and
-/// serve returns with idle keep-alive connections still open.
+/// A stop while a handler spins (with no deadline of its own) interrupts it once the
+/// shutdown grace is over, and serve returns with idle keep-alive connections still
+/// open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_interrupts_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
