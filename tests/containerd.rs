@@ -472,7 +472,14 @@ fn a_node_without_containerd_gets_no_linux_pods() {
     up.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: linux}}\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n"
     ));
-    let ev = wait_json(
+    // The scheduler retries; an early attempt may see another reason (a node that
+    // looked unreachable for a moment on a loaded machine), so wait for the handler.
+    let says_handler = |m: &Value| {
+        m["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runtime handler \"runc\""))
+    };
+    wait_json(
         &up,
         &[
             "get",
@@ -480,13 +487,12 @@ fn a_node_without_containerd_gets_no_linux_pods() {
             "--field-selector",
             "involvedObject.name=linux,reason=FailedScheduling",
         ],
-        "a FailedScheduling event",
-        |l| l["items"].as_array().is_some_and(|i| !i.is_empty()),
-    );
-    let msg = ev["items"][0]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("runtime handler \"runc\""),
-        "FailedScheduling says which handler is missing: {msg}"
+        "a FailedScheduling event naming the missing runtime handler",
+        |l| {
+            l["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(says_handler))
+        },
     );
     let pod = up.json(&["get", "pod", "linux"]);
     assert_eq!(pod["spec"]["nodeName"], Value::Null);
