@@ -6,10 +6,12 @@
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
 
+use registry::wait;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kelp_cri_api::tonic::transport::Channel;
 use kelp_cri_api::tonic::Code;
@@ -74,8 +76,8 @@ impl RuntimeProcess {
     }
 
     async fn connect(&mut self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let endpoint = format!("unix://{}", self.socket.display());
+        let deadline = wait::Deadline::after(Duration::from_secs(60));
         loop {
             if self.socket.exists() {
                 if let Ok(c) = kelp_cri_api::connect(&endpoint).await {
@@ -86,11 +88,10 @@ impl RuntimeProcess {
                 panic!("kelp runtime exited with {status}:\n{}", self.log());
             }
             assert!(
-                Instant::now() < deadline,
+                deadline.tick().await,
                 "kelp runtime did not serve {endpoint}:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -136,14 +137,13 @@ async fn wait_status(
     what: &str,
     cond: impl Fn(&cri::ContainerStatus) -> bool,
 ) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = wait::Deadline::after(Duration::from_secs(30));
     loop {
         let st = status_of(rt, id).await;
         if cond(&st) {
             return st;
         }
-        assert!(Instant::now() < deadline, "container never {what}: {st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(deadline.tick().await, "container never {what}: {st:?}");
     }
 }
 
@@ -339,14 +339,15 @@ async fn cri_lifecycle_over_grpc_against_a_real_registry() {
     .await
     .unwrap();
     let counter_log = logs.join("counter/0.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&counter_log)
-        .unwrap_or_default()
-        .contains("count 1")
-    {
-        assert!(Instant::now() < deadline, "counter never logged twice");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let counted = wait::until(Duration::from_secs(30), || {
+        std::future::ready(
+            std::fs::read_to_string(&counter_log)
+                .unwrap_or_default()
+                .contains("count 1"),
+        )
+    })
+    .await;
+    assert!(counted, "counter never logged twice");
     let running = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {

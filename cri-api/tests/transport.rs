@@ -1,6 +1,9 @@
 //! Transport test: a toy runtime served with `serve_unix`, called through `connect`.
 //! Only the gRPC plumbing is under test; the real runtime is tested elsewhere.
 
+#[path = "../../runtime-wasm/tests/support/wait.rs"]
+mod wait;
+
 use std::os::unix::fs::PermissionsExt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -172,17 +175,11 @@ async fn unix_socket_round_trip() {
 
     // The socket appears once the server has bound it.
     let endpoint = format!("unix://{}", socket.display());
-    let (mut runtime, mut image_client) = {
-        let mut tries = 0;
-        loop {
-            match connect(&endpoint).await {
-                Ok(clients) => break clients,
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("connect: {e:?}"),
-            }
+    let deadline = wait::Deadline::after(Duration::from_secs(10));
+    let (mut runtime, mut image_client) = loop {
+        match connect(&endpoint).await {
+            Ok(clients) => break clients,
+            Err(e) => assert!(deadline.tick().await, "connect: {e:?}"),
         }
     };
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;

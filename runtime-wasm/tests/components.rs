@@ -3,6 +3,8 @@
 //! directory, limits and stop — on the `hello` and `counter` examples
 //! (scripts/build-wasm-examples.sh builds them).
 
+#[path = "support/wait.rs"]
+mod wait;
 mod wasm_examples;
 
 use std::time::Duration;
@@ -223,14 +225,11 @@ async fn component_limits_and_stop() {
         let (engine, s, stop) = (engine.clone(), s.clone(), stop.clone());
         tokio::spawn(async move { run(&engine, &counter, &s, &stop).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !stdout(&s.log_path).contains(&"count 1".to_string()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the counter never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = wait::until(Duration::from_secs(30), || {
+        std::future::ready(stdout(&s.log_path).contains(&"count 1".to_string()))
+    })
+    .await;
+    assert!(counted, "the counter never counted");
     stop.stop();
     let st = tokio::time::timeout(Duration::from_secs(30), task)
         .await

@@ -2,6 +2,8 @@
 //! it): answers, concurrency, handlers that trap, exhaust memory or overrun their
 //! deadline (each answered 500 while the server carries on), and stop.
 
+#[path = "support/wait.rs"]
+mod wait;
 mod wasm_examples;
 
 use std::net::SocketAddr;
@@ -29,16 +31,10 @@ fn http_hello(engine: &WasmEngine) -> Component {
     }
 }
 
-/// Polls `cond` until it holds; fails the test after PATIENCE.
+/// Waits until `cond` holds; fails the test after PATIENCE.
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let held = wait::until(PATIENCE, || std::future::ready(cond())).await;
+    assert!(held, "timed out waiting for {what}");
 }
 
 fn free_addr() -> SocketAddr {
@@ -61,12 +57,12 @@ async fn start(engine: &WasmEngine, spec: ContainerSpec) -> Server {
         let (engine, stop, component) = (engine.clone(), stop.clone(), http_hello(engine));
         tokio::spawn(async move { serve(&engine, component, addr, &spec, stop).await })
     };
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(!task.is_finished(), "serve ended early: {:?}", task.await);
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let listening = wait::until(PATIENCE, || async {
+        task.is_finished() || tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(!task.is_finished(), "serve ended early: {:?}", task.await);
+    assert!(listening, "never listened");
     Server {
         addr,
         stop,

@@ -17,38 +17,121 @@ use futures::{SinkExt, StreamExt};
 use tracing::{debug, warn};
 
 use super::remotecommand::{self, Options, Outcome};
-use super::spdy::{Decoder, Encoder, Frame};
+use super::spdy::{Decoder, Encoder, Frame, Headers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const V4: &str = "v4.channel.k8s.io";
 /// v5's close-a-stream channel.
 const CLOSE: u8 = 255;
 
+/// The streaming server's frames, read as they are needed. Cancel-safe (a `select!`
+/// may drop [`FrameReader::next`]): the decoder only changes after a read completed.
+struct FrameReader {
+    rd: OwnedReadHalf,
+    dec: Decoder,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame; `None` when the connection ends or sends garbage.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match self.dec.next_frame() {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(error = %e, "spdy: bad frame from the streaming server");
+                    return None;
+                }
+            }
+            match self.rd.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.dec.push(&self.buf[..n]),
+            }
+        }
+    }
+}
+
+/// Frames to the streaming server (one write per call).
+struct FrameWriter {
+    wr: OwnedWriteHalf,
+    enc: Encoder,
+}
+
+impl FrameWriter {
+    /// Sends `frames`; false when the connection is gone.
+    async fn send(&mut self, frames: &[Frame]) -> bool {
+        let mut out = Vec::new();
+        for f in frames {
+            if self.enc.encode(f, &mut out).is_err() {
+                return false;
+            }
+        }
+        out.is_empty() || self.wr.write_all(&out).await.is_ok()
+    }
+
+    /// Ends one of our streams (half-close).
+    async fn finish(&mut self, stream_id: u32) -> bool {
+        self.send(&[fin(stream_id)]).await
+    }
+}
+
+fn fin(stream_id: u32) -> Frame {
+    Frame::Data {
+        stream_id,
+        fin: true,
+        data: Default::default(),
+    }
+}
+
+/// The client's side of a session at `url`: the upgrade, then our streams opened
+/// (`(id, headers)`, odd ids), the first — the error stream, which carries nothing
+/// from us — half-closed at once, as upstream's clients do.
+async fn open_session(
+    url: &str,
+    protocol: &str,
+    streams: &[(u32, Headers)],
+) -> Result<(FrameReader, FrameWriter), String> {
+    let (rd, wr, leftover) = spdy_connect(url, protocol).await?;
+    let mut dec = Decoder::default();
+    dec.push(&leftover);
+    let reader = FrameReader {
+        rd,
+        dec,
+        buf: vec![0u8; 32 * 1024],
+    };
+    let mut writer = FrameWriter {
+        wr,
+        enc: Encoder::default(),
+    };
+    let mut frames: Vec<Frame> = streams
+        .iter()
+        .map(|(id, headers)| Frame::SynStream {
+            stream_id: *id,
+            associated: 0,
+            fin: false,
+            headers: headers.clone(),
+        })
+        .collect();
+    if let Some((first, _)) = streams.first() {
+        frames.push(fin(*first));
+    }
+    if !writer.send(&frames).await {
+        return Err(format!("streaming server {url} closed the connection"));
+    }
+    Ok((reader, writer))
+}
+
 /// Relays `client` to the streaming server at `url` over SPDY until the command ends.
 pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
     let (mut c_sink, mut c_stream) = client.split();
-    let fail = |msg: String| {
-        let st = remotecommand::status(&Outcome::Failed(msg), &opts.command);
-        let mut frame = vec![remotecommand::ERROR];
-        frame.extend_from_slice(st.to_string().as_bytes());
-        frame
-    };
-    let (rd, mut wr, leftover) = match spdy_connect(&url, V4).await {
-        Ok(c) => c,
-        Err(msg) => {
-            warn!(%url, error = %msg, "cannot reach the runtime's streaming server");
-            let _ = c_sink.send(Message::Binary(fail(msg).into())).await;
-            let _ = c_sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "".into(),
-                })))
-                .await;
-            return;
-        }
-    };
+    let close = Message::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }));
     // Streams as upstream's v4 client opens them: error first, then the stdio the
-    // exec asked for (client streams have odd ids).
+    // exec asked for.
     let mut kinds = vec![("error", remotecommand::ERROR)];
     if opts.stdin {
         kinds.push(("stdin", remotecommand::STDIN));
@@ -62,40 +145,29 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
     if opts.tty {
         kinds.push(("resize", remotecommand::RESIZE));
     }
-    let mut enc = Encoder::default();
-    let mut out = Vec::new();
     let mut stream_of = std::collections::HashMap::new();
     let mut channel_of = std::collections::HashMap::new();
+    let mut streams = Vec::new();
     for (i, (kind, channel)) in kinds.iter().enumerate() {
         let id = 1 + 2 * i as u32;
         stream_of.insert(*channel, id);
         channel_of.insert(id, *channel);
-        let f = Frame::SynStream {
-            stream_id: id,
-            associated: 0,
-            fin: false,
-            headers: vec![("streamtype".into(), (*kind).into())],
-        };
-        if enc.encode(&f, &mut out).is_err() {
+        streams.push((id, vec![("streamtype".to_string(), kind.to_string())]));
+    }
+    let (mut reader, mut writer) = match open_session(&url, V4, &streams).await {
+        Ok(s) => s,
+        Err(msg) => {
+            warn!(%url, error = %msg, "cannot reach the runtime's streaming server");
+            let st = remotecommand::status(&Outcome::Failed(msg), &opts.command);
+            let _ = c_sink
+                .send(Message::Binary(
+                    error_frame(st.to_string().as_bytes()).into(),
+                ))
+                .await;
+            let _ = c_sink.send(close).await;
             return;
         }
-    }
-    // The error stream carries nothing from us.
-    let _ = enc.encode(
-        &Frame::Data {
-            stream_id: 1,
-            fin: true,
-            data: Default::default(),
-        },
-        &mut out,
-    );
-    if wr.write_all(&out).await.is_err() {
-        return;
-    }
-    let mut dec = Decoder::default();
-    dec.push(&leftover);
-    let mut rd = rd;
-    let mut buf = vec![0u8; 32 * 1024];
+    };
     let mut status = Vec::new();
     // Streams the server still writes to (stdout, stderr, error).
     let mut open: std::collections::HashSet<u32> = channel_of
@@ -109,23 +181,11 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
         .map(|(id, _)| *id)
         .collect();
     let mut client_open = true;
-    'session: loop {
-        // Frames already buffered first.
-        loop {
-            let frame = match dec.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(error = %e, "spdy: bad frame from the streaming server");
-                    break 'session;
-                }
-            };
-            match frame {
-                Frame::Data {
-                    stream_id,
-                    fin,
-                    data,
-                } => {
+    while !open.is_empty() {
+        tokio::select! {
+            frame = reader.next() => match frame {
+                None | Some(Frame::GoAway { .. }) => break,
+                Some(Frame::Data { stream_id, fin, data }) => {
                     match channel_of.get(&stream_id).copied() {
                         Some(remotecommand::ERROR) => status.extend_from_slice(&data),
                         Some(ch) if !data.is_empty() => {
@@ -133,7 +193,7 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
                             m.push(ch);
                             m.extend_from_slice(&data);
                             if c_sink.send(Message::Binary(m.into())).await.is_err() {
-                                break 'session;
+                                break;
                             }
                         }
                         _ => {}
@@ -142,67 +202,50 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
                         open.remove(&stream_id);
                     }
                 }
-                Frame::SynReply {
-                    stream_id,
-                    fin: true,
-                    ..
-                }
-                | Frame::Headers {
-                    stream_id,
-                    fin: true,
-                    ..
-                } => {
+                Some(Frame::SynReply { stream_id, fin: true, .. })
+                | Some(Frame::Headers { stream_id, fin: true, .. })
+                | Some(Frame::RstStream { stream_id, .. }) => {
                     open.remove(&stream_id);
                 }
-                Frame::RstStream { stream_id, .. } => {
-                    open.remove(&stream_id);
-                }
-                Frame::Ping { id } => {
-                    let mut o = Vec::new();
-                    if enc.encode(&Frame::Ping { id }, &mut o).is_ok()
-                        && wr.write_all(&o).await.is_err()
-                    {
-                        break 'session;
+                Some(Frame::Ping { id }) => {
+                    if !writer.send(&[Frame::Ping { id }]).await {
+                        break;
                     }
                 }
-                Frame::GoAway { .. } => break 'session,
-                _ => {}
-            }
-        }
-        if open.is_empty() {
-            break;
-        }
-        tokio::select! {
-            n = rd.read(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => dec.push(&buf[..n]),
+                Some(_) => {}
             },
             m = c_stream.next(), if client_open => {
-                let mut o = Vec::new();
-                match m {
+                let sent = match m {
                     Some(Ok(Message::Binary(data))) if !data.is_empty() => {
                         let (ch, rest) = (data[0], data.slice(1..));
                         if ch == CLOSE {
                             // v5: the client closed one of its streams.
-                            if let Some(id) = rest.first().and_then(|c| stream_of.get(c)) {
-                                let _ = enc.encode(&Frame::Data { stream_id: *id, fin: true, data: Default::default() }, &mut o);
+                            match rest.first().and_then(|c| stream_of.get(c)) {
+                                Some(id) => writer.finish(*id).await,
+                                None => true,
                             }
                         } else if let Some(id) = stream_of.get(&ch) {
-                            let _ = enc.encode(&Frame::Data { stream_id: *id, fin: false, data: rest }, &mut o);
+                            writer
+                                .send(&[Frame::Data { stream_id: *id, fin: false, data: rest }])
+                                .await
+                        } else {
+                            true
                         }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         // The client is gone: end its streams (stdin EOF for v4).
                         client_open = false;
+                        let mut ok = true;
                         for ch in [remotecommand::STDIN, remotecommand::RESIZE] {
                             if let Some(id) = stream_of.get(&ch) {
-                                let _ = enc.encode(&Frame::Data { stream_id: *id, fin: true, data: Default::default() }, &mut o);
+                                ok &= writer.finish(*id).await;
                             }
                         }
+                        ok
                     }
-                    _ => {}
-                }
-                if !o.is_empty() && wr.write_all(&o).await.is_err() {
+                    _ => true,
+                };
+                if !sent {
                     break;
                 }
             }
@@ -216,16 +259,15 @@ pub async fn relay_spdy(client: WebSocket, url: String, opts: Options) {
     } else {
         status
     };
+    let _ = c_sink.send(Message::Binary(error_frame(&st).into())).await;
+    let _ = c_sink.send(close).await;
+    let _ = writer.wr.shutdown().await;
+}
+
+fn error_frame(status: &[u8]) -> Vec<u8> {
     let mut frame = vec![remotecommand::ERROR];
-    frame.extend_from_slice(&st);
-    let _ = c_sink.send(Message::Binary(frame.into())).await;
-    let _ = c_sink
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
-    let _ = wr.shutdown().await;
+    frame.extend_from_slice(status);
+    frame
 }
 
 /// Opens the SPDY upgrade to the streaming server; returns the connection halves and
@@ -324,144 +366,81 @@ pub fn cri_port_dialer(
                 .await
                 .map_err(|e| fail(e.message().to_string()))?
                 .url;
-            let (rd, wr, leftover) = spdy_connect(&url, PORT_FORWARD).await.map_err(fail)?;
+            let streams = [("error", ERROR_STREAM), ("data", DATA_STREAM)].map(|(kind, id)| {
+                let headers = vec![
+                    ("streamtype".to_string(), kind.to_string()),
+                    ("port".to_string(), port.to_string()),
+                    ("requestid".to_string(), "0".to_string()),
+                ];
+                (id, headers)
+            });
+            let (reader, writer) = open_session(&url, PORT_FORWARD, &streams)
+                .await
+                .map_err(fail)?;
             let (ours, theirs) = tokio::io::duplex(256 * 1024);
-            tokio::spawn(pump_port(rd, wr, leftover, theirs, port));
+            tokio::spawn(pump_port(reader, writer, theirs, port));
             Ok(Box::new(ours) as super::spdy::PodConn)
         })
     })
 }
 
 const PORT_FORWARD: &str = "portforward.k8s.io";
+const ERROR_STREAM: u32 = 1;
+const DATA_STREAM: u32 = 3;
 
 /// Moves one forwarded connection's bytes between `local` and the SPDY data stream.
 async fn pump_port(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    leftover: Vec<u8>,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
     local: tokio::io::DuplexStream,
     port: u16,
 ) {
-    const ERROR_STREAM: u32 = 1;
-    const DATA_STREAM: u32 = 3;
-    let mut enc = Encoder::default();
-    let mut out = Vec::new();
-    for (id, kind) in [(ERROR_STREAM, "error"), (DATA_STREAM, "data")] {
-        let headers = vec![
-            ("streamtype".to_string(), kind.to_string()),
-            ("port".to_string(), port.to_string()),
-            ("requestid".to_string(), "0".to_string()),
-        ];
-        if enc
-            .encode(
-                &Frame::SynStream {
-                    stream_id: id,
-                    associated: 0,
-                    fin: false,
-                    headers,
-                },
-                &mut out,
-            )
-            .is_err()
-        {
-            return;
-        }
-    }
-    // Nothing goes up the error stream.
-    let _ = enc.encode(
-        &Frame::Data {
-            stream_id: ERROR_STREAM,
-            fin: true,
-            data: Default::default(),
-        },
-        &mut out,
-    );
-    if wr.write_all(&out).await.is_err() {
-        return;
-    }
     let (mut lr, mut lw) = tokio::io::split(local);
-    let mut dec = Decoder::default();
-    dec.push(&leftover);
-    let mut buf = vec![0u8; 32 * 1024];
     let mut lbuf = vec![0u8; 32 * 1024];
     let (mut remote_open, mut local_open) = (true, true);
     let mut error = Vec::new();
-    'session: loop {
-        loop {
-            let frame = match dec.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(error = %e, "spdy: bad frame from the streaming server");
-                    break 'session;
-                }
-            };
-            match frame {
-                Frame::Data {
-                    stream_id: DATA_STREAM,
-                    fin,
-                    data,
-                } => {
+    while (remote_open || local_open) && error.is_empty() {
+        tokio::select! {
+            frame = reader.next() => match frame {
+                None | Some(Frame::GoAway { .. }) => break,
+                Some(Frame::RstStream { stream_id: DATA_STREAM, .. }) => break,
+                Some(Frame::Data { stream_id: DATA_STREAM, fin, data }) => {
                     if !data.is_empty() && lw.write_all(&data).await.is_err() {
-                        break 'session;
+                        break;
                     }
                     if fin {
                         remote_open = false;
                         let _ = lw.shutdown().await;
                     }
                 }
-                Frame::Data {
-                    stream_id: ERROR_STREAM,
-                    data,
-                    ..
-                } => error.extend_from_slice(&data),
-                Frame::RstStream {
-                    stream_id: DATA_STREAM,
-                    ..
-                }
-                | Frame::GoAway { .. } => break 'session,
-                Frame::Ping { id } => {
-                    let mut o = Vec::new();
-                    if enc.encode(&Frame::Ping { id }, &mut o).is_ok()
-                        && wr.write_all(&o).await.is_err()
-                    {
-                        break 'session;
+                Some(Frame::Data { stream_id: ERROR_STREAM, data, .. }) => error.extend_from_slice(&data),
+                Some(Frame::Ping { id }) => {
+                    if !writer.send(&[Frame::Ping { id }]).await {
+                        break;
                     }
                 }
-                _ => {}
-            }
-        }
-        if !error.is_empty() {
-            warn!(port, error = %String::from_utf8_lossy(&error), "port-forward through the runtime failed");
-            break;
-        }
-        if !remote_open && !local_open {
-            break;
-        }
-        tokio::select! {
-            n = rd.read(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => dec.push(&buf[..n]),
+                Some(_) => {}
             },
             n = lr.read(&mut lbuf), if local_open => {
-                let mut o = Vec::new();
-                let frame = match n {
+                let sent = match n {
                     Ok(0) | Err(_) => {
                         local_open = false;
-                        Frame::Data { stream_id: DATA_STREAM, fin: true, data: Default::default() }
+                        writer.finish(DATA_STREAM).await
                     }
-                    Ok(n) => Frame::Data {
-                        stream_id: DATA_STREAM,
-                        fin: false,
-                        data: bytes::Bytes::copy_from_slice(&lbuf[..n]),
-                    },
+                    Ok(n) => {
+                        let data = bytes::Bytes::copy_from_slice(&lbuf[..n]);
+                        writer.send(&[Frame::Data { stream_id: DATA_STREAM, fin: false, data }]).await
+                    }
                 };
-                if enc.encode(&frame, &mut o).is_err() || wr.write_all(&o).await.is_err() {
+                if !sent {
                     break;
                 }
             }
         }
     }
+    if !error.is_empty() {
+        warn!(port, error = %String::from_utf8_lossy(&error), "port-forward through the runtime failed");
+    }
     let _ = lw.shutdown().await;
-    let _ = wr.shutdown().await;
+    let _ = writer.wr.shutdown().await;
 }

@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "wait.rs"]
+pub mod wait;
 
 pub struct Registry {
     /// `127.0.0.1:PORT`, as written in image references.
@@ -95,26 +98,25 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry must be installed (apt install docker-registry)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(code) = probe(&addr) {
-                if code == 200 || code == 401 {
-                    break;
-                }
-            }
+        let mut exited = None;
+        let answering = wait::until_blocking(Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("exited with {status}:\n{log}"));
+                exited = Some(status);
+                return true;
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!(
-                    "not answering GET /v2/ on {addr} after 30s:\n{log}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(25));
+            probe(&addr).is_some_and(|code| code == 200 || code == 401)
+        });
+        if let Some(status) = exited {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("exited with {status}:\n{log}"));
+        }
+        if !answering {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!(
+                "not answering GET /v2/ on {addr} after 30s:\n{log}"
+            ));
         }
         Ok(Registry {
             addr,
