@@ -9,13 +9,13 @@
 //! `scripts/bench-linux-vs-wasm.sh` runs it twice on one node: a Wasm pod and a Linux
 //! container pod of the same tiny HTTP app.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Event as KubeEvent, Namespace, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
@@ -170,7 +170,6 @@ fn pod(name: &str, run: &str, a: &Args) -> Pod {
         },
         spec: Some(PodSpec {
             node_name: (!a.schedule).then(|| a.node.clone()),
-            termination_grace_period_seconds: Some(0),
             runtime_class_name: a.runtime_class.clone(),
             containers: vec![Container {
                 name: "app".into(),
@@ -269,14 +268,74 @@ async fn run_burst(
     Ok((lat, all))
 }
 
+/// Deletes the namespace's pods gracefully and waits until every object is gone (their
+/// kubelet has stopped the containers) and the kubelet's `Killing` event of each is
+/// recorded (its event writer is first-in first-out, so the pods' earlier events are
+/// written too): the next run starts on a settled node, not beside the teardown and
+/// the event writes of the previous pods. A kubelet that records no `Killing` event
+/// costs a 5 s wait per call, with a warning.
 async fn delete_all(client: &Client, ns: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.delete_collection(
-        &DeleteParams::default().grace_period(0),
-        &ListParams::default(),
-    )
-    .await?;
+    let names: HashSet<String> = pods
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_gone(pods).await?;
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), ns);
+    if tokio::time::timeout(Duration::from_secs(5), wait_killed(events, names))
+        .await
+        .is_err()
+    {
+        eprintln!("warning: no Killing event for every deleted pod within 5 s");
+    }
     Ok(())
+}
+
+async fn wait_killed(events: Api<KubeEvent>, mut names: HashSet<String>) -> anyhow::Result<()> {
+    let mut stream = watcher::watcher(events, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.try_next().await? {
+        if let Event::Apply(e) | Event::InitApply(e) = ev {
+            if e.reason.as_deref() == Some("Killing") {
+                names.remove(e.involved_object.name.as_deref().unwrap_or_default());
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watch ended early")
+}
+
+async fn wait_gone(pods: Api<Pod>) -> anyhow::Result<()> {
+    let mut stream = watcher::watcher(pods, watcher::Config::default()).boxed();
+    let (mut live, mut listing) = (HashSet::new(), HashSet::new());
+    let mut listed = false;
+    while let Some(ev) = stream.try_next().await? {
+        match ev {
+            Event::Init => listing.clear(),
+            Event::InitApply(p) => {
+                listing.insert(p.metadata.name.unwrap_or_default());
+            }
+            Event::InitDone => {
+                live = std::mem::take(&mut listing);
+                listed = true;
+            }
+            Event::Apply(p) => {
+                live.insert(p.metadata.name.unwrap_or_default());
+            }
+            Event::Delete(p) => {
+                live.remove(&p.metadata.name.unwrap_or_default());
+            }
+        }
+        if listed && live.is_empty() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watch ended early")
 }
 
 #[tokio::main]

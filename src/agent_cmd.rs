@@ -568,14 +568,12 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
             s.kubeconfig.display()
         );
         let Some(node) = node else { return };
-        let (url, token_file) = (s.url.clone(), s.token_file.clone());
+        let url = s.url.clone();
+        // The node of `kelp up` calls its API server in-process, with the identity the
+        // join token gives a separate agent.
+        let client = s.loopback.node();
         tokio::spawn(async move {
             let run = async {
-                let token = std::fs::read_to_string(&token_file)
-                    .with_context(|| format!("reading {}", token_file.display()))?;
-                let client = client::from_token(&url, &token, Some(&ca))
-                    .await
-                    .context("building the node's API client")?;
                 let ca_pem = std::fs::read_to_string(&ca)
                     .with_context(|| format!("reading {}", ca.display()))?;
                 run_node(

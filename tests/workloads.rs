@@ -158,7 +158,12 @@ spec:
     assert_eq!(condition(&j, "SuccessCriteriaMet")["status"], "True");
     assert!(j["status"]["completionTime"].is_string() && j["status"]["startTime"].is_string());
     let pods = items(&c.kubectl_json(&["get", "pods", "-l", "batch.kubernetes.io/job-name=ten"]));
-    assert_eq!(pods.iter().filter(|p| phase(p) == "Succeeded").count(), 10);
+    assert_eq!(
+        pods.iter().filter(|p| phase(p) == "Succeeded").count(),
+        10,
+        "{}",
+        serde_json::to_string_pretty(&pods).unwrap_or_default()
+    );
     assert!(
         pods.iter().all(|p| p["metadata"]["finalizers"]
             .as_array()

@@ -17,9 +17,9 @@ pub use kelp_controllers as controllers;
 pub use kelp_storage as storage;
 
 use kelp_apiserver::app::App;
-use kelp_apiserver::authn::{Authenticator, UserInfo};
+use kelp_apiserver::authn::{Authenticator, UserInfo, AUTHENTICATED_GROUP};
 use kelp_apiserver::authz::AlwaysAllow;
-use kelp_apiserver::tls;
+use kelp_apiserver::tls::{self, ADMIN_GROUP};
 use kelp_storage::Store;
 
 /// Where the cluster's state lives.
@@ -116,6 +116,53 @@ pub struct Started {
     pub kubeconfig: PathBuf,
     pub token_file: PathBuf,
     pub addr: SocketAddr,
+    /// API clients for components in this process.
+    pub loopback: Loopback,
+}
+
+/// Makes API clients for components running in the server's process: they call the
+/// router directly (`kelp_apiserver::loopback`) instead of dialing the HTTPS port.
+#[derive(Clone)]
+pub struct Loopback {
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for Loopback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loopback")
+    }
+}
+
+impl Loopback {
+    /// A client acting as `user`.
+    pub fn client(&self, user: UserInfo) -> kube::Client {
+        kube::Client::new(
+            kelp_apiserver::loopback::service(self.app.router(), user),
+            "default",
+        )
+    }
+
+    /// A client in the administrators' group (what the admin kubeconfig is).
+    pub fn admin(&self) -> kube::Client {
+        self.client(UserInfo {
+            username: "kelp-loopback".into(),
+            uid: String::new(),
+            groups: vec![ADMIN_GROUP.into(), AUTHENTICATED_GROUP.into()],
+        })
+    }
+
+    /// A client with the identity the node join token gives.
+    pub fn node(&self) -> kube::Client {
+        self.client(node_user())
+    }
+}
+
+fn node_user() -> UserInfo {
+    UserInfo {
+        username: "kelp-node".into(),
+        uid: String::new(),
+        groups: vec!["system:nodes".into(), AUTHENTICATED_GROUP.into()],
+    }
 }
 
 async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, ControlPlaneError> {
@@ -155,37 +202,30 @@ fn spawn_compactor(store: Arc<dyn Store>, every: Duration) {
     });
 }
 
-/// The controller-manager in-process, as an API client of the server through the
-/// admin kubeconfig (exactly what `kelp controller-manager` does in its own process).
+/// The controller-manager in-process, an administrator's API client on the loopback
+/// transport (otherwise exactly what `kelp controller-manager` does in its own process).
 fn spawn_controller_manager(
-    kubeconfig: PathBuf,
+    client: kube::Client,
     opts: kelp_controllers::manager::ManagerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let run = async {
-            let client = kelp_controllers::manager::client_from_kubeconfig(&kubeconfig).await?;
-            kelp_controllers::manager::run_manager(client, opts, shutdown).await
-        };
-        if let Err(e) = run.await {
+        if let Err(e) = kelp_controllers::manager::run_manager(client, opts, shutdown).await {
             tracing::error!(error = %e, "the in-process controller-manager stopped");
         }
     })
 }
 
-/// The cloud-controller-manager in-process, an API client on the admin kubeconfig
-/// like `kelp cloud-controller-manager` in its own process.
+/// The cloud-controller-manager in-process, an administrator's loopback client, like
+/// `kelp cloud-controller-manager` in its own process.
 fn spawn_cloud_controller_manager(
-    kubeconfig: PathBuf,
+    client: kube::Client,
     opts: kelp_cloud::manager::CloudOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let run = async {
             let provider = opts.build_provider()?;
-            let client = kelp_controllers::manager::client_from_kubeconfig(&kubeconfig)
-                .await
-                .map_err(|e| kelp_cloud::CloudError::Other(e.to_string()))?;
             kelp_cloud::manager::run(client, provider, opts, shutdown).await
         };
         if let Err(e) = run.await {
@@ -196,14 +236,7 @@ fn spawn_cloud_controller_manager(
 
 /// The in-process scheduler: an API client on the admin kubeconfig, like any other,
 /// leader-elected so several servers can share one datastore.
-async fn run_scheduler(kubeconfig: PathBuf, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let client = match kelp_scheduler::client_from_kubeconfig(&kubeconfig).await {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "scheduler: no API client; not scheduling");
-            return;
-        }
-    };
+async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
     let r = kelp_scheduler::run_leader_elected(
         client,
         kelp_scheduler::SchedulerConfig::new(),
@@ -278,20 +311,14 @@ pub async fn run(
     tls::write_kubeconfig(&kubeconfig, &url, &pki, "kelp")?;
 
     let mut authn = Authenticator::new();
-    authn.add_token(
-        &token,
-        UserInfo {
-            username: "kelp-node".into(),
-            uid: String::new(),
-            groups: vec!["system:nodes".into(), "system:authenticated".into()],
-        },
-    );
+    authn.add_token(&token, node_user());
     let router = app.router();
     let started = Started {
         url,
         kubeconfig,
         token_file,
         addr,
+        loopback: Loopback { app: app.clone() },
     };
     on_ready(&started);
     // One shutdown for the server and the in-process components. The components stop
@@ -305,21 +332,21 @@ pub async fn run(
     let mut components = Vec::new();
     if let Some(opts) = cfg.controllers.clone() {
         components.push(spawn_controller_manager(
-            started.kubeconfig.clone(),
+            started.loopback.admin(),
             opts,
             stopped(stop_rx.clone()),
         ));
     }
     if let Some(opts) = cfg.cloud.clone() {
         components.push(spawn_cloud_controller_manager(
-            started.kubeconfig.clone(),
+            started.loopback.admin(),
             opts,
             stopped(stop_rx.clone()),
         ));
     }
     if cfg.scheduler {
         components.push(tokio::spawn(run_scheduler(
-            started.kubeconfig.clone(),
+            started.loopback.admin(),
             stopped(stop_rx.clone()),
         )));
     }

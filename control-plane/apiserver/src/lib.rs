@@ -14,6 +14,7 @@ pub mod error;
 pub mod eviction;
 pub mod filter;
 pub mod kubernetes_service;
+pub mod loopback;
 pub mod metrics_api;
 pub mod objects;
 pub mod request;

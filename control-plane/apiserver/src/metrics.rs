@@ -313,10 +313,15 @@ pub async fn metrics_layer(
     req.extensions_mut().insert(attrs);
 
     let start = Instant::now();
+    let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_string());
     let resp = next.run(req).await;
     m.count(&labels, resp.status().as_u16());
     if !long_running && !upgrade {
-        m.observe_duration(&labels, start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed();
+        m.observe_duration(&labels, elapsed.as_secs_f64());
+        if let Some(path) = path {
+            tracing::debug!(%method, path, status = resp.status().as_u16(), micros = elapsed.as_micros() as u64, "request served");
+        }
         return resp;
     }
     if !resp.status().is_success() {

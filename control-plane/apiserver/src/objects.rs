@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
 use kelp_api::builtin;
@@ -24,11 +25,42 @@ pub fn decode(kv: &KeyValue) -> Result<Value, serde_json::Error> {
 
 /// Encodes an object for the store, without its resourceVersion.
 pub fn encode(v: &Value) -> Vec<u8> {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    serde_json::to_vec(&WithoutVersion(v)).unwrap_or_default()
+}
+
+/// Serializes an object as it is but for `metadata.resourceVersion` (no copy of the
+/// object made to remove it).
+struct WithoutVersion<'a>(&'a Value);
+
+impl Serialize for WithoutVersion<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(top) = self.0.as_object() else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match (k.as_str(), v.as_object()) {
+                ("metadata", Some(meta)) => {
+                    map.serialize_entry(k, &MetadataWithoutVersion(meta))?
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+struct MetadataWithoutVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl Serialize for MetadataWithoutVersion<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let fields = self.0.iter().filter(|(k, _)| *k != "resourceVersion");
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in fields {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Where a resource's objects live.
@@ -127,5 +159,38 @@ impl Registry {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn encode_drops_only_the_resource_version() {
+        let obj = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "a", "resourceVersion": "42", "labels": {"resourceVersion": "x"}},
+            "spec": {"resourceVersion": "kept"},
+        });
+        let back: Value = serde_json::from_slice(&encode(&obj)).unwrap();
+        assert_eq!(
+            back,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "a", "labels": {"resourceVersion": "x"}},
+                "spec": {"resourceVersion": "kept"},
+            })
+        );
+        let kv = KeyValue {
+            key: "/registry/pods/ns/a".into(),
+            value: encode(&obj),
+            create_revision: 40,
+            mod_revision: 42,
+        };
+        assert_eq!(decode(&kv).unwrap(), obj);
     }
 }

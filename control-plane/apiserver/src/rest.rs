@@ -253,12 +253,19 @@ pub async fn create_object(
     match outcome? {
         WriteOutcome::Done(kv) => {
             debug!(key = %k, revision = kv.mod_revision, "created");
-            decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
+            Ok(with_revision(obj, kv.mod_revision))
         }
         WriteOutcome::Conflict(_) => {
             Err(ApiError::already_exists(group(info), &info.plural, &name))
         }
     }
+}
+
+/// The object as written, with the revision the store gave it (what decoding the
+/// stored bytes would give, without decoding them).
+fn with_revision(mut obj: Value, revision: i64) -> Value {
+    strategy::meta_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
+    obj
 }
 
 fn is_service(info: &ResourceInfo) -> bool {
@@ -284,16 +291,42 @@ pub async fn guaranteed_update(
     manager: Option<&str>,
     mutate: &mut Mutation<'_>,
 ) -> ApiResult<Value> {
+    let k = key(info, ns, name);
+    let service_spec = is_service(info) && sub.is_none();
+    // The first attempt starts from the watch cache's copy (upstream's cached existing
+    // object): no store read and no decoding. The write is conditional on its revision,
+    // so a stale copy only costs a retry from the store; anything a stale copy could
+    // decide wrongly without writing (a failed mutation, a pinned resourceVersion, no
+    // change) is decided again on the stored object.
+    let mut from_cache = !service_spec;
+    // The stored object as a conflicting write returned it.
+    let mut conflicted: Option<(Value, i64)> = None;
     for _ in 0..64 {
-        let (current, rev) = read(app, info, ns, name).await?;
-        let mut desired = mutate(&current)?;
-        let service_spec = is_service(info) && sub.is_none();
+        let cached = if std::mem::take(&mut from_cache) {
+            app.cache.get(&k).await
+        } else {
+            None
+        };
+        let stale_ok = cached.is_some();
+        let (current, rev) = match (cached, conflicted.take()) {
+            (Some(o), _) => (o.value.clone(), o.revision),
+            (None, Some(f)) => f,
+            (None, None) => read(app, info, ns, name).await?,
+        };
+        let mut desired = match mutate(&current) {
+            Ok(d) => d,
+            Err(_) if stale_ok => continue,
+            Err(e) => return Err(e),
+        };
         if service_spec {
             ServiceAllocator::patch_allocated(&current, &mut desired);
         }
         let pinned = meta_str(&desired, "resourceVersion").map(str::to_string);
         if let Some(p) = &pinned {
             if *p != rev.to_string() {
+                if stale_ok {
+                    continue;
+                }
                 return Err(ApiError::conflict(group(info), &info.plural, name));
             }
         }
@@ -304,11 +337,18 @@ pub async fn guaranteed_update(
                 )));
             }
         }
-        let mut new = strategy::prepare_update(info, sub, &current, desired)?;
+        let mut new = match strategy::prepare_update(info, sub, &current, desired) {
+            Ok(n) => n,
+            Err(_) if stale_ok => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(manager) = manager {
             patch::record_update(Some(&current), &mut new, manager, "Update", &now_rfc3339());
         }
         if strategy::unchanged(&current, &new) {
+            if stale_ok {
+                continue;
+            }
             return Ok(current);
         }
         let (fresh, stale) = if service_spec && new.pointer("/metadata/deletionTimestamp").is_none()
@@ -329,7 +369,6 @@ pub async fn guaranteed_update(
         };
         let finalizers_empty =
             empty("/metadata/finalizers") && (!is_namespace(info) || empty("/spec/finalizers"));
-        let k = key(info, ns, name);
         if new.pointer("/metadata/deletionTimestamp").is_some()
             && finalizers_empty
             && !graceful_pending(info, &new)
@@ -356,13 +395,14 @@ pub async fn guaranteed_update(
             _ => app.services.release(&fresh).await,
         }
         match outcome? {
-            WriteOutcome::Done(kv) => {
-                return decode(&kv).map_err(|e| ApiError::internal(e.to_string()))
-            }
+            WriteOutcome::Done(kv) => return Ok(with_revision(new, kv.mod_revision)),
             WriteOutcome::Conflict(None) => {
                 return Err(ApiError::not_found(group(info), &info.plural, name))
             }
-            WriteOutcome::Conflict(Some(_)) if pinned.is_none() => continue,
+            WriteOutcome::Conflict(Some(kv)) if pinned.is_none() => {
+                conflicted = decode(&kv).ok().map(|v| (v, kv.mod_revision));
+                continue;
+            }
             WriteOutcome::Conflict(Some(_)) => {
                 return Err(ApiError::conflict(group(info), &info.plural, name))
             }

@@ -542,6 +542,8 @@ impl Writer {
 
     /// One transaction for the whole group (and one compaction step if one is due).
     fn commit(&mut self, group: Vec<Request>) {
+        let started = std::time::Instant::now();
+        let size = group.len();
         let mut replies = Vec::with_capacity(group.len());
         let mut outcomes = Vec::with_capacity(group.len());
         let mut published = Vec::new();
@@ -599,6 +601,12 @@ impl Writer {
         })();
         match result {
             Ok(c) => {
+                debug!(
+                    size,
+                    micros = started.elapsed().as_micros() as u64,
+                    revision = c.rev,
+                    "group committed"
+                );
                 self.rev = c.rev;
                 self.compacted = c.compacted;
                 self.compact_done = c.compact_done;

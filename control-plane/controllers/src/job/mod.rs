@@ -37,6 +37,11 @@ pub struct JobController {
     jobs: Store<Job>,
     expectations: Expectations,
     backoff: Mutex<HashMap<String, BackoffRecord>>,
+    /// The resourceVersion of each Job's last status this controller wrote. A sync
+    /// whose informer copy is older would decide on counts from before that write
+    /// (pods whose finalizers it since removed would count for nothing) and create
+    /// pods the Job no longer needs; it waits for the informer instead.
+    written: Mutex<HashMap<String, u64>>,
 }
 
 pub fn run(ctx: Context) -> ControllerFuture {
@@ -53,6 +58,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             jobs: jobs.clone(),
             expectations: Expectations::default(),
             backoff: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         });
         // Pods whose Job is gone still hold our finalizer: let them go.
         let orphans = state.clone();
@@ -176,6 +182,19 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     if !st.expectations.satisfied(&key, |n| seen(&st.pods, &ns, n)) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    let version = |j: &Job| {
+        j.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let last_written = st.written.lock().expect("written lock").get(&key).copied();
+    if let (Some(w), Some(v)) = (last_written, version(&job)) {
+        if v < w {
+            // The Job's update event will trigger the next sync.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
     let owned: Vec<Arc<Pod>> = st
         .pods
         .state()
@@ -223,6 +242,7 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
             .extend(d.newly_failed.iter().cloned());
         current.status = Some(status);
         current = write_status(&jobs_api, &current).await?;
+        remember_written(&st, &key, &current);
     }
     // 2. Deletions and creations.
     for name in &d.delete {
@@ -308,7 +328,8 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     // 4. The final status, counts moved out of uncounted.
     if current.status.as_ref() != Some(&d.status) {
         current.status = Some(d.status.clone());
-        write_status(&jobs_api, &current).await?;
+        let written = write_status(&jobs_api, &current).await?;
+        remember_written(&st, &key, &written);
     }
     st.backoff
         .lock()
@@ -321,6 +342,22 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
         Some(after) => Action::requeue(after),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+fn remember_written(st: &JobController, key: &str, job: &Job) {
+    let mut written = st.written.lock().expect("written lock");
+    match job.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()) {
+        Some(v) => {
+            // Bounded: Jobs come and go; a forgotten entry only loses the guard once.
+            if written.len() > 10_000 {
+                written.clear();
+            }
+            written.insert(key.to_string(), v);
+        }
+        None => {
+            written.remove(key);
+        }
+    }
 }
 
 async fn write_status(api: &Api<Job>, job: &Job) -> Result<Job, ControllerError> {
