@@ -346,7 +346,12 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
 
 fn remember_written(st: &JobController, key: &str, job: &Job) {
     let mut written = st.written.lock().expect("written lock");
-    match job.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()) {
+    match job
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+    {
         Some(v) => {
             // Bounded: Jobs come and go; a forgotten entry only loses the guard once.
             if written.len() > 10_000 {
