@@ -15,6 +15,7 @@ cargo build --release --bin kelp --example pod_bench -p kelp
 
 work=$(mktemp -d)
 pids=()
+netns_before=$(ls /var/run/netns 2>/dev/null || true)
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -f "$work/ctd/containerd.pid" ]; then
@@ -23,7 +24,16 @@ cleanup() {
       ctr --address "$work/ctd/containerd.sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
     done
     kill "$(cat "$work/ctd/containerd.pid")" 2>/dev/null || true
+    # Shims (and their containers) of pods still being torn down when the run ended.
+    for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $work/" || true); do
+      pkill -9 -P "$shim" 2>/dev/null || true
+      kill -9 "$shim" 2>/dev/null || true
+    done
   fi
+  # The network namespaces CNI made for this run's sandboxes.
+  for n in $(ls /var/run/netns 2>/dev/null); do
+    grep -qx "$n" <<<"$netns_before" || ip netns del "$n" 2>/dev/null || true
+  done
   ip link del kelpbench0 2>/dev/null || true
   ip link del kelpb-pods 2>/dev/null || true
   umount $(mount | awk -v d="$work" '$3 ~ d {print $3}' | sort -r) 2>/dev/null || true
