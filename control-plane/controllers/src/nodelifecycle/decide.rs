@@ -20,6 +20,11 @@ pub enum Health {
     Ready,
     NotReady,
     Unknown,
+    /// No Ready condition posted yet, within the grace period: a node registering.
+    /// Upstream acts on the Ready condition the node has and, for one that never
+    /// posted, waits out a grace period before making it Unknown; tainting it at once
+    /// kept pods off a node about to be Ready.
+    Registering,
 }
 
 /// Health from the kubelet's own Ready condition and the time since the controller
@@ -31,7 +36,8 @@ pub fn health(ready: Option<&NodeCondition>, silent_for: Duration, grace: Durati
     match ready.map(|c| c.status.as_str()) {
         Some("True") => Health::Ready,
         Some("False") => Health::NotReady,
-        _ => Health::Unknown,
+        Some(_) => Health::Unknown,
+        None => Health::Registering,
     }
 }
 
@@ -75,6 +81,7 @@ fn ours(t: &Taint) -> bool {
 /// nothing changes.
 pub fn desired_taints(current: &[Taint], health: Health, now: Timestamp) -> Option<Vec<Taint>> {
     let key = match health {
+        Health::Registering => return None,
         Health::Ready => None,
         Health::NotReady => Some(NOT_READY),
         Health::Unknown => Some(UNREACHABLE),
@@ -162,7 +169,9 @@ mod tests {
             health(Some(&ready("False")), Duration::ZERO, g),
             Health::NotReady
         );
-        assert_eq!(health(None, Duration::ZERO, g), Health::Unknown);
+        assert_eq!(health(None, Duration::ZERO, g), Health::Registering);
+        assert_eq!(health(None, Duration::from_secs(41), g), Health::Unknown);
+        assert!(desired_taints(&[], Health::Registering, ts(1000)).is_none());
     }
 
     #[test]

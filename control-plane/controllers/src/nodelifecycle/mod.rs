@@ -181,7 +181,7 @@ impl Monitor {
             }
             None => current,
         };
-        if h == Health::Ready {
+        if matches!(h, Health::Ready | Health::Registering) {
             return Ok(());
         }
         for pod in pods {
