@@ -294,13 +294,9 @@ impl Up {
         self.child = Some(child);
         let ok = wait_until(DEADLINE, || {
             self.kubeconfig().exists()
-                && self.json(&["get", "node", &self.node]).is_some_and(|n| {
-                    n["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
+                && self
+                    .json(&["get", "node", &self.node])
+                    .is_some_and(|n| common::is_ready(&n))
         });
         assert!(ok, "kelp up's node never became Ready:\n{}", self.log());
     }

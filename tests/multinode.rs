@@ -54,10 +54,7 @@ fn live_pods(c: &Cluster) -> Vec<(String, String, bool)> {
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
-            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
+            let ready = common::is_ready(p);
             (
                 p["metadata"]["name"].as_str().unwrap_or("").to_string(),
                 p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),

@@ -459,10 +459,7 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
             let Some(p) = w.json(&["get", "pod", name]) else {
                 return false;
             };
-            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
+            let ready = common::is_ready(&p);
             found = p["status"]["podIP"].as_str().unwrap_or("").to_string();
             ready && !found.is_empty()
         });

@@ -57,6 +57,14 @@ pub fn push_as(file: &Path, reference: &str, creds: Option<(&str, &str)>) {
     );
 }
 
+/// Whether a Node or Pod (as JSON) has the condition `Ready=True`.
+pub fn is_ready(obj: &serde_json::Value) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
 /// Polls `cond` until it holds (true) or `timeout` passes (false).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::wait_until;
+use crate::common::{is_ready, wait_until};
 
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -83,13 +83,7 @@ impl Up {
                     .kubectl(&["get", "node", &up.node, "-o", "json"])
                     .ok()
                     .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                    .is_some_and(|n| {
-                        n["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
+                    .is_some_and(|n| is_ready(&n))
         });
         assert!(ok, "kelp up's node never became Ready:\n{}", up.log());
         up
