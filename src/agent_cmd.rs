@@ -193,9 +193,6 @@ pub struct UpArgs {
     /// The node's name (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
-    /// A registry reached over plain http although not on loopback (repeatable).
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure_registry: Vec<String>,
     /// Also run Linux containers through this CRI runtime (`unix:///PATH`, e.g.
     /// containerd's socket) next to the in-process Wasm runtime.
     #[arg(long)]
@@ -532,7 +529,7 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         node_ip: None,
         data_dir: data_dir.to_path_buf(),
         container_runtime_endpoint: up.container_runtime_endpoint.clone(),
-        insecure_registry: up.insecure_registry.clone(),
+        insecure_registry: up.control_plane.insecure_registry.clone(),
         max_pods: 10_000,
         kubelet_port: up.kubelet_port,
         cloud_provider: None,
@@ -552,7 +549,8 @@ pub async fn run_up(up: UpArgs) -> anyhow::Result<()> {
     let args = up.control_plane.clone();
     let mut cfg = args.config()?;
     cfg.controllers = Some(args.controller_flags.manager_options()?);
-    cfg.scheduler = !args.disable_scheduler;
+    cfg.scheduler = (!args.disable_scheduler)
+        .then(|| crate::image_kind::scheduler_config(args.insecure_registry.clone()));
     cfg.cloud = args
         .cloud
         .options(args.controller_flags.node_monitor_period)?;

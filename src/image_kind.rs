@@ -79,3 +79,71 @@ impl ImageClassifier for Classifier {
         Ok(kind)
     }
 }
+
+const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The scheduler's view of an image's kind: its manifest and config in the registry
+/// (nothing is downloaded into a store), with the pod's imagePullSecrets.
+pub struct RegistryInspector {
+    pub insecure_registries: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl kelp_scheduler::ImageInspector for RegistryInspector {
+    async fn kind(
+        &self,
+        client: &kelp_node_agent::kube::Client,
+        image: &str,
+        pod: &kelp_node_agent::k8s_openapi::api::core::v1::Pod,
+    ) -> Result<kelp_scheduler::ImageKind, String> {
+        use kelp_node_agent::k8s_openapi::api::core::v1::Secret;
+        use kelp_node_agent::kubelet::pull_secrets;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let api: kelp_node_agent::kube::Api<Secret> =
+            kelp_node_agent::kube::Api::namespaced(client.clone(), ns);
+        let mut secrets = Vec::new();
+        for r in pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        {
+            // A missing secret is the kubelet's to report; try anonymously.
+            if let Ok(Some(s)) = api.get_opt(&r.name).await {
+                secrets.push(pull_secrets::secret_data(s));
+            }
+        }
+        let auth = pull_secrets::credentials_for(image, &secrets)
+            .into_iter()
+            .next();
+        let auth =
+            kelp_runtime_wasm::service::registry_auth(auth).map_err(|e| e.message().to_string())?;
+        let opts = PullOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            ..Default::default()
+        };
+        // Pods wait for this answer: a registry that does not answer soon is treated
+        // as one that cannot be asked.
+        let asked = tokio::time::timeout(
+            INSPECT_TIMEOUT,
+            kelp_runtime_wasm::image::inspect(image, &auth, &opts),
+        );
+        match asked.await {
+            Ok(Ok(())) => Ok(kelp_scheduler::ImageKind::Wasm),
+            Ok(Err(ImageError::NotWasm { .. })) => Ok(kelp_scheduler::ImageKind::Linux),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {INSPECT_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// The scheduler configuration of `kelp up`, `kelp server` and `kelp scheduler`: pods
+/// naming no RuntimeClass go to nodes serving the handler their images need.
+pub fn scheduler_config(insecure_registries: Vec<String>) -> kelp_scheduler::SchedulerConfig {
+    let mut cfg = kelp_scheduler::SchedulerConfig::new();
+    cfg.image_routing = Some(kelp_scheduler::ImageRouting::new(Arc::new(
+        RegistryInspector {
+            insecure_registries,
+        },
+    )));
+    cfg
+}

@@ -88,6 +88,10 @@ struct ControlPlaneArgs {
     /// The port range NodePort Services are allocated from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// A registry reached over plain http although not on loopback (repeatable): the
+    /// scheduler looks at images there, `kelp up`'s node pulls from it.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
     /// Do not run the scheduler in this process (`kelp server` and `kelp up`).
     #[arg(long)]
     disable_scheduler: bool,
@@ -225,7 +229,7 @@ impl ControlPlaneArgs {
             .map_err(anyhow::Error::msg)
             .context("--service-cluster-ip-range / --service-node-port-range")?,
             controllers: None,
-            scheduler: false,
+            scheduler: None,
             cloud: None,
         })
     }
@@ -239,7 +243,8 @@ async fn run_control_plane(args: ControlPlaneArgs, what: &'static str) -> anyhow
     } else {
         None
     };
-    cfg.scheduler = what == "server" && !args.disable_scheduler;
+    cfg.scheduler = (what == "server" && !args.disable_scheduler)
+        .then(|| image_kind::scheduler_config(args.insecure_registry.clone()));
     if what == "server" {
         cfg.cloud = args
             .cloud

@@ -26,6 +26,10 @@ pub struct SchedulerArgs {
     /// Pods whose `spec.schedulerName` is this are scheduled; others are left alone.
     #[arg(long, default_value = kelp_scheduler::DEFAULT_SCHEDULER_NAME)]
     scheduler_name: String,
+    /// A registry reached over plain http although not on loopback (repeatable): the
+    /// scheduler reads image manifests to keep Linux images off Wasm-only nodes.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
 }
 
 pub async fn run(
@@ -35,7 +39,7 @@ pub async fn run(
     let client = kelp_scheduler::client_from_kubeconfig(&args.kubeconfig)
         .await
         .with_context(|| format!("kubeconfig {}", args.kubeconfig.display()))?;
-    let mut cfg = kelp_scheduler::SchedulerConfig::new();
+    let mut cfg = crate::image_kind::scheduler_config(args.insecure_registry);
     cfg.scheduler_name = args.scheduler_name;
     println!("kelp scheduler {} starting", cfg.identity);
     let stats = Default::default();

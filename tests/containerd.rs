@@ -177,25 +177,7 @@ fn linux_and_wasm_pods_share_a_node() {
     push_as(&http_hello(), &wasm_image, Some(("kelp", "pa55")));
     // The Deployment's image comes from the registry through containerd's CRI pull.
     let linux_image = format!("{}/kelp/busybox:1.35", reg.addr);
-    for args in [
-        vec!["images", "tag", BUSYBOX_IMAGE, &linux_image],
-        vec![
-            "images",
-            "push",
-            "--plain-http",
-            "--user",
-            "kelp:pa55",
-            &linux_image,
-        ],
-        vec!["images", "rm", &linux_image],
-    ] {
-        let out = ctd.ctr(&args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    push_busybox(&ctd, &linux_image, Some("kelp:pa55"));
 
     let bridge = Bridge(format!("kelpb{}", std::process::id() % 100_000));
     let up = Up::start(
@@ -463,37 +445,80 @@ fn linux_and_wasm_pods_share_a_node() {
     drop(up);
 }
 
+/// Pushes the busybox image to a registry as `image` through containerd (`auth`:
+/// `user:password`).
+fn push_busybox(ctd: &Containerd, image: &str, auth: Option<&str>) {
+    let mut push = vec!["images", "push", "--plain-http"];
+    if let Some(a) = auth {
+        push.extend(["--user", a]);
+    }
+    push.push(image);
+    for args in [
+        vec!["images", "tag", BUSYBOX_IMAGE, image],
+        push,
+        vec!["images", "rm", image],
+    ] {
+        let out = ctd.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// A node started without containerd serves only `wasm`: a pod of RuntimeClass `runc`
-/// is never scheduled, and the FailedScheduling event says why.
+/// is never scheduled, nor is a pod naming no RuntimeClass whose image is a Linux image
+/// (the scheduler reads its manifest in the registry), and the FailedScheduling events
+/// say why; a pod naming none whose image is Wasm runs.
 #[test]
 fn a_node_without_containerd_gets_no_linux_pods() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // containerd only puts the busybox image into the registry; the node has none.
+    let reg = registry::Registry::start();
+    let linux_image = format!("{}/kelp/busybox:1.35", reg.addr);
+    push_busybox(&Containerd::start(), &linux_image, None);
+    let wasm_image = format!("{}/kelp/http-hello:v1", reg.addr);
+    push_as(&http_hello(), &wasm_image, None);
+
     let up = Up::start("wasmonly", "info", &[]);
     up.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: linux}}\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: linux}}\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: linux-by-image}}\nspec:\n  containers:\n  - name: main\n    image: {linux_image}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: wasm-by-image}}\nspec:\n  containers:\n  - name: main\n    image: {wasm_image}\n"
     ));
     // The scheduler retries; an early attempt may see another reason (a node that
     // looked unreachable for a moment on a loaded machine), so wait for the handler.
-    let says_handler = |m: &Value| {
-        m["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("runtime handler \"runc\""))
-    };
+    for (pod, says) in [
+        ("linux", "runtime handler \"runc\" of RuntimeClass \"runc\""),
+        (
+            "linux-by-image",
+            "runtime handler \"runc\" its images need (the pod names no RuntimeClass)",
+        ),
+    ] {
+        wait_json(
+            &up,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={pod},reason=FailedScheduling"),
+            ],
+            &format!("a FailedScheduling event for {pod} naming the missing runtime handler"),
+            |l| {
+                l["items"].as_array().is_some_and(|i| {
+                    i.iter()
+                        .any(|e| e["message"].as_str().is_some_and(|m| m.contains(says)))
+                })
+            },
+        );
+        let pod = up.json(&["get", "pod", pod]);
+        assert_eq!(pod["spec"]["nodeName"], Value::Null);
+    }
     wait_json(
         &up,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=linux,reason=FailedScheduling",
-        ],
-        "a FailedScheduling event naming the missing runtime handler",
-        |l| {
-            l["items"]
-                .as_array()
-                .is_some_and(|i| i.iter().any(says_handler))
-        },
+        &["get", "pod", "wasm-by-image"],
+        "the Wasm pod naming no RuntimeClass Running",
+        |p| p["status"]["phase"] == "Running",
     );
-    let pod = up.json(&["get", "pod", "linux"]);
-    assert_eq!(pod["spec"]["nodeName"], Value::Null);
 }

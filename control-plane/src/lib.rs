@@ -76,8 +76,9 @@ pub struct Config {
     pub controllers: Option<kelp_controllers::manager::ManagerOptions>,
     /// Where Service ClusterIPs and NodePorts come from.
     pub service_ranges: kelp_apiserver::service_alloc::ServiceRanges,
-    /// Run the scheduler in this process (leader-elected) once the API serves.
-    pub scheduler: bool,
+    /// Run the scheduler in this process (leader-elected) with this configuration once
+    /// the API serves.
+    pub scheduler: Option<kelp_scheduler::SchedulerConfig>,
     /// Run the cloud-controller-manager in this process (leader-elected) with this
     /// provider once the API serves (`--cloud-provider`).
     pub cloud: Option<kelp_cloud::manager::CloudOptions>,
@@ -236,10 +237,14 @@ fn spawn_cloud_controller_manager(
 
 /// The in-process scheduler: an API client on the admin kubeconfig, like any other,
 /// leader-elected so several servers can share one datastore.
-async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+async fn run_scheduler(
+    client: kube::Client,
+    cfg: kelp_scheduler::SchedulerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let r = kelp_scheduler::run_leader_elected(
         client,
-        kelp_scheduler::SchedulerConfig::new(),
+        cfg,
         kelp_scheduler::LeaderElection::default(),
         Default::default(),
         shutdown,
@@ -344,9 +349,10 @@ pub async fn run(
             stopped(stop_rx.clone()),
         ));
     }
-    if cfg.scheduler {
+    if let Some(sched) = cfg.scheduler.clone() {
         components.push(tokio::spawn(run_scheduler(
             started.loopback.admin(),
+            sched,
             stopped(stop_rx.clone()),
         )));
     }

@@ -7,7 +7,7 @@ mod registry;
 use std::path::Path;
 
 use kelp_runtime_wasm::image::{
-    push, ImageError, ImageRecord, ImageStore, PullOptions, RegistryAuth, WasmKind,
+    inspect, push, ImageError, ImageRecord, ImageStore, PullOptions, RegistryAuth, WasmKind,
 };
 use registry::Registry;
 use serde_json::json;
@@ -488,7 +488,11 @@ async fn plain_oci_image_with_tar_layer() {
         OCI_MANIFEST,
     )
     .await;
-    let rec = pull_ok(&f.store, &format!("{}/plain/app:v1", reg.addr)).await;
+    let plain = format!("{}/plain/app:v1", reg.addr);
+    inspect(&plain, &RegistryAuth::Anonymous, &pull_opts())
+        .await
+        .expect("a wasi/wasm image with tar layers is a Wasm image");
+    let rec = pull_ok(&f.store, &plain).await;
     check_pulled(&rec, &wasm, WasmKind::Module);
     assert_eq!(rec.id, digest(&config));
     assert_eq!(
@@ -612,6 +616,21 @@ async fn multi_arch_index_picks_wasi_wasm() {
     .await;
     assert!(matches!(err, ImageError::NotWasm { .. }), "{err}");
     assert!(err.to_string().contains("no wasi/wasm entry"), "{err}");
+
+    // Inspecting (manifests and config only) tells the same apart.
+    let kind = |tag: &str| {
+        let r = format!("{}/multi:{tag}", reg.addr);
+        async move { inspect(&r, &RegistryAuth::Anonymous, &pull_opts()).await }
+    };
+    for tag in ["v1", "wasm"] {
+        assert!(kind(tag).await.is_ok(), "{tag}");
+    }
+    for tag in ["linux", "linux-only"] {
+        let err = kind(tag).await.unwrap_err();
+        assert!(matches!(err, ImageError::NotWasm { .. }), "{tag}: {err}");
+    }
+    let err = kind("absent").await.unwrap_err();
+    assert!(!matches!(err, ImageError::NotWasm { .. }), "{err}");
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ async fn scenario(nodes: usize, pods: usize) -> anyhow::Result<()> {
         kubeconfig: None,
         tls_sans: vec![],
         controllers: None,
-        scheduler: false,
+        scheduler: None,
         cloud: None,
         service_ranges: Default::default(),
     };

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod events;
 pub mod framework;
+pub mod images;
 pub mod labels;
 pub mod plugins;
 pub mod pod_info;
@@ -14,6 +15,7 @@ pub mod queue;
 pub mod resources;
 pub mod scheduler;
 
+pub use images::{ImageInspector, ImageKind, ImageRouting};
 pub use scheduler::{
     client_from_kubeconfig, default_identity, run, run_leader_elected, LeaderElection,
     SchedulerConfig, SchedulerError, Stats, DEFAULT_SCHEDULER_NAME,

@@ -127,6 +127,9 @@ pub struct PodInfo {
     pub topology_spread: Vec<TopologySpreadConstraint>,
     /// The RuntimeClass it names, `Err(name)` when that RuntimeClass does not exist.
     pub runtime_class: Option<Result<RuntimeClassInfo, String>>,
+    /// For a pod naming no RuntimeClass: the runtime handlers its images need (see
+    /// `images`); empty when that is unknown or does not matter.
+    pub image_handlers: Vec<String>,
     pub priority: i32,
 }
 
@@ -238,6 +241,7 @@ impl PodInfo {
             preferred_node_affinity,
             topology_spread,
             runtime_class,
+            image_handlers: Vec::new(),
             priority,
             pod,
         }

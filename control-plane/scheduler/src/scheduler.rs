@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::cache::Cache;
 use crate::events::Recorder;
 use crate::framework::Framework;
+use crate::images::{ImageKind, ImageKinds, ImageRouting, Needs};
 use crate::plugins::default_framework;
 use crate::pod_info::PodInfo;
 use crate::queue::{ClusterEvent, SchedulingQueue};
@@ -35,6 +36,9 @@ pub struct SchedulerConfig {
     pub identity: String,
     /// Bindings in flight at once.
     pub parallel_binds: usize,
+    /// How pods naming no RuntimeClass find nodes able to run their images (`None`:
+    /// anywhere, as upstream).
+    pub image_routing: Option<ImageRouting>,
 }
 
 impl SchedulerConfig {
@@ -43,6 +47,7 @@ impl SchedulerConfig {
             scheduler_name: DEFAULT_SCHEDULER_NAME.into(),
             identity: default_identity(),
             parallel_binds: 128,
+            image_routing: None,
         }
     }
 }
@@ -108,6 +113,10 @@ enum Msg {
         started: Instant,
         result: Result<(), kube::Error>,
     },
+    ImageKind {
+        image: String,
+        kind: Result<ImageKind, String>,
+    },
 }
 
 fn spawn_informer<K, F>(
@@ -152,10 +161,12 @@ struct Loop {
     recorder: Recorder,
     tx: mpsc::UnboundedSender<Msg>,
     binds: Arc<Semaphore>,
-    bind_tasks: tokio::task::JoinSet<()>,
+    /// Bindings and registry questions in flight.
+    tasks: tokio::task::JoinSet<()>,
     pods: Relist,
     nodes: Relist,
     stats: Arc<Stats>,
+    images: ImageKinds,
 }
 
 fn uid_of(meta: &kube::api::ObjectMeta) -> String {
@@ -196,6 +207,7 @@ impl Loop {
             seen.insert(uid.clone());
         }
         let pod = Arc::new(pod);
+        self.images.forget_pod(&uid);
         if node_name(&pod).is_some() {
             self.queue.delete(&uid);
             let known = self.cache.has_pod(&uid) && !self.cache.is_assumed(&uid);
@@ -219,6 +231,7 @@ impl Loop {
     fn on_pod_deleted(&mut self, pod: &Pod, now: Instant) {
         let uid = uid_of(&pod.metadata);
         self.queue.delete(&uid);
+        self.images.forget_pod(&uid);
         if self.cache.has_pod(&uid) {
             self.cache.remove_pod(&uid);
             self.queue.on_event(ClusterEvent::AssignedPodDeleted, now);
@@ -307,6 +320,14 @@ impl Loop {
                 started,
                 result,
             } => self.on_bound(pod, node, attempts, started, result, now),
+            Msg::ImageKind { image, kind } => {
+                if let Err(e) = &kind {
+                    tracing::warn!(%image, error = %e, "cannot tell whether the image is a Wasm or a Linux image; its pods are placed as if it did not matter");
+                }
+                for pod in self.images.answered(image, kind, now) {
+                    self.queue.add(pod, now);
+                }
+            }
         }
     }
 
@@ -358,7 +379,29 @@ impl Loop {
             return true;
         }
         let started = Instant::now();
-        let info = PodInfo::new(pod.clone(), Some(&self.cache.runtime_classes));
+        let mut info = PodInfo::new(pod.clone(), Some(&self.cache.runtime_classes));
+        if info.runtime_class.is_none() {
+            if let Some(routing) = self.cfg.image_routing.clone() {
+                if routing.matters(&self.cache) {
+                    match self.images.needs(&pod, &routing, started) {
+                        Needs::Handlers(h) => info.image_handlers = h,
+                        Needs::Ask(images) => {
+                            for image in images {
+                                self.ask_image_kind(&routing, image, pod.clone());
+                            }
+                            self.queue.done(&qp.uid);
+                            self.images.wait(qp.uid, pod);
+                            return true;
+                        }
+                        Needs::Wait => {
+                            self.queue.done(&qp.uid);
+                            self.images.wait(qp.uid, pod);
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
         let result = self.fw.schedule(&info, &self.cache, &mut self.rng);
         self.stats.cycles.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -387,7 +430,7 @@ impl Loop {
         let client = self.client.clone();
         let tx = self.tx.clone();
         let limit = self.binds.clone();
-        self.bind_tasks.spawn(async move {
+        self.tasks.spawn(async move {
             let Ok(_permit) = limit.acquire_owned().await else {
                 return;
             };
@@ -419,8 +462,19 @@ impl Loop {
         });
     }
 
-    fn reap_bind_tasks(&mut self) {
-        while self.bind_tasks.try_join_next().is_some() {}
+    /// Asks the registry in the background; the answer comes back as a message.
+    fn ask_image_kind(&mut self, routing: &ImageRouting, image: String, pod: Arc<Pod>) {
+        let inspector = routing.inspector.clone();
+        let tx = self.tx.clone();
+        let client = self.client.clone();
+        self.tasks.spawn(async move {
+            let kind = inspector.kind(&client, &image, &pod).await;
+            let _ = tx.send(Msg::ImageKind { image, kind });
+        });
+    }
+
+    fn reap_tasks(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
     }
 }
 
@@ -479,10 +533,11 @@ pub async fn run(
         recorder,
         tx,
         binds,
-        bind_tasks: tokio::task::JoinSet::new(),
+        tasks: tokio::task::JoinSet::new(),
         pods: Relist::default(),
         nodes: Relist::default(),
         stats,
+        images: ImageKinds::default(),
     };
     tracing::info!(identity = %lp.cfg.identity, name = %lp.cfg.scheduler_name, "scheduler started");
     tokio::pin!(shutdown);
@@ -499,13 +554,13 @@ pub async fn run(
                 // Let the binding tasks and informers run between bursts of cycles.
                 if since_yield >= 16 {
                     since_yield = 0;
-                    lp.reap_bind_tasks();
+                    lp.reap_tasks();
                     tokio::task::yield_now().await;
                 }
                 continue;
             }
         }
-        lp.reap_bind_tasks();
+        lp.reap_tasks();
         let wake = lp
             .queue
             .next_wakeup()

@@ -87,6 +87,20 @@ fn entries(type_: &str, data: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, En
     }
 }
 
+/// A Secret as [`credentials_for`] takes it: its type and data (`stringData` merged).
+pub fn secret_data(s: k8s_openapi::api::core::v1::Secret) -> (String, BTreeMap<String, Vec<u8>>) {
+    let mut data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    (s.type_.unwrap_or_default(), data)
+}
+
 /// The credentials for `image` from the pod's pull secrets (`(type, data)` each, in
 /// the pod's order), most specific key first.
 pub fn credentials_for(

@@ -943,18 +943,7 @@ impl PodWorker {
         let mut missing = Vec::new();
         for n in names {
             match api.get_opt(&n).await {
-                Ok(Some(s)) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    for (k, v) in s.string_data.unwrap_or_default() {
-                        data.insert(k, v.into_bytes());
-                    }
-                    secrets.push((s.type_.unwrap_or_default(), data))
-                }
+                Ok(Some(s)) => secrets.push(pull_secrets::secret_data(s)),
                 Ok(None) => missing.push(n),
                 Err(e) => {
                     warn!(secret = %n, error = %e, "cannot read image pull secret");

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use pull::inspect;
 pub use push::push;
 pub use reference::ImageReference;
 pub use store::{ImageRecord, ImageStore};

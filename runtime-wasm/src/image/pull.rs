@@ -154,6 +154,87 @@ impl Puller<'_> {
         u64::try_from(d.size).map_err(|_| self.invalid(format!("negative size for {}", d.digest)))
     }
 
+    /// The entry of image index `index` to run: its wasi/wasm entry, or its only image
+    /// entry. None: the image is not a Wasm image.
+    fn index_entry(&self, index: &Manifest) -> Result<Descriptor, ImageError> {
+        let entries = index.manifests.clone().unwrap_or_default();
+        // Attestations and other non-image entries carry an unknown platform.
+        let real: Vec<&Descriptor> = entries
+            .iter()
+            .filter(|e| {
+                e.platform
+                    .as_ref()
+                    .is_none_or(|p| p.os != "unknown" && p.architecture != "unknown")
+            })
+            .collect();
+        let pick = real
+            .iter()
+            .find(|e| {
+                e.platform
+                    .as_ref()
+                    .is_some_and(|p| is_wasi_platform(&p.os, &p.architecture))
+            })
+            .or(if real.len() == 1 { real.first() } else { None })
+            .copied()
+            .cloned();
+        pick.ok_or_else(|| {
+            let platforms: Vec<String> =
+                entries.iter().map(|e| platform_name(&e.platform)).collect();
+            ImageError::NotWasm {
+                reference: self.shown.clone(),
+                reason: format!(
+                    "the image index has no wasi/wasm entry (platforms: {})",
+                    platforms.join(", ")
+                ),
+            }
+        })
+    }
+
+    /// Whether an image manifest can hold a Wasm binary: a Wasm layer, or tar layers
+    /// of a wasi/wasm image or of one whose entrypoint names a `.wasm` file.
+    fn check_packaging(
+        &self,
+        manifest: &Manifest,
+        config_desc: &Descriptor,
+        config: &ConfigInfo,
+    ) -> Result<(), ImageError> {
+        let layers = || {
+            manifest
+                .layers
+                .iter()
+                .map(|l| classify_layer(&l.media_type))
+        };
+        if layers().any(|k| k == LayerKind::Wasm) {
+            return Ok(());
+        }
+        let has_tar = layers().any(|k| matches!(k, LayerKind::Tar { .. }));
+        let platform_ok = is_wasi_platform(&config.os, &config.architecture);
+        let target = config.entrypoint.first().or(config.cmd.first());
+        let names_wasm = target.is_some_and(|t| t.ends_with(".wasm"));
+        if has_tar && (platform_ok || names_wasm) {
+            return Ok(());
+        }
+        let types: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        let platform = if config.os.is_empty() {
+            String::new()
+        } else {
+            format!("; platform {}/{}", config.os, config.architecture)
+        };
+        Err(ImageError::NotWasm {
+            reference: self.shown.clone(),
+            reason: format!(
+                "the manifest has no WebAssembly layer (config {}, layers [{}]{platform}) \
+                 and is not an image whose entrypoint names a .wasm file",
+                config_desc.media_type,
+                types.join(", ")
+            ),
+        })
+    }
+
     /// Fetches a manifest (by the pull's reference, or by `digest`), enforcing the size
     /// limit and, for digests, the expected digest and size.
     async fn manifest(&self, by: Option<&Descriptor>) -> Result<(Vec<u8>, String), ImageError> {
@@ -210,12 +291,14 @@ impl Puller<'_> {
         Ok((body.to_vec(), digest))
     }
 
-    /// Streams blob `d` into `dest`, verifying size and digest as it goes.
-    async fn blob(
+    /// Streams blob `d` into `out`, verifying size and digest as it goes (`dest` names
+    /// it in errors).
+    async fn blob<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         d: &Descriptor,
         what: &str,
         limit: u64,
+        out: &mut W,
         dest: &Path,
     ) -> Result<(), ImageError> {
         let expected_size = self.check_descriptor(d)?;
@@ -238,9 +321,6 @@ impl Puller<'_> {
             .pull_blob_stream(&self.oci_ref, &desc)
             .await
             .map_err(|e| self.map(e))?;
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(ImageError::io(dest))?;
         let mut hasher = sha2::Sha256::new();
         let mut got: u64 = 0;
         let what_d = format!("{what} {}", d.digest);
@@ -280,7 +360,7 @@ impl Puller<'_> {
                 });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(ImageError::io(dest))?;
+            out.write_all(&chunk).await.map_err(ImageError::io(dest))?;
         }
         if got != expected_size {
             return Err(ImageError::SizeMismatch {
@@ -297,8 +377,16 @@ impl Puller<'_> {
                 got: actual,
             });
         }
-        file.sync_all().await.map_err(ImageError::io(dest))?;
         Ok(())
+    }
+
+    /// Blob `d` (a config) in memory, verified.
+    async fn blob_bytes(&self, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImageError> {
+        let mut out = Vec::new();
+        let limit = self.opts.max_manifest_bytes;
+        self.blob(d, what, limit, &mut out, Path::new(&d.digest))
+            .await?;
+        Ok(out)
     }
 
     /// The stored or freshly downloaded (and staged) blob `d`.
@@ -324,7 +412,11 @@ impl Puller<'_> {
             });
         }
         let path = staging.new_path();
-        self.blob(d, what, limit, &path).await?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(ImageError::io(&path))?;
+        self.blob(d, what, limit, &mut file, &path).await?;
+        file.sync_all().await.map_err(ImageError::io(&path))?;
         staging.add_verified(d.digest.clone(), path.clone(), d.size as u64);
         Ok(path)
     }
@@ -453,37 +545,7 @@ impl ImageStore {
         staging.stage_bytes(&top_bytes)?;
         let mut blobs = vec![top_digest.clone()];
         let (manifest, manifest_digest) = if top.is_index() {
-            let entries = top.manifests.clone().unwrap_or_default();
-            // Attestations and other non-image entries carry an unknown platform.
-            let real: Vec<&Descriptor> = entries
-                .iter()
-                .filter(|e| {
-                    e.platform
-                        .as_ref()
-                        .is_none_or(|p| p.os != "unknown" && p.architecture != "unknown")
-                })
-                .collect();
-            let pick = real
-                .iter()
-                .find(|e| {
-                    e.platform
-                        .as_ref()
-                        .is_some_and(|p| is_wasi_platform(&p.os, &p.architecture))
-                })
-                .or(if real.len() == 1 { real.first() } else { None })
-                .copied()
-                .cloned();
-            let Some(entry) = pick else {
-                let platforms: Vec<String> =
-                    entries.iter().map(|e| platform_name(&e.platform)).collect();
-                return Err(ImageError::NotWasm {
-                    reference: p.shown.clone(),
-                    reason: format!(
-                        "the image index has no wasi/wasm entry (platforms: {})",
-                        platforms.join(", ")
-                    ),
-                });
-            };
+            let entry = p.index_entry(&top)?;
             let (bytes, digest) = p.manifest(Some(&entry)).await?;
             let m: Manifest = serde_json::from_slice(&bytes)
                 .map_err(|e| p.invalid(format!("manifest {digest} is not JSON: {e}")))?;
@@ -569,29 +631,7 @@ impl ImageStore {
                     _ => None,
                 })
                 .collect();
-            let platform_ok = is_wasi_platform(&config.os, &config.architecture);
-            let names_wasm = target.as_ref().is_some_and(|t| t.ends_with(".wasm"));
-            if tar_layers.is_empty() || !(platform_ok || names_wasm) {
-                let types: Vec<&str> = manifest
-                    .layers
-                    .iter()
-                    .map(|l| l.media_type.as_str())
-                    .collect();
-                let platform = if config.os.is_empty() {
-                    String::new()
-                } else {
-                    format!("; platform {}/{}", config.os, config.architecture)
-                };
-                return Err(ImageError::NotWasm {
-                    reference: p.shown.clone(),
-                    reason: format!(
-                        "the manifest has no WebAssembly layer (config {}, layers [{}]{platform}) \
-                         and is not an image whose entrypoint names a .wasm file",
-                        config_desc.media_type,
-                        types.join(", ")
-                    ),
-                });
-            }
+            p.check_packaging(&manifest, &config_desc, &config)?;
             let mut found = None;
             for (layer, gzip) in tar_layers.iter().rev() {
                 let layer_path = p
@@ -666,4 +706,56 @@ impl ImageStore {
         };
         self.commit(staging, record)
     }
+}
+
+/// Tells whether `reference` is a Wasm image from its manifest and config alone (no
+/// layers are downloaded): `Ok` for a Wasm image, [`ImageError::NotWasm`] for any
+/// other (a Linux image), other errors when the registry could not be asked. The same
+/// test [`ImageStore::pull`] makes before it downloads the module.
+pub async fn inspect(
+    reference: &str,
+    auth: &RegistryAuth,
+    opts: &PullOptions,
+) -> Result<(), ImageError> {
+    let r = ImageReference::parse(reference)?;
+    let p = Puller {
+        client: registry_client(&r.registry, &opts.insecure_registries),
+        auth: auth.to_oci(),
+        oci_ref: r.to_oci(),
+        shown: r.to_string(),
+        r,
+        opts,
+    };
+    let (top_bytes, _) = p.manifest(None).await?;
+    let top: Manifest = serde_json::from_slice(&top_bytes)
+        .map_err(|e| p.invalid(format!("not a JSON manifest: {e}")))?;
+    let manifest = if top.is_index() {
+        let entry = p.index_entry(&top)?;
+        if entry
+            .platform
+            .as_ref()
+            .is_some_and(|pl| is_wasi_platform(&pl.os, &pl.architecture))
+        {
+            return Ok(());
+        }
+        let (bytes, digest) = p.manifest(Some(&entry)).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| p.invalid(format!("manifest {digest} is not JSON: {e}")))?
+    } else {
+        top
+    };
+    let config_desc = manifest
+        .config
+        .clone()
+        .ok_or_else(|| p.invalid("the manifest has no config descriptor"))?;
+    // A Wasm layer decides without the config.
+    if manifest
+        .layers
+        .iter()
+        .any(|l| classify_layer(&l.media_type) == LayerKind::Wasm)
+    {
+        return Ok(());
+    }
+    let config = parse_config(&p.blob_bytes(&config_desc, "image config").await?);
+    p.check_packaging(&manifest, &config_desc, &config)
 }

@@ -3,6 +3,9 @@
 //! `scheduling.nodeSelector` (its tolerations are merged into the pod's, see
 //! `PodInfo`). A pod naming a RuntimeClass that does not exist fits nowhere until the
 //! class is created.
+//!
+//! A pod naming no RuntimeClass lands only on nodes serving the handlers its images
+//! need (`PodInfo::image_handlers`: Linux images need the Linux handler).
 
 use crate::cache::{Cache, NodeInfo};
 use crate::framework::{FilterPlugin, PreFilter, Rejection, State};
@@ -17,7 +20,8 @@ impl FilterPlugin for RuntimeClassFilter {
     }
     fn pre_filter(&self, pod: &PodInfo, _: &Cache) -> PreFilter {
         match &pod.runtime_class {
-            None => PreFilter::Skip,
+            None if pod.image_handlers.is_empty() => PreFilter::Skip,
+            None => PreFilter::run(),
             Some(Ok(_)) => PreFilter::run(),
             Some(Err(name)) => PreFilter::Reject(Rejection::unresolvable(format!(
                 "pod rejected: RuntimeClass \"{name}\" not found"
@@ -26,7 +30,13 @@ impl FilterPlugin for RuntimeClassFilter {
     }
     fn filter(&self, pod: &PodInfo, _: &State, node: &NodeInfo) -> Option<Rejection> {
         let Some(Ok(rc)) = &pod.runtime_class else {
-            return None;
+            let missing = pod
+                .image_handlers
+                .iter()
+                .find(|h| !node.runtime_handlers.contains(h))?;
+            return Some(Rejection::unresolvable(format!(
+                "node(s) didn't have the runtime handler \"{missing}\" its images need (the pod names no RuntimeClass)"
+            )));
         };
         if !node.runtime_handlers.contains(&rc.handler) {
             return Some(Rejection::unresolvable(format!(

@@ -400,8 +400,27 @@ fn runtime_class() {
     .collect();
     let rc = |name: &str| pod_with(json!({"runtimeClassName": name}), json!({}), Some(&rcs));
     let edge_node = node(json!({"metadata": {"labels": {"edge": "true"}}}));
+    // A pod naming no RuntimeClass, with the handlers its images need.
+    let by_images = |handlers: &[&str]| {
+        let mut p = pod(json!({}));
+        p.image_handlers = handlers.iter().map(|h| h.to_string()).collect();
+        p
+    };
+    let both =
+        || node(json!({"status": {"runtimeHandlers": [{"name": "runc"}, {"name": "wasm"}]}}));
     let cases = [
         (pod(json!({})), node(json!({})), Ok(())),
+        (by_images(&["wasm"]), node(json!({})), Ok(())),
+        (
+            by_images(&["runc"]),
+            node(json!({})),
+            fails(
+                UU,
+                "node(s) didn't have the runtime handler \"runc\" its images need (the pod names no RuntimeClass)",
+            ),
+        ),
+        (by_images(&["runc"]), both(), Ok(())),
+        (by_images(&["runc", "wasm"]), both(), Ok(())),
         (rc("wasm"), node(json!({})), Ok(())),
         (
             rc("spin"),
