@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The idle agent's memory (docs/benchmarks.md, "Pods"): a `kelp server` and a
-# `kelp agent` joined to it, the agent's smaps_rollup read after 10 s idle.
+# `kelp agent` joined to it, the agent's smaps_rollup read over three idle minutes
+# (the agent drops its start-up pages once Ready; its periodic work — leases, node
+# status every minute, relists — maps what it uses again, so the later figures are
+# the steady state).
 # Usage: scripts/agent-rss.sh [ENV=VALUE...]  (extra environment for the agent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +20,9 @@ env "$@" target/release/kelp agent --server https://127.0.0.1:16471 --token-file
   --kubelet-port 0 >"$work/agent.log" 2>&1 &
 agent=$!
 pids+=("$agent")
-sleep 10 # idle time is what is measured
-grep -E '^(Rss|Pss_Anon|Pss_File):' "/proc/$agent/smaps_rollup"
+elapsed=0
+for at in 10 60 120 180; do
+  sleep $((at - elapsed)) # idle time is what is measured
+  elapsed=$at
+  echo "after ${at} s: $(grep -E '^(Rss|Pss_Anon|Pss_File):' "/proc/$agent/smaps_rollup" | tr -s ' ' | tr '\n' ' ')"
+done

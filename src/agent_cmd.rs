@@ -403,6 +403,10 @@ async fn run_node(
             }
         })
     });
+    tokio::spawn(crate::code_pages::release_when_ready(
+        client.clone(),
+        cfg.node_name.clone(),
+    ));
     let kubelet = Kubelet::run(cfg, client, router, stopped(rx));
     tokio::pin!(kubelet);
     tokio::pin!(shutdown);

@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod cloud_cmd;
+mod code_pages;
 mod image_cmd;
 mod image_kind;
 mod runtime_cmd;
