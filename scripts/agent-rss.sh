@@ -4,18 +4,21 @@
 # (the agent drops its start-up pages once Ready; its periodic work — leases, node
 # status every minute, relists — maps what it uses again, so the later figures are
 # the steady state).
-# Usage: scripts/agent-rss.sh [ENV=VALUE...]  (extra environment for the agent)
+# Usage: [PROFILE=edge] scripts/agent-rss.sh [ENV=VALUE...]  (extra environment for the
+# agent; PROFILE is the cargo profile built and measured, default release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin kelp
+profile=${PROFILE:-release}
+cargo build --profile "$profile" --bin kelp
+kelp=target/$profile/kelp
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; ip link del kelprss0 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-target/release/kelp server --data-dir "$work/cp" --https-port 16471 >"$work/cp.log" 2>&1 &
+"$kelp" server --data-dir "$work/cp" --https-port 16471 >"$work/cp.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do [ -f "$work/cp/node-token" ] && break; sleep 0.1; done
-env "$@" target/release/kelp agent --server https://127.0.0.1:16471 --token-file "$work/cp/node-token" \
+env "$@" "$kelp" agent --server https://127.0.0.1:16471 --token-file "$work/cp/node-token" \
   --ca-file "$work/cp/tls/ca.crt" --node-name rss --data-dir "$work/agent" --pod-interface kelprss0 \
   --kubelet-port 0 >"$work/agent.log" 2>&1 &
 agent=$!

@@ -78,6 +78,10 @@ impl ImageClassifier for Classifier {
             .insert(image.to_string(), kind);
         Ok(kind)
     }
+
+    fn known(&self, image: &str) -> Option<ImageKind> {
+        self.known.lock().expect("classifier lock").get(image).copied()
+    }
 }
 
 const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

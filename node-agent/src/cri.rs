@@ -246,6 +246,11 @@ pub trait ImageClassifier: Send + Sync {
         image: &str,
         auth: Option<cri::AuthConfig>,
     ) -> Result<ImageKind, String>;
+
+    /// What this classifier already told about `image`, without asking anything.
+    fn known(&self, _image: &str) -> Option<ImageKind> {
+        None
+    }
 }
 
 /// A pod's RuntimeClass handler is served by none of the node's runtimes.

@@ -133,6 +133,28 @@ fn cri_error(s: &Status) -> String {
 }
 
 /// What the runtime holds for the pod with `uid`.
+/// The handler for a pod naming no RuntimeClass whose images are of these kinds:
+/// `None` (the default, Wasm) unless they are Linux images; both kinds in one pod is
+/// a failure.
+fn by_kinds<'a>(
+    linux: &str,
+    kinds: impl Iterator<Item = (&'a str, ImageKind)>,
+) -> Result<Option<String>, Waiting> {
+    let (wasm, lin): (Vec<_>, Vec<_>) = kinds.partition(|(_, k)| *k == ImageKind::Wasm);
+    let wasm: Vec<&str> = wasm.into_iter().map(|(i, _)| i).collect();
+    let lin: Vec<&str> = lin.into_iter().map(|(i, _)| i).collect();
+    match (wasm.is_empty(), lin.is_empty()) {
+        (_, true) => Ok(None),
+        (true, false) => Ok(Some(linux.to_string())),
+        (false, false) => Err(Waiting::new(
+            "MixedRuntimes",
+            format!(
+                "a pod's containers run on one runtime: Wasm images {wasm:?} and Linux images {lin:?} cannot share a pod; split them into two pods (or name a RuntimeClass)"
+            ),
+        )),
+    }
+}
+
 async fn observe(rt: &dyn CriRuntime, uid: &str) -> Result<RuntimeState, Status> {
     let items = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
@@ -365,6 +387,24 @@ impl PodWorker {
         else {
             return Ok(None);
         };
+        let images: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
+            .filter_map(|c| c.image.clone())
+            .collect();
+        // Images this kubelet has classified are routed as it routed them before (a
+        // sandbox it made for the pod is in that runtime): no runtime is asked, which
+        // spares each new Wasm pod a sandbox listing in containerd.
+        let known: Option<Vec<ImageKind>> = images.iter().map(|i| classifier.known(i)).collect();
+        if let Some(kinds) = known {
+            return by_kinds(&linux, images.iter().map(String::as_str).zip(kinds));
+        }
         let uid = spec::uid(pod).to_string();
         for r in self.shared.router.runtimes() {
             let filter = cri::PodSandboxFilter {
@@ -383,17 +423,6 @@ impl PodWorker {
                 }
             }
         }
-        let images: Vec<String> = pod
-            .spec
-            .iter()
-            .flat_map(|s| {
-                s.init_containers
-                    .iter()
-                    .flatten()
-                    .chain(s.containers.iter())
-            })
-            .filter_map(|c| c.image.clone())
-            .collect();
         let mut kinds = Vec::new();
         for image in &images {
             let auth = self.pull_credentials(pod, image).await.into_iter().next();
@@ -413,26 +442,7 @@ impl PodWorker {
                 }
             }
         }
-        let wasm: Vec<&str> = kinds
-            .iter()
-            .filter(|(_, k)| *k == ImageKind::Wasm)
-            .map(|(i, _)| *i)
-            .collect();
-        let lin: Vec<&str> = kinds
-            .iter()
-            .filter(|(_, k)| *k == ImageKind::Linux)
-            .map(|(i, _)| *i)
-            .collect();
-        match (wasm.is_empty(), lin.is_empty()) {
-            (_, true) => Ok(None),
-            (true, false) => Ok(Some(linux)),
-            (false, false) => Err(Waiting::new(
-                "MixedRuntimes",
-                format!(
-                    "a pod's containers run on one runtime: Wasm images {wasm:?} and Linux images {lin:?} cannot share a pod; split them into two pods (or name a RuntimeClass)"
-                ),
-            )),
-        }
+        by_kinds(&linux, kinds.into_iter())
     }
 
     /// One sync; returns when to sync again if nothing changes.
