@@ -80,7 +80,11 @@ impl ImageClassifier for Classifier {
     }
 
     fn known(&self, image: &str) -> Option<ImageKind> {
-        self.known.lock().expect("classifier lock").get(image).copied()
+        self.known
+            .lock()
+            .expect("classifier lock")
+            .get(image)
+            .copied()
     }
 }
 

@@ -135,6 +135,12 @@ impl WasiHttpView for Host {
     }
 }
 
+impl crate::name_lookup::PodNames for Host {
+    fn pod_names(&self) -> (bool, Option<Arc<PodResolver>>) {
+        (self.hooks.allow_network, self.hooks.resolver.clone())
+    }
+}
+
 impl Limited for Host {
     fn limits(&mut self) -> &mut MemoryLimit {
         &mut self.limits
@@ -243,6 +249,7 @@ async fn resolve_authority<B>(
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker: Linker<Host> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::name_lookup::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Ok(linker)
 }

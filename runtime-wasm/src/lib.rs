@@ -18,6 +18,7 @@ pub mod engine;
 pub mod http;
 pub mod image;
 pub mod logs;
+mod name_lookup;
 pub mod service;
 
 pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};

@@ -286,3 +286,94 @@ fn component_compile_cache_is_reused() {
         std::fs::metadata(&files[0]).unwrap().modified().unwrap()
     );
 }
+
+/// A DNS server on 127.0.0.1 answering `web.shop.svc.cluster.local` A 10.1.2.3 and
+/// NXDOMAIN for everything else; its address.
+fn cluster_dns() -> std::net::SocketAddr {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.metadata.message_type = MessageType::Response;
+            let mut found = false;
+            for query in q.queries.iter() {
+                r.add_query(query.clone());
+                if query.name().to_ascii() == "web.shop.svc.cluster.local."
+                    && query.query_type() == RecordType::A
+                {
+                    found = true;
+                    r.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        5,
+                        RData::A("10.1.2.3".parse().unwrap()),
+                    ));
+                }
+            }
+            if !found {
+                r.metadata.response_code = ResponseCode::NXDomain;
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+    addr
+}
+
+/// wasi-sockets name lookups follow the pod's DNS config: a Service name, short or
+/// full, resolves through cluster DNS (the host's resolver knows nothing of it); a
+/// missing cluster name is unresolvable; without network access lookups are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_lookups_use_the_pods_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let artifact = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap();
+    let dns = kelp_cri_api::v1::DnsConfig {
+        servers: vec![cluster_dns().to_string()],
+        searches: vec![
+            "shop.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+            "cluster.local".into(),
+        ],
+        options: vec!["ndots:5".into()],
+    };
+    let names = [
+        "web",
+        "web.shop.svc.cluster.local",
+        "gone.shop.svc.cluster.local",
+    ];
+    let args: Vec<&str> = names.iter().flat_map(|n| ["--resolve", n]).collect();
+    let mut s = spec(dir.path(), "lookups", &args);
+    s.allow_network = true;
+    s.resolver = kelp_runtime_wasm::dns::PodResolver::from_cri(&dns).map(std::sync::Arc::new);
+    let st = run(&engine, &artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+    let out = stdout(&s.log_path);
+    for want in [
+        "resolve web: 10.1.2.3",
+        "resolve web.shop.svc.cluster.local: 10.1.2.3",
+    ] {
+        assert!(out.iter().any(|l| l == want), "{want:?} in {out:?}");
+    }
+    let gone = out.iter().find(|l| l.starts_with("resolve gone.")).unwrap();
+    assert!(!gone.contains("10."), "{out:?}");
+
+    let mut s = spec(dir.path(), "no-network", &["--resolve", "web"]);
+    s.resolver = kelp_runtime_wasm::dns::PodResolver::from_cri(&dns).map(std::sync::Arc::new);
+    run(&engine, &artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    let out = stdout(&s.log_path);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("resolve web: ") && !l.contains("10.1.2.3")),
+        "{out:?}"
+    );
+}

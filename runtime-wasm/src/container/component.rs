@@ -16,6 +16,14 @@ pub struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryLimit,
+    /// Whether names may be looked up, and the pod's resolver.
+    names: (bool, Option<std::sync::Arc<crate::dns::PodResolver>>),
+}
+
+impl crate::name_lookup::PodNames for Host {
+    fn pod_names(&self) -> (bool, Option<std::sync::Arc<crate::dns::PodResolver>>) {
+        self.names.clone()
+    }
 }
 
 impl WasiView for Host {
@@ -36,6 +44,7 @@ impl Limited for Host {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker: Linker<Host> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::name_lookup::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -81,6 +90,7 @@ pub async fn run(
         wasi: wasi_builder(spec, &log)?.build(),
         table: ResourceTable::new(),
         limits: MemoryLimit::for_spec(spec),
+        names: (spec.allow_network, spec.resolver.clone()),
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);

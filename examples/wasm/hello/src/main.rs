@@ -6,7 +6,8 @@
 //! the working directory, `--stderr` writes a line to stderr, `--env NAME` prints
 //! `NAME=value`, `--cat PATH` prints `PATH: content` (what a pod sees of its env and
 //! volumes), `--ls DIR` prints the sorted non-hidden entries of a directory, `--write PATH BYTES`
-//! writes a file of that many bytes, `--sleep SECS` sleeps.
+//! writes a file of that many bytes, `--sleep SECS` sleeps, `--resolve NAME` prints
+//! the addresses NAME resolves to (wasi-sockets name lookup).
 
 use std::io::Read;
 
@@ -72,6 +73,17 @@ fn main() {
                 Ok(_) => println!("net: connected"),
                 Err(e) => println!("net: {:?}: {e}", e.kind()),
             },
+            "--resolve" => {
+                use std::net::ToSocketAddrs;
+                let name = rest.next().cloned().unwrap_or_default();
+                match (name.as_str(), 80).to_socket_addrs() {
+                    Ok(addrs) => {
+                        let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                        println!("resolve {name}: {}", ips.join(" "))
+                    }
+                    Err(e) => println!("resolve {name}: {:?}: {e}", e.kind()),
+                }
+            }
             "--cwd" => println!(
                 "cwd: {} PWD={}",
                 std::env::current_dir()
