@@ -96,8 +96,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             Api::<PodDisruptionBudget>::all(client.clone()),
             watcher::Config::default(),
         );
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let state = Arc::new(Disruption { client, pods });
         let all = pdbs.clone();
         Controller::for_stream(pdb_events, pdbs)

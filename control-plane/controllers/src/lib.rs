@@ -25,6 +25,7 @@ pub mod runner;
 pub mod scheduling;
 pub mod serviceaccount;
 pub mod settings;
+pub mod shared;
 pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod util;
@@ -62,6 +63,9 @@ pub struct Context {
     pub identity: String,
     /// Flags of the controllers that have any.
     pub settings: std::sync::Arc<settings::Settings>,
+    /// The pod watch all controllers share ([`run_all`] starts a fresh one for each
+    /// term of leadership).
+    pub pods: shared::SharedInformer<k8s_openapi::api::core::v1::Pod>,
 }
 
 pub type ControllerFuture = Pin<Box<dyn Future<Output = Result<(), ControllerError>> + Send>>;
@@ -144,7 +148,14 @@ pub async fn run_all(
     names: &[String],
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
+    let mut ctx = ctx;
+    ctx.pods = shared::SharedInformer::new(kube::Api::all(ctx.client.clone()));
     let mut set = tokio::task::JoinSet::new();
+    let pods = ctx.pods.run();
+    set.spawn(async move {
+        pods.await;
+        ("shared pod informer", Ok(()))
+    });
     for def in CONTROLLERS {
         if !names.iter().any(|n| n == def.name) {
             continue;

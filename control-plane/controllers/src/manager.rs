@@ -100,6 +100,7 @@ pub async fn run_manager(
         client: client.clone(),
         identity: identity(),
         settings: std::sync::Arc::new(opts.settings.clone()),
+        pods: crate::shared::SharedInformer::new(kube::Api::all(client.clone())),
     };
     tracing::info!(controllers = ?names, leader_elect = opts.leader_elect, "controller-manager starting");
     tokio::pin!(shutdown);

@@ -182,7 +182,7 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
     let client = ctx.client.clone();
     let queue = WorkQueue::new();
     let rs_inf = Informer::new(Api::<ReplicaSet>::all(client.clone()));
-    let pod_inf = Informer::new(Api::<Pod>::all(client.clone()));
+    let pod_inf = ctx.pods.clone();
     let state = Arc::new(State {
         client: client.clone(),
         rs: rs_inf.store(),
@@ -205,7 +205,7 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
     let pod_events = {
         let q = queue.clone();
         let st = state.clone();
-        pod_inf.run(
+        pod_inf.handle(
             move |pod, change| {
                 if let Some(key) = owner_key(pod, "ReplicaSet") {
                     if change == Change::Deleted {

@@ -45,8 +45,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             Api::<DaemonSet>::all(client.clone()),
             watcher::Config::default(),
         );
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let (nodes, node_events) =
             reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
         let (revisions, rev_events) = reflect(

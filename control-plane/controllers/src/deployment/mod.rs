@@ -56,7 +56,7 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
     let queue = WorkQueue::new();
     let d_inf = Informer::new(Api::<Deployment>::all(client.clone()));
     let rs_inf = Informer::new(Api::<ReplicaSet>::all(client.clone()));
-    let pod_inf = Informer::new(Api::<Pod>::all(client.clone()));
+    let pod_inf = ctx.pods.clone();
     let st = Arc::new(State {
         client: client.clone(),
         deployments: d_inf.store(),
@@ -103,7 +103,7 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
     let pod_events = {
         let q = queue.clone();
         let st = st.clone();
-        pod_inf.run(
+        pod_inf.handle(
             move |pod, change| {
                 if change != Change::Deleted {
                     return;

@@ -56,8 +56,7 @@ pub fn run_slices(ctx: Context) -> ControllerFuture {
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
         );
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let (slice_store, slice_events) = reflect(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY}={SLICE_CONTROLLER}")),
@@ -85,8 +84,7 @@ pub fn run_endpoints(ctx: Context) -> ControllerFuture {
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
         );
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let (endpoints, ep_events) = reflect(
             Api::<Endpoints>::all(client.clone()),
             watcher::Config::default(),

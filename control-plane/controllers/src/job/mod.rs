@@ -49,8 +49,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
         let client = ctx.client.clone();
         let (jobs, job_events) =
             reflect(Api::<Job>::all(client.clone()), watcher::Config::default());
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let state = Arc::new(JobController {
             client: client.clone(),
             events: crate::events::Recorder::new(client.clone(), "job-controller"),

@@ -41,7 +41,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             watcher::Config::default(),
         );
         drive(s);
-        let (pods, s) = reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, s) = ctx.pods.reflect();
         drive(s);
         for ready in [
             nodes.wait_until_ready().await,

@@ -47,8 +47,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
         );
-        let (pods, pod_events) =
-            reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let (pods, pod_events) = ctx.pods.reflect();
         let (revisions, rev_events) = reflect(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
