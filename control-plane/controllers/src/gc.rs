@@ -182,12 +182,19 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
     for (ar, caps) in resources {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         synced.push(rx);
-        watches.push(watch_resource(
-            st.clone(),
-            Arc::new(ar),
-            caps.scope == Scope::Namespaced,
-            tx,
-        ));
+        let namespaced = caps.scope == Scope::Namespaced;
+        let watch: futures::future::BoxFuture<'static, ()> =
+            if ar.group.is_empty() && ar.plural == "pods" {
+                Box::pin(watch_shared_pods(
+                    st.clone(),
+                    Arc::new(ar),
+                    ctx.pods.clone(),
+                    tx,
+                ))
+            } else {
+                Box::pin(watch_resource(st.clone(), Arc::new(ar), namespaced, tx))
+            };
+        watches.push(watch);
     }
     let workers = {
         let st = st.clone();
@@ -221,11 +228,10 @@ async fn run_controller(ctx: Context) -> Result<(), ControllerError> {
 }
 
 fn node_of(
-    obj: &DynamicObject,
+    m: &kube::api::ObjectMeta,
     resource: &Arc<ApiResource>,
     namespaced: bool,
 ) -> Option<(String, Node)> {
-    let m = &obj.metadata;
     Some((
         m.uid.clone()?,
         Node {
@@ -257,7 +263,7 @@ async fn watch_resource(
         match ev {
             Ok(Event::Init) => listed.clear(),
             Ok(Event::InitApply(o)) => {
-                if let Some((uid, node)) = node_of(&o, &resource, namespaced) {
+                if let Some((uid, node)) = node_of(&o.metadata, &resource, namespaced) {
                     listed.insert(uid.clone());
                     applied(&st, &uid, node);
                 }
@@ -279,7 +285,7 @@ async fn watch_resource(
                 }
             }
             Ok(Event::Apply(o)) => {
-                if let Some((uid, node)) = node_of(&o, &resource, namespaced) {
+                if let Some((uid, node)) = node_of(&o.metadata, &resource, namespaced) {
                     applied(&st, &uid, node);
                 }
             }
@@ -293,6 +299,54 @@ async fn watch_resource(
             }
         }
     }
+}
+
+/// Pods from the controllers' shared pod watch: the busiest kind, which a watch of the
+/// collector's own would send and parse again for every change.
+async fn watch_shared_pods(
+    st: Arc<State>,
+    resource: Arc<ApiResource>,
+    pods: crate::shared::SharedInformer<k8s_openapi::api::core::v1::Pod>,
+    synced: tokio::sync::oneshot::Sender<()>,
+) {
+    let store = pods.store();
+    let synced = Mutex::new(Some(synced));
+    let (st2, res2) = (st.clone(), resource.clone());
+    let on_change =
+        move |pod: &k8s_openapi::api::core::v1::Pod, change: runner::Change| match change {
+            runner::Change::Applied => {
+                if let Some((uid, node)) = node_of(&pod.metadata, &resource, true) {
+                    applied(&st, &uid, node);
+                }
+            }
+            runner::Change::Deleted => {
+                if let Some(uid) = pod.metadata.uid.as_deref() {
+                    deleted(&st, uid);
+                }
+            }
+        };
+    let on_resync = move || {
+        // Pods that vanished during a watch gap.
+        let present: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let gone: Vec<String> = st2
+            .graph()
+            .nodes
+            .iter()
+            .filter(|(u, n)| Arc::ptr_eq(&n.resource, &res2) && !present.contains(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in gone {
+            deleted(&st2, &uid);
+        }
+        if let Some(tx) = synced.lock().ok().and_then(|mut s| s.take()) {
+            let _ = tx.send(());
+        }
+    };
+    pods.handle(on_change, on_resync).await
 }
 
 fn applied(st: &State, uid: &str, node: Node) {
