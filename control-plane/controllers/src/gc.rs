@@ -269,17 +269,7 @@ async fn watch_resource(
                 }
             }
             Ok(Event::InitDone) => {
-                // Objects of this resource that vanished during a watch gap.
-                let gone: Vec<String> = st
-                    .graph()
-                    .nodes
-                    .iter()
-                    .filter(|(u, n)| Arc::ptr_eq(&n.resource, &resource) && !listed.contains(*u))
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                for uid in gone {
-                    deleted(&st, &uid);
-                }
+                forget_missing(&st, &resource, &listed);
                 if let Some(tx) = synced.take() {
                     let _ = tx.send(());
                 }
@@ -326,27 +316,32 @@ async fn watch_shared_pods(
             }
         };
     let on_resync = move || {
-        // Pods that vanished during a watch gap.
         let present: HashSet<String> = store
             .state()
             .iter()
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
-        let gone: Vec<String> = st2
-            .graph()
-            .nodes
-            .iter()
-            .filter(|(u, n)| Arc::ptr_eq(&n.resource, &res2) && !present.contains(*u))
-            .map(|(u, _)| u.clone())
-            .collect();
-        for uid in gone {
-            deleted(&st2, &uid);
-        }
+        forget_missing(&st2, &res2, &present);
         if let Some(tx) = synced.lock().ok().and_then(|mut s| s.take()) {
             let _ = tx.send(());
         }
     };
     pods.handle(on_change, on_resync).await
+}
+
+/// After a (re)list: objects of `resource` the graph holds that the list did not
+/// have vanished during a watch gap.
+fn forget_missing(st: &State, resource: &Arc<ApiResource>, listed: &HashSet<String>) {
+    let gone: Vec<String> = st
+        .graph()
+        .nodes
+        .iter()
+        .filter(|(u, n)| Arc::ptr_eq(&n.resource, resource) && !listed.contains(*u))
+        .map(|(u, _)| u.clone())
+        .collect();
+    for uid in gone {
+        deleted(st, &uid);
+    }
 }
 
 fn applied(st: &State, uid: &str, node: Node) {

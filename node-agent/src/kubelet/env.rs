@@ -407,18 +407,7 @@ impl<'a> Lookups<'a> {
                     api.get_opt(name)
                         .await
                         .map_err(|e| format!("secret {name:?}: {e}"))?
-                        .map(|s| {
-                            let mut data: BTreeMap<String, Vec<u8>> = s
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0))
-                                .collect();
-                            for (k, v) in s.string_data.unwrap_or_default() {
-                                data.insert(k, v.into_bytes());
-                            }
-                            data
-                        })
+                        .map(|s| super::pull_secrets::secret_data(s).1)
                 };
                 if let Some((c, _)) = self.shared {
                     c.put(key, v.clone());

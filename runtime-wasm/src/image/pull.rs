@@ -132,7 +132,23 @@ struct Puller<'a> {
     opts: &'a PullOptions,
 }
 
-impl Puller<'_> {
+impl<'a> Puller<'a> {
+    fn new(
+        reference: &str,
+        auth: &RegistryAuth,
+        opts: &'a PullOptions,
+    ) -> Result<Puller<'a>, ImageError> {
+        let r = ImageReference::parse(reference)?;
+        Ok(Puller {
+            client: registry_client(&r.registry, &opts.insecure_registries),
+            auth: auth.to_oci(),
+            oci_ref: r.to_oci(),
+            shown: r.to_string(),
+            r,
+            opts,
+        })
+    }
+
     fn map(&self, e: oci_client::errors::OciDistributionError) -> ImageError {
         map_oci_error(e, &self.r.registry, &self.shown)
     }
@@ -521,15 +537,7 @@ impl ImageStore {
         auth: &RegistryAuth,
         opts: &PullOptions,
     ) -> Result<ImageRecord, ImageError> {
-        let r = ImageReference::parse(reference)?;
-        let p = Puller {
-            client: registry_client(&r.registry, &opts.insecure_registries),
-            auth: auth.to_oci(),
-            oci_ref: r.to_oci(),
-            shown: r.to_string(),
-            r,
-            opts,
-        };
+        let p = Puller::new(reference, auth, opts)?;
         let mut staging = self.staging()?;
 
         // The manifest, through the index if there is one.
@@ -717,15 +725,7 @@ pub async fn inspect(
     auth: &RegistryAuth,
     opts: &PullOptions,
 ) -> Result<(), ImageError> {
-    let r = ImageReference::parse(reference)?;
-    let p = Puller {
-        client: registry_client(&r.registry, &opts.insecure_registries),
-        auth: auth.to_oci(),
-        oci_ref: r.to_oci(),
-        shown: r.to_string(),
-        r,
-        opts,
-    };
+    let p = Puller::new(reference, auth, opts)?;
     let (top_bytes, _) = p.manifest(None).await?;
     let top: Manifest = serde_json::from_slice(&top_bytes)
         .map_err(|e| p.invalid(format!("not a JSON manifest: {e}")))?;
