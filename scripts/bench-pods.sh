@@ -17,7 +17,13 @@ image=bench.local/counter:v1
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # The pod interfaces the nodes made (their addresses go with them).
+  ip link del kelpbench-up 2>/dev/null || true
+  ip link del kelpbench-ag 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 wait_for() { # a check command; polls it for up to 60 s
   for _ in $(seq 1 600); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -31,7 +37,8 @@ echo "== kelp up: pod create → Running =="
 target/release/kelp image import "$counter" --name "$image" --data-dir "$work/up" >/dev/null
 # A /20 per node (4,094 pod addresses): the default /24 holds 254 pods, fewer than
 # the 1,000-pod burst.
-target/release/kelp up --data-dir "$work/up" --https-port 16450 --node-name bench-up --node-cidr-mask-size 20 >"$work/up.log" 2>&1 &
+target/release/kelp up --data-dir "$work/up" --https-port 16450 --node-name bench-up --node-cidr-mask-size 20 \
+  --pod-interface kelpbench-up >"$work/up.log" 2>&1 &
 pids+=($!)
 wait_for "node_ready $work/up/kubeconfig bench-up"
 target/release/examples/pod_bench --kubeconfig "$work/up/kubeconfig" --node bench-up --image "$image" \
@@ -44,7 +51,8 @@ pids+=($!)
 wait_for "test -f $work/cp/kubeconfig"
 target/release/kelp image import "$counter" --name "$image" --data-dir "$work/agent" >/dev/null
 target/release/kelp agent --server https://127.0.0.1:16451 --token-file "$work/cp/node-token" \
-  --ca-file "$work/cp/tls/ca.crt" --node-name bench-agent --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
+  --ca-file "$work/cp/tls/ca.crt" --node-name bench-agent --data-dir "$work/agent" \
+  --pod-interface kelpbench-ag >"$work/agent.log" 2>&1 &
 agent=$!
 pids+=("$agent")
 wait_for "node_ready $work/cp/kubeconfig bench-agent"
