@@ -90,7 +90,8 @@ struct ControlPlaneArgs {
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
     /// A registry reached over plain http although not on loopback (repeatable): the
-    /// scheduler looks at images there, `kelp up`'s node pulls from it.
+    /// in-process scheduler of `kelp server`/`kelp up` reads image manifests there,
+    /// `kelp up`'s node pulls from it (`kelp apiserver` has no use for it).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
     /// Do not run the scheduler in this process (`kelp server` and `kelp up`).

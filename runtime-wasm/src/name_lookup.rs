@@ -5,6 +5,10 @@
 //! leaves to the system (see [`PodResolver::lookup`]) go to the system resolver, as
 //! wasmtime-wasi's own implementation does for every name.
 //!
+//! Names are taken as ASCII (A-labels): unlike wasmtime-wasi, a Unicode name is not
+//! converted to punycode (the pod's resolver refuses it as `invalid-argument`; the
+//! system resolver does not find it).
+//!
 //! wasmtime-wasi's implementation has no resolver hook, so this one shadows the whole
 //! interface in the component linkers: `resolve-addresses` and the
 //! `resolve-address-stream` resource with its methods.

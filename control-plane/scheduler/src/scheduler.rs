@@ -167,6 +167,8 @@ struct Loop {
     nodes: Relist,
     stats: Arc<Stats>,
     images: ImageKinds,
+    /// [`Loop::image_kinds_matter`] since the last node change.
+    image_kinds_matter: Option<bool>,
 }
 
 fn uid_of(meta: &kube::api::ObjectMeta) -> String {
@@ -253,32 +255,35 @@ impl Loop {
                     self.pods.synced = true;
                 }
             },
-            Msg::Node(ev) => match *ev {
-                Event::Init => self.nodes.seen = Some(HashSet::new()),
-                Event::InitApply(n) | Event::Apply(n) => {
-                    let name = n.metadata.name.clone().unwrap_or_default();
-                    if let Some(seen) = self.nodes.seen.as_mut() {
-                        seen.insert(name.clone());
+            Msg::Node(ev) => {
+                self.image_kinds_matter = None;
+                match *ev {
+                    Event::Init => self.nodes.seen = Some(HashSet::new()),
+                    Event::InitApply(n) | Event::Apply(n) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        if let Some(seen) = self.nodes.seen.as_mut() {
+                            seen.insert(name.clone());
+                        }
+                        let ev = match self.cache.node(&name).and_then(|i| i.node.as_ref()) {
+                            None => Some(ClusterEvent::NodeAdded),
+                            Some(old) => node_changed(old, &n).then_some(ClusterEvent::NodeUpdated),
+                        };
+                        self.cache.upsert_node(n);
+                        if let Some(ev) = ev {
+                            self.queue.on_event(ev, now);
+                        }
                     }
-                    let ev = match self.cache.node(&name).and_then(|i| i.node.as_ref()) {
-                        None => Some(ClusterEvent::NodeAdded),
-                        Some(old) => node_changed(old, &n).then_some(ClusterEvent::NodeUpdated),
-                    };
-                    self.cache.upsert_node(n);
-                    if let Some(ev) = ev {
-                        self.queue.on_event(ev, now);
+                    Event::Delete(n) => self
+                        .cache
+                        .remove_node(n.metadata.name.as_deref().unwrap_or_default()),
+                    Event::InitDone => {
+                        if let Some(seen) = self.nodes.seen.take() {
+                            self.cache.retain_nodes(&seen);
+                        }
+                        self.nodes.synced = true;
                     }
                 }
-                Event::Delete(n) => self
-                    .cache
-                    .remove_node(n.metadata.name.as_deref().unwrap_or_default()),
-                Event::InitDone => {
-                    if let Some(seen) = self.nodes.seen.take() {
-                        self.cache.retain_nodes(&seen);
-                    }
-                    self.nodes.synced = true;
-                }
-            },
+            }
             Msg::RuntimeClass(ev) => {
                 match *ev {
                     Event::Init => self.cache.runtime_classes.clear(),
@@ -380,25 +385,20 @@ impl Loop {
         }
         let started = Instant::now();
         let mut info = PodInfo::new(pod.clone(), Some(&self.cache.runtime_classes));
-        if info.runtime_class.is_none() {
-            if let Some(routing) = self.cfg.image_routing.clone() {
-                if routing.matters(&self.cache) {
-                    match self.images.needs(&pod, &routing, started) {
-                        Needs::Handlers(h) => info.image_handlers = h,
-                        Needs::Ask(images) => {
-                            for image in images {
-                                self.ask_image_kind(&routing, image, pod.clone());
-                            }
-                            self.queue.done(&qp.uid);
-                            self.images.wait(qp.uid, pod);
-                            return true;
-                        }
-                        Needs::Wait => {
-                            self.queue.done(&qp.uid);
-                            self.images.wait(qp.uid, pod);
-                            return true;
+        if info.runtime_class.is_none() && self.image_kinds_matter() {
+            let routing = self.cfg.image_routing.as_ref().expect("checked above");
+            match self.images.needs(&pod, routing, started) {
+                Needs::Handlers(h) => info.image_handlers = h,
+                needs => {
+                    if let Needs::Ask(images) = needs {
+                        let routing = routing.clone();
+                        for image in images {
+                            self.ask_image_kind(&routing, image, pod.clone());
                         }
                     }
+                    self.queue.done(&qp.uid);
+                    self.images.wait(qp.uid, pod);
+                    return true;
                 }
             }
         }
@@ -460,6 +460,18 @@ impl Loop {
                 result,
             });
         });
+    }
+
+    /// Whether pods naming no RuntimeClass must be matched to handlers by their images:
+    /// an image router is configured and some node lacks one of its handlers. Worked
+    /// out again only after a node change, not once per pod.
+    fn image_kinds_matter(&mut self) -> bool {
+        let Some(routing) = &self.cfg.image_routing else {
+            return false;
+        };
+        *self
+            .image_kinds_matter
+            .get_or_insert_with(|| routing.matters(&self.cache))
     }
 
     /// Asks the registry in the background; the answer comes back as a message.
@@ -538,6 +550,7 @@ pub async fn run(
         nodes: Relist::default(),
         stats,
         images: ImageKinds::default(),
+        image_kinds_matter: None,
     };
     tracing::info!(identity = %lp.cfg.identity, name = %lp.cfg.scheduler_name, "scheduler started");
     tokio::pin!(shutdown);
