@@ -7,213 +7,19 @@ mod common;
 #[path = "../runtime-wasm/tests/support/registry.rs"]
 mod registry;
 
-use std::path::{Path, PathBuf};
+#[path = "common/agent.rs"]
+mod agent;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use agent::{
+    condition, container_status, event_reasons, example, get_pod, ready_condition, wait_pod, Agent,
+    DEADLINE,
+};
 use common::{kelp, push, wait_until, Backend, Checks, Cluster};
 use serde_json::Value;
-
-/// Bound on every wait for a pod or node condition.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn example(target: &str, name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/wasm/target")
-        .join(target)
-        .join("release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-wasm-examples.sh",
-        p.display()
-    );
-    p
-}
-
-/// A `kelp agent` process joined to `cluster` with the node token; killed by pid on drop.
-struct Agent {
-    name: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Child,
-    cmd: Command,
-}
-
-impl Agent {
-    fn start(c: &Cluster) -> Agent {
-        Agent::start_with(c, &[])
-    }
-
-    /// An agent with extra command-line arguments.
-    fn start_with(c: &Cluster, extra: &[&str]) -> Agent {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "node-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let data_dir = c.path().join(&name);
-        let log = c.path().join(format!("{name}.log"));
-        let mut cmd = kelp();
-        cmd.arg("agent")
-            .args(["--server", &c.url()])
-            .arg("--token-file")
-            .arg(c.data_dir().join("node-token"))
-            .arg("--ca-file")
-            .arg(c.data_dir().join("tls/ca.crt"))
-            .args(["--node-name", &name, "--kubelet-port", "0"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra)
-            .env("KELP_LOG", "info,kelp_node_agent=debug")
-            .env_remove("KELP_DATA_DIR")
-            .stdin(Stdio::null());
-        let child = Agent::spawn(&mut cmd, &log);
-        let agent = Agent {
-            name,
-            data_dir,
-            log,
-            child,
-            cmd,
-        };
-        agent.wait_ready(c);
-        agent
-    }
-
-    fn spawn(cmd: &mut Command, log: &Path) -> Child {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("agent log");
-        cmd.stdout(out.try_clone().expect("agent log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn kelp agent")
-    }
-
-    /// kill -9 the agent and start it again with the same arguments.
-    fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Agent::spawn(&mut self.cmd, &self.log);
-    }
-
-    fn log(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-
-    fn wait_ready(&self, c: &Cluster) {
-        let ok = wait_until(DEADLINE, || {
-            let r = c.kubectl(&["get", "node", &self.name, "-o", "json"]);
-            r.ok()
-                && serde_json::from_str::<Value>(&r.stdout)
-                    .ok()
-                    .and_then(|n| ready_condition(&n))
-                    .is_some_and(|s| s == "True")
-        });
-        assert!(ok, "node {} never became Ready:\n{}", self.name, self.log());
-    }
-
-    /// The pod's directory on the node (`<data>/kubelet/pods/<ns>_<name>_<uid>`).
-    fn pod_dir(&self, pod: &Value) -> PathBuf {
-        self.data_dir.join("kubelet/pods").join(format!(
-            "{}_{}_{}",
-            pod["metadata"]["namespace"].as_str().unwrap(),
-            pod["metadata"]["name"].as_str().unwrap(),
-            pod["metadata"]["uid"].as_str().unwrap()
-        ))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- kelp agent {} log ---\n{}", self.name, self.log());
-        }
-    }
-}
-
-fn ready_condition(node: &Value) -> Option<String> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .and_then(|c| c["status"].as_str())
-        .map(str::to_string)
-}
-
-fn condition<'a>(obj: &'a Value, kind: &str) -> &'a Value {
-    obj["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .unwrap_or(&Value::Null)
-}
-
-/// `kubectl get pod NAME -o json`, `None` when it does not exist.
-fn get_pod(c: &Cluster, name: &str) -> Option<Value> {
-    let r = c.kubectl(&["get", "pod", name, "-o", "json"]);
-    if !r.ok() {
-        assert!(
-            r.stderr.contains("NotFound") || r.stderr.contains("not found"),
-            "kubectl get pod {name}: {}",
-            r.stderr
-        );
-        return None;
-    }
-    Some(serde_json::from_str(&r.stdout).expect("pod JSON"))
-}
-
-/// Polls the pod until `cond` holds; panics with the last pod and the agent log.
-fn wait_pod(
-    c: &Cluster,
-    agent: &Agent,
-    name: &str,
-    what: &str,
-    mut cond: impl FnMut(&Value) -> bool,
-) -> Value {
-    let mut last = Value::Null;
-    let ok = wait_until(DEADLINE, || {
-        last = get_pod(c, name).unwrap_or(Value::Null);
-        cond(&last)
-    });
-    assert!(
-        ok,
-        "pod {name} never {what} within {DEADLINE:?}; last seen:\n{}\n--- agent log ---\n{}",
-        serde_json::to_string_pretty(&last["status"]).unwrap(),
-        agent.log()
-    );
-    last
-}
-
-fn container_status(pod: &Value) -> &Value {
-    &pod["status"]["containerStatuses"][0]
-}
-
-/// The reasons of the events about `pod`.
-fn event_reasons(c: &Cluster, pod: &str) -> Vec<String> {
-    let v = c.kubectl_json(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={pod}"),
-    ]);
-    v["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|e| e["reason"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn node_registers_with_labels_capacity_conditions_and_a_renewed_lease() {
@@ -769,6 +575,8 @@ fn kelp_up_runs_a_node_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port().to_string();
+    // Dropped after `up` (declared before it).
+    let iface = common::PodInterface::new();
     let up = Process::spawn(
         "kelp up",
         kelp().arg("up").arg("--data-dir").arg(&data).args([
@@ -778,6 +586,8 @@ fn kelp_up_runs_a_node_in_process() {
             "solo",
             "--kubelet-port",
             "0",
+            "--pod-interface",
+            &iface.0,
         ]),
         dir.path().join("up.log"),
     );

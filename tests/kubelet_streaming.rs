@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{kelp, push, wait_until, Backend, Cluster};
+use common::{kelp, push, wait_until, Backend, Cluster, PodInterface};
 use serde_json::Value;
 
 /// Bound on every wait for a pod or node condition.
@@ -41,6 +41,8 @@ struct Agent {
     name: String,
     log: PathBuf,
     child: Child,
+    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    _iface: PodInterface,
 }
 
 impl Agent {
@@ -53,6 +55,7 @@ impl Agent {
         );
         let log = c.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("agent log");
+        let iface = PodInterface::new();
         let child = kelp()
             .arg("agent")
             .args(["--server", &c.url()])
@@ -63,14 +66,21 @@ impl Agent {
             .args(["--node-name", &name, "--kubelet-port", "0"])
             .arg("--data-dir")
             .arg(c.path().join(&name))
+            .args(["--pod-interface", &iface.0])
             .env("KELP_LOG", "info,kelp_node_agent=debug")
             .env_remove("KELP_DATA_DIR")
+            .env_remove("KELP_POD_INTERFACE")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("agent log"))
             .stderr(out)
             .spawn()
             .expect("spawn kelp agent");
-        let agent = Agent { name, log, child };
+        let agent = Agent {
+            name,
+            log,
+            child,
+            _iface: iface,
+        };
         let ok = wait_until(DEADLINE, || {
             let r = c.kubectl(&["get", "node", &agent.name, "-o", "json"]);
             r.ok()

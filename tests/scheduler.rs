@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{kelp, wait_until, Backend, Checks, Cluster, Options};
+use common::{kelp, wait_until, Backend, Checks, Cluster, Options, PodInterface};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -46,6 +46,8 @@ struct Proc {
     what: String,
     child: Child,
     log: PathBuf,
+    /// An agent's pod interface, deleted after it is killed.
+    iface: Option<PodInterface>,
 }
 
 impl Proc {
@@ -65,6 +67,7 @@ impl Proc {
             what: what.to_string(),
             child,
             log,
+            iface: None,
         }
     }
 
@@ -99,7 +102,8 @@ fn agent(c: &Cluster, name: &str) -> Proc {
     let ca = c.data_dir().join("tls/ca.crt");
     let token = c.data_dir().join("node-token");
     let ip = c.ip.to_string();
-    let p = Proc::spawn(
+    let iface = PodInterface::new();
+    let mut p = Proc::spawn(
         c,
         name,
         &[
@@ -119,8 +123,11 @@ fn agent(c: &Cluster, name: &str) -> Proc {
             // Tests run in parallel: each node's kubelet on a port of its own.
             "--kubelet-port",
             "0",
+            "--pod-interface",
+            &iface.0,
         ],
     );
+    p.iface = Some(iface);
     wait_ready(c, name, &p);
     p
 }

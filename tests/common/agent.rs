@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster};
+use crate::common::{wait_until, Cluster, PodInterface};
 
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -40,6 +40,8 @@ pub struct Agent {
     log: PathBuf,
     child: Child,
     cmd: Command,
+    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    _iface: PodInterface,
 }
 
 impl Agent {
@@ -57,6 +59,7 @@ impl Agent {
         );
         let data_dir = c.path().join(&name);
         let log = c.path().join(format!("{name}.log"));
+        let iface = PodInterface::new();
         let mut cmd = kelp();
         cmd.arg("agent")
             .args(["--server", &c.url()])
@@ -67,9 +70,11 @@ impl Agent {
             .args(["--node-name", &name, "--kubelet-port", "0"])
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(["--pod-interface", &iface.0])
             .args(extra)
             .env("KELP_LOG", "info,kelp_node_agent=debug")
             .env_remove("KELP_DATA_DIR")
+            .env_remove("KELP_POD_INTERFACE")
             .stdin(Stdio::null());
         let child = Agent::spawn(&mut cmd, &log);
         let agent = Agent {
@@ -78,6 +83,7 @@ impl Agent {
             log,
             child,
             cmd,
+            _iface: iface,
         };
         agent.wait_ready(c);
         agent

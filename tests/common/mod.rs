@@ -262,6 +262,8 @@ pub struct Cluster {
     etcd: Option<Etcd>,
     starts: u32,
     dir: tempfile::TempDir,
+    /// The `up_node`'s pod interface, deleted after the server is killed.
+    iface: Option<PodInterface>,
 }
 
 impl Cluster {
@@ -277,6 +279,7 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("home")).expect("home dir");
+        let iface = opts.up_node.map(|_| PodInterface::new());
         let mut c = Cluster {
             backend,
             ip,
@@ -286,6 +289,7 @@ impl Cluster {
             etcd,
             starts: 0,
             dir,
+            iface,
         };
         c.spawn_server();
         c
@@ -335,10 +339,13 @@ impl Cluster {
         if let Some(node) = self.opts.up_node {
             cmd.args(["--node-name", node]);
         }
+        if let Some(iface) = &self.iface {
+            cmd.args(["--pod-interface", &iface.0]);
+        }
         cmd.args(self.opts.extra_args);
-        // Clusters of one test process run side by side and their nodes share the host's
-        // pod interface: each gets its own pod range, else two nodes both holding
-        // 10.42.0.2 remove each other's address on release.
+        // Clusters of one test process run side by side, each node on a pod interface
+        // of its own, but every address on them is local to the one host: each cluster
+        // gets its own pod range, else two nodes both hold 10.42.0.2.
         if !self.opts.extra_args.contains(&"--cluster-cidr") {
             cmd.args(["--cluster-cidr", &self.cluster_cidr()]);
         }
@@ -620,6 +627,30 @@ impl Drop for Cluster {
         }
         // etcd (if any) is dropped after the server.
         self.etcd.take();
+    }
+}
+
+/// The pod interface of one test node (`--pod-interface`): a name no other node of
+/// this machine's test runs uses, and the interface (with the pod and ClusterIP
+/// addresses the node put on it) deleted on drop, after the node is stopped. Nodes
+/// left on the default `kelp0` would share it and leave it behind.
+pub struct PodInterface(pub String);
+
+impl PodInterface {
+    pub fn new() -> PodInterface {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // IFNAMSIZ: at most 15 characters.
+        PodInterface(format!("kt{}x{n}", std::process::id() % 1_000_000))
+    }
+}
+
+impl Drop for PodInterface {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster};
+use crate::common::{wait_until, Cluster, PodInterface};
 
 pub struct Agent {
     pub name: String,
     log: PathBuf,
     child: Child,
     cmd: Command,
+    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    _iface: PodInterface,
 }
 
 fn ready_status(node: &Value) -> Option<String> {
@@ -49,6 +51,7 @@ impl Agent {
         let node_ip = format!("127.251.{}.{}", std::process::id() % 256, 2 + n % 250);
         let data_dir = c.path().join(&name);
         let log = c.path().join(format!("{name}.log"));
+        let iface = PodInterface::new();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelp"));
         cmd.arg("agent")
             .args(["--server", &c.url()])
@@ -66,8 +69,10 @@ impl Agent {
             ])
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(["--pod-interface", &iface.0])
             .env("KELP_LOG", "info")
             .env_remove("KELP_DATA_DIR")
+            .env_remove("KELP_POD_INTERFACE")
             .stdin(Stdio::null());
         let child = spawn(&mut cmd, &log);
         let agent = Agent {
@@ -75,6 +80,7 @@ impl Agent {
             log,
             child,
             cmd,
+            _iface: iface,
         };
         agent.wait_ready(c);
         agent
