@@ -212,6 +212,13 @@ impl WasmEngine {
         result
     }
 
+    /// The artifact compiled earlier from the bytes whose SHA-256 is `digest`, if the
+    /// cache still holds it: a content-addressed image finds its code without its
+    /// file being read and hashed again.
+    pub fn cached(&self, digest: &[u8; 32]) -> Option<Artifact> {
+        self.cache().by_digest(digest)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, ArtifactCache> {
         self.artifacts.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -68,9 +68,17 @@ impl Allocations {
         if let Some(ip) = self.pods.get(uid) {
             return Ok(*ip);
         }
+        let ip = self.next_free().ok_or(IpamError::Exhausted(self.range))?;
+        self.pods.insert(uid.to_string(), ip);
+        self.last = Some(ip);
+        Ok(ip)
+    }
+
+    /// The address the next `allocate` of a new pod hands out (None: none is free).
+    pub fn next_free(&self) -> Option<Ipv4Addr> {
         let (lo, hi) = self.bounds();
         if lo > hi {
-            return Err(IpamError::Exhausted(self.range));
+            return None;
         }
         let taken: std::collections::HashSet<Ipv4Addr> = self.pods.values().copied().collect();
         let size = hi - lo + 1;
@@ -78,15 +86,9 @@ impl Allocations {
             Some(l) if (lo..=hi).contains(&l) => l - lo + 1,
             _ => 0,
         };
-        for i in 0..size {
-            let ip = Ipv4Addr::from(lo + (start + i) % size);
-            if !taken.contains(&ip) {
-                self.pods.insert(uid.to_string(), ip);
-                self.last = Some(ip);
-                return Ok(ip);
-            }
-        }
-        Err(IpamError::Exhausted(self.range))
+        (0..size)
+            .map(|i| Ipv4Addr::from(lo + (start + i) % size))
+            .find(|ip| !taken.contains(ip))
     }
 
     /// Frees pod `uid`'s address (None if it held none).
@@ -317,6 +319,22 @@ mod tests {
         assert_eq!(a.release("x"), None);
         let y = a.allocate("y").unwrap();
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn next_free_is_what_the_next_allocation_hands_out() {
+        let mut a = Allocations::new(net("10.0.0.0/29")); // .2 ..= .6
+        for p in ["a", "b", "c", "d", "e"] {
+            let next = a.next_free();
+            assert_eq!(next, Some(a.allocate(p).unwrap()));
+        }
+        assert_eq!(a.next_free(), None);
+        let c = a.pods["c"];
+        a.release("c");
+        assert_eq!(a.next_free(), Some(c));
+        // Asking does not hand it out.
+        assert_eq!(a.next_free(), Some(c));
+        assert!(!a.pods.values().any(|ip| *ip == c));
     }
 
     #[test]

@@ -23,12 +23,13 @@ pub mod routes;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use iface::{IfaceError, PodInterface, DEFAULT_INTERFACE};
 pub use ipam::{AllocationFile, Allocations, IpamError};
@@ -135,6 +136,11 @@ pub struct PodNetwork {
     /// Set when a Linux container runtime shares the node: its pods get the upper half
     /// of the range through CNI.
     cni: Option<cni::CniSettings>,
+    /// Addresses put on the interface ahead of their pod: the one next-fit hands out
+    /// next, added after each acquire so the next pod start does not wait for netlink
+    /// (~0.15 ms). Free until allocated; a stale member (allocated meanwhile, or
+    /// released) is harmless, as release removes it and acquire adds what it lacks.
+    warm: std::sync::Mutex<HashSet<Ipv4Addr>>,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -163,6 +169,7 @@ impl PodNetwork {
             file: AllocationFile::new(state_dir.into().join("pod-ips.json")),
             state: Mutex::new(None),
             cni: None,
+            warm: Default::default(),
         }
     }
 
@@ -269,7 +276,7 @@ impl PodNetwork {
     }
 
     /// The address of pod `uid`: the one it holds, else a new one, made local.
-    pub async fn acquire(&self, uid: &str) -> Result<IpAddr, NetworkError> {
+    pub async fn acquire(self: &Arc<Self>, uid: &str) -> Result<IpAddr, NetworkError> {
         let mut g = self.state.lock().await;
         self.settle(&mut g).await?;
         let st = g.as_mut().expect("settled");
@@ -278,8 +285,30 @@ impl PodNetwork {
         if st.alloc != before {
             self.file.save(&st.alloc)?;
         }
-        self.mode.add(IpAddr::V4(ip)).await?;
+        let warm = self.warm_lock().remove(&ip);
+        if !warm {
+            self.mode.add(IpAddr::V4(ip)).await?;
+        }
+        if let (Some(next), AddressMode::Interface(_)) = (st.alloc.next_free(), &self.mode) {
+            if !self.warm_lock().contains(&next) {
+                let net = self.clone();
+                tokio::spawn(async move {
+                    match net.mode.add(IpAddr::V4(next)).await {
+                        Ok(()) => {
+                            net.warm_lock().insert(next);
+                        }
+                        Err(e) => {
+                            debug!(ip = %next, error = %e, "cannot add the next pod address ahead")
+                        }
+                    }
+                });
+            }
+        }
         Ok(IpAddr::V4(ip))
+    }
+
+    fn warm_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Ipv4Addr>> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Frees pod `uid`'s address and removes it from the interface.
@@ -291,6 +320,7 @@ impl PodNetwork {
         let st = g.as_mut().expect("settled");
         if let Some(ip) = st.alloc.release(uid) {
             self.file.save(&st.alloc)?;
+            self.warm_lock().remove(&ip);
             self.mode.remove(IpAddr::V4(ip)).await?;
             info!(pod_uid = %uid, %ip, "pod address released");
         }
@@ -306,6 +336,7 @@ impl PodNetwork {
         if !freed.is_empty() {
             self.file.save(&st.alloc)?;
             for ip in freed {
+                self.warm_lock().remove(&ip);
                 self.mode.remove(IpAddr::V4(ip)).await?;
                 info!(%ip, "address of a pod that is gone released");
             }
