@@ -110,7 +110,7 @@ fn check_fields(
     obj: &Value,
     body: Option<&[u8]>,
 ) -> ApiResult<Vec<String>> {
-    strategy::check_type(info, &mut obj.clone())?;
+    strategy::check_kind(info, obj)?;
     if let Err(msg) = typecheck::check_type(&info.gvk, obj) {
         return Err(ApiError::bad_request(msg));
     }

@@ -61,7 +61,16 @@ fn generated_suffix() -> String {
 
 /// Checks that the body's kind/apiVersion (if given) are the resource's, and sets them.
 pub fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
-    let Some(o) = obj.as_object_mut() else {
+    check_kind(info, obj)?;
+    let o = obj.as_object_mut().expect("checked: an object");
+    o.insert("apiVersion".into(), json!(info.gvk.api_version()));
+    o.insert("kind".into(), json!(info.gvk.kind));
+    Ok(())
+}
+
+/// The checks of [`check_type`] without filling in the type.
+pub fn check_kind(info: &ResourceInfo, obj: &Value) -> ApiResult<()> {
+    let Some(o) = obj.as_object() else {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
         ));
@@ -80,8 +89,6 @@ pub fn check_type(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
             "the API version in the data ({av}) does not match the expected API version ({want_av})"
         )));
     }
-    o.insert("apiVersion".into(), json!(want_av));
-    o.insert("kind".into(), json!(info.gvk.kind));
     Ok(())
 }
 
