@@ -340,7 +340,9 @@ impl WasmRuntime {
         let id = new_id();
         let log_path = match (&sb.config.log_directory, &cfg.log_path) {
             (Some(dir), Some(rel)) if !rel.is_empty() => dir.join(rel),
-            _ => sb.dir.join(format!("{}_{}.log", cfg.name, cfg.attempt)),
+            _ => sb
+                .scratch_dir()?
+                .join(format!("{}_{}.log", cfg.name, cfg.attempt)),
         };
         let allow_network = sb
             .config

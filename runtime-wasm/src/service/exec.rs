@@ -77,7 +77,7 @@ impl WasmRuntime {
         let sb = self.sandbox(&c.sandbox_id)?;
         let mut spec = c.spec.clone();
         spec.args = cmd.to_vec();
-        spec.log_path = sb.dir.join(format!("exec-{}.log", new_id()));
+        spec.log_path = sb.scratch_dir()?.join(format!("exec-{}.log", new_id()));
         spec.stdin = None;
         // The exec's own figures, not the container's.
         spec.memory = Default::default();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -40,14 +40,24 @@ pub struct Sandbox {
     pub config: SandboxConfig,
     pub created_at: i64,
     pub ip: IpAddr,
-    /// The sandbox's own scratch directory (removed with it).
-    pub dir: PathBuf,
+    /// The sandbox's own scratch directory (removed with it), made on first use:
+    /// most pods never need one (their logs go to the kubelet's log directory).
+    dir: PathBuf,
     ready: AtomicBool,
 }
 
 impl Sandbox {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The scratch directory, created if it is not there yet.
+    pub fn scratch_dir(&self) -> Result<&Path, crate::RuntimeError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| crate::RuntimeError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        Ok(&self.dir)
     }
 }
 
@@ -74,10 +84,6 @@ impl WasmRuntime {
         };
         let id = new_id();
         let dir = self.inner.cfg.root.join("sandboxes").join(&id);
-        std::fs::create_dir_all(&dir).map_err(|source| crate::RuntimeError::Io {
-            path: dir.clone(),
-            source,
-        })?;
         if let Some(d) = &config.log_directory {
             std::fs::create_dir_all(d).map_err(|source| crate::RuntimeError::Io {
                 path: d.clone(),
