@@ -51,8 +51,27 @@ pub struct NodeArgs {
     /// Taints the Node registers with: `KEY[=VALUE]:EFFECT`, comma-separated.
     #[arg(long, value_name = "TAINTS", value_parser = check_register_taints)]
     register_with_taints: Option<String>,
+    /// The cluster's pod addresses, CIDRs comma-separated (the server's
+    /// `--cluster-cidr`, as kube-proxy's flag): Wasm pods' outgoing wasi:http
+    /// connections to them, and to this host's own addresses, leave from the pod's
+    /// address; other destinations see the node's.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidrs)]
+    cluster_cidr: Cidrs,
     #[command(flatten)]
     net: NetArgs,
+}
+
+/// A comma-separated CIDR list (empty: none).
+#[derive(Clone, Debug, Default)]
+pub struct Cidrs(pub Vec<ipnet::IpNet>);
+
+pub fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse().map_err(|_| format!("{c:?} is not a CIDR")))
+        .collect::<Result<_, _>>()
+        .map(Cidrs)
 }
 
 /// Rejects a malformed `--register-with-taints` at parse time.
@@ -213,6 +232,7 @@ pub struct UpArgs {
 async fn runtimes(node: &NodeArgs) -> anyhow::Result<(RuntimeRouter, bool)> {
     let mut cfg = RuntimeConfig::new(node.data_dir.join("runtime"));
     cfg.insecure_registries = node.insecure_registry.clone();
+    cfg.cluster_networks = node.cluster_cidr.0.clone().into();
     let Some(endpoint) = &node.container_runtime_endpoint else {
         let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
         let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
@@ -538,6 +558,9 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         kubelet_port: up.kubelet_port,
         cloud_provider: None,
         register_with_taints: None,
+        // Checked when the control plane's flags were read.
+        cluster_cidr: parse_cidrs(&up.control_plane.controller_flags.cluster_cidr)
+            .unwrap_or_default(),
         net: up.net.clone(),
     }
 }

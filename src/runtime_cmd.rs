@@ -19,6 +19,11 @@ pub struct RuntimeArgs {
     /// A registry reached over plain http although not on loopback (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// The cluster's pod addresses, CIDRs comma-separated: Wasm pods' outgoing
+    /// wasi:http connections to them, and to this host's own addresses, leave from
+    /// the pod's address.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = crate::agent_cmd::parse_cidrs)]
+    cluster_cidr: crate::agent_cmd::Cidrs,
 }
 
 pub async fn run(
@@ -35,6 +40,7 @@ pub async fn run(
     }
     let mut cfg = kelp_runtime_wasm::service::RuntimeConfig::new(args.data_dir.join("runtime"));
     cfg.insecure_registries = args.insecure_registry;
+    cfg.cluster_networks = args.cluster_cidr.0.into();
     let rt =
         kelp_runtime_wasm::service::WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
     let rt = Arc::new(rt);

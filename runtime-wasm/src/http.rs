@@ -33,6 +33,7 @@ use crate::container::{
 use crate::dns::PodResolver;
 use crate::engine::{WasmEngine, EPOCH_TICK};
 use crate::logs::{CriLog, Stream};
+use crate::outbound::Outbound;
 use crate::RuntimeError;
 
 /// How long one request may run when the spec sets no `request_timeout`.
@@ -137,7 +138,10 @@ impl WasiHttpView for Host {
 
 impl crate::name_lookup::PodNames for Host {
     fn pod_names(&self) -> (bool, Option<Arc<PodResolver>>) {
-        (self.hooks.allow_network, self.hooks.resolver.clone())
+        (
+            self.hooks.allow_network,
+            self.hooks.outbound.resolver.clone(),
+        )
     }
 }
 
@@ -147,12 +151,11 @@ impl Limited for Host {
     }
 }
 
-/// Outgoing requests only when the container may use the network, their host
-/// names resolved by the pod's resolver.
+/// Outgoing requests only when the container may use the network, sent as the pod
+/// sends them ([`crate::outbound`]).
 struct Hooks {
     allow_network: bool,
-    resolver: Option<Arc<PodResolver>>,
-    egress: Option<Arc<crate::egress::EgressPolicy>>,
+    outbound: Outbound,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -171,79 +174,12 @@ impl WasiHttpHooks for Hooks {
         if !self.allow_network {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let resolver = self.resolver.clone();
-        let egress = self.egress.clone();
+        let outbound = self.outbound.clone();
         Box::new(async move {
-            let (host, port) = {
-                let u = request.uri();
-                let default = if u.scheme() == Some(&http::uri::Scheme::HTTPS) {
-                    443
-                } else {
-                    80
-                };
-                (
-                    u.host().unwrap_or("").to_string(),
-                    u.port_u16().unwrap_or(default),
-                )
-            };
-            let request = match resolver {
-                Some(r) => resolve_authority(&r, request).await?,
-                None => request,
-            };
-            if let Some(policy) = &egress {
-                // By name as written, or by the address it resolved to.
-                let resolved = request.uri().host().unwrap_or("").to_string();
-                if !policy.allows_host(&host, port) && !policy.allows_host(&resolved, port) {
-                    debug!(%host, port, "outgoing request denied by the pod's egress policy");
-                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
-                }
-            }
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
+            let (res, io) = outbound.send(request, options).await?;
+            Ok((res.map(BodyExt::boxed_unsync), io))
         })
     }
-}
-
-/// Points a plain-http request at the address the pod's resolver gives its host.
-/// The Host header (set by wasi:http from the authority before this hook) keeps the
-/// name. https requests keep their name: the TLS server name comes from the
-/// authority, so they are left to the system resolver.
-async fn resolve_authority<B>(
-    resolver: &PodResolver,
-    mut request: http::Request<B>,
-) -> wasmtime_wasi_http::Result<http::Request<B>> {
-    let uri = request.uri().clone();
-    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        return Ok(request);
-    }
-    let Some(host) = uri.host() else {
-        return Ok(request);
-    };
-    let ips = match resolver.lookup(host).await {
-        Ok(Some(ips)) => ips,
-        Ok(None) => return Ok(request),
-        Err(e) => {
-            debug!(host, error = %e, "outgoing request: name lookup failed");
-            return Err(wasmtime_wasi_http::Error::DnsError {
-                rcode: Some(e.to_string()),
-                info_code: None,
-            });
-        }
-    };
-    // Prefer IPv4 (every ClusterIP Kelp allocates is IPv4).
-    let Some(ip) = ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()) else {
-        return Ok(request);
-    };
-    let addr = SocketAddr::new(*ip, uri.port_u16().unwrap_or(80));
-    let mut parts = uri.into_parts();
-    parts.authority = addr.to_string().parse().ok();
-    if let Ok(u) = http::Uri::from_parts(parts) {
-        *request.uri_mut() = u;
-    }
-    Ok(request)
 }
 
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
@@ -421,8 +357,11 @@ impl Server {
             http: WasiHttpCtx::new(),
             hooks: Hooks {
                 allow_network: self.spec.allow_network,
-                resolver: self.spec.resolver.clone(),
-                egress: self.spec.egress.clone(),
+                outbound: Outbound {
+                    resolver: self.spec.resolver.clone(),
+                    egress: self.spec.egress.clone(),
+                    origin: self.spec.origin.clone(),
+                },
             },
             limits: MemoryLimit::for_spec(&self.spec),
         };

@@ -19,6 +19,7 @@ pub mod http;
 pub mod image;
 pub mod logs;
 mod name_lookup;
+pub mod outbound;
 pub mod service;
 
 pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};

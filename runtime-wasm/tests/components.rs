@@ -3,6 +3,8 @@
 //! directory, limits and stop — on the `hello` and `counter` examples
 //! (scripts/build-wasm-examples.sh builds them).
 
+#[path = "support/dns.rs"]
+mod dns;
 #[path = "support/wait.rs"]
 mod wait;
 mod wasm_examples;
@@ -290,39 +292,10 @@ fn component_compile_cache_is_reused() {
 /// A DNS server on 127.0.0.1 answering `web.shop.svc.cluster.local` A 10.1.2.3 and
 /// NXDOMAIN for everything else; its address.
 fn cluster_dns() -> std::net::SocketAddr {
-    use hickory_proto::op::{Message, MessageType, ResponseCode};
-    use hickory_proto::rr::{RData, Record, RecordType};
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = sock.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
-            r.metadata.message_type = MessageType::Response;
-            let mut found = false;
-            for query in q.queries.iter() {
-                r.add_query(query.clone());
-                if query.name().to_ascii() == "web.shop.svc.cluster.local."
-                    && query.query_type() == RecordType::A
-                {
-                    found = true;
-                    r.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        5,
-                        RData::A("10.1.2.3".parse().unwrap()),
-                    ));
-                }
-            }
-            if !found {
-                r.metadata.response_code = ResponseCode::NXDomain;
-            }
-            let _ = sock.send_to(&r.to_vec().unwrap(), from);
-        }
-    });
-    addr
+    dns::server(vec![(
+        "web.shop.svc.cluster.local.",
+        std::net::Ipv4Addr::new(10, 1, 2, 3),
+    )])
 }
 
 /// wasi-sockets name lookups follow the pod's DNS config: a Service name, short or

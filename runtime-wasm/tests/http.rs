@@ -2,6 +2,8 @@
 //! it): answers, concurrency, handlers that trap, exhaust memory or overrun their
 //! deadline (each answered 500 while the server carries on), and stop.
 
+#[path = "support/dns.rs"]
+mod dns;
 #[path = "support/wait.rs"]
 mod wait;
 mod wasm_examples;
@@ -222,4 +224,82 @@ async fn stop_interrupts_in_flight_requests() {
         .expect("the spinning request ends")
         .unwrap();
     assert!(matches!(r, Ok(500) | Err(_)), "{r:?}");
+}
+
+/// A pod's outgoing requests: a destination on this host sees the pod's address as
+/// the peer (the connection leaves from it), and an `https` name resolves through
+/// the pod's DNS, its TLS handshake naming the host as the module wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_requests_leave_from_the_pod_address_and_resolve_https_names_by_pod_dns() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod_ip: std::net::IpAddr = "127.0.0.77".parse().unwrap();
+
+    // A plain HTTP backend recording who connects.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    let (peers_tx, mut peers) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = backend.accept().await {
+            let _ = peers_tx.send(peer.ip());
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nbackend",
+                )
+                .await;
+        }
+    });
+    // A TLS endpoint that reads the ClientHello: (peer, server name) of each.
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_port = tls.local_addr().unwrap().port();
+    let (hellos_tx, mut hellos) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = tls.accept().await {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), s);
+            if let Ok(start) = acceptor.await {
+                let name = start.client_hello().server_name().map(String::from);
+                let _ = hellos_tx.send((peer.ip(), name));
+            }
+        }
+    });
+    let dns = kelp_cri_api::v1::DnsConfig {
+        servers: vec![dns::server(vec![(
+            "secure.shop.svc.cluster.local.",
+            std::net::Ipv4Addr::LOCALHOST,
+        )])
+        .to_string()],
+        searches: vec!["shop.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let mut s = spec(dir.path());
+    s.allow_network = true;
+    s.resolver = kelp_runtime_wasm::dns::PodResolver::from_cri(&dns).map(std::sync::Arc::new);
+    s.origin = Some(kelp_runtime_wasm::outbound::Origin {
+        ip: pod_ip,
+        cluster: std::sync::Arc::from([]),
+    });
+    let server = start(&engine, s).await;
+
+    let (status, body) = get(server.addr, &format!("/fetch/127.0.0.1:{backend_port}/x")).await;
+    assert_eq!((status, body.as_str()), (200, "backend"));
+    assert_eq!(peers.recv().await, Some(pod_ip), "the backend's peer");
+
+    let (status, body) = get(server.addr, &format!("/fetch-tls/secure:{tls_port}/x")).await;
+    // The handshake fails (the endpoint has no certificate); it reached the address
+    // cluster DNS gave the short name, from the pod's address, naming `secure`.
+    assert_eq!(status, 502, "{body}");
+    let hello = tokio::time::timeout(PATIENCE, hellos.recv()).await.unwrap();
+    assert_eq!(hello, Some((pod_ip, Some("secure".to_string()))), "{body}");
+    server.stop.stop();
 }

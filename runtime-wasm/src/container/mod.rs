@@ -79,6 +79,8 @@ pub struct ContainerSpec {
     /// The pod's resolver for outgoing wasi:http requests (the sandbox's DNS
     /// config); None: the system resolver.
     pub resolver: Option<Arc<crate::dns::PodResolver>>,
+    /// Where outgoing wasi:http connections come from (`None`: the node's address).
+    pub origin: Option<crate::outbound::Origin>,
     /// `resources.limits.memory` in bytes: all linear memories and tables of the
     /// container's store together.
     pub memory_limit: Option<usize>,

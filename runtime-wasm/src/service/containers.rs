@@ -369,6 +369,10 @@ impl WasmRuntime {
             egress,
             hostname: Some(sb.config.hostname.clone()).filter(|h| !h.is_empty()),
             resolver: sb.config.dns.clone(),
+            origin: Some(crate::outbound::Origin {
+                ip: sb.ip,
+                cluster: self.inner.cfg.cluster_networks.clone(),
+            }),
             cpu_limit_millis: cfg.cpu_limit_millis,
             ..Default::default()
         };

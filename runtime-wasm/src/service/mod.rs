@@ -44,6 +44,9 @@ pub struct RuntimeConfig {
     pub insecure_registries: Vec<String>,
     /// The sandbox address when the kubelet assigned none.
     pub default_ip: IpAddr,
+    /// The cluster's pod networks: a Wasm pod's outgoing wasi:http connections to them
+    /// (and to this host's own addresses) leave from the pod's address.
+    pub cluster_networks: Arc<[ipnet::IpNet]>,
 }
 
 impl RuntimeConfig {
@@ -52,6 +55,7 @@ impl RuntimeConfig {
             root: root.into(),
             insecure_registries: Vec::new(),
             default_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            cluster_networks: Arc::from([]),
         }
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! `/fetch/HOST[:PORT]/PATH` makes an outgoing wasi:http GET of
 //! `http://HOST[:PORT]/PATH` and answers with its status and body (502 and the
-//! error when the request fails): how one pod calls another Service by name.
+//! error when the request fails): how one pod calls another Service by name;
+//! `/fetch-tls/HOST[:PORT]/PATH` does the same over `https`.
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{
@@ -67,11 +68,15 @@ impl Guest for HttpHello {
                 Err(_) => respond(response_out, 404, format!("{name} is not set\n")),
             };
         }
-        if let Some(target) = path.strip_prefix("/fetch/") {
+        for (prefix, scheme) in [("/fetch/", Scheme::Http), ("/fetch-tls/", Scheme::Https)] {
+            let Some(target) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            let shown = if matches!(scheme, Scheme::Https) { "https" } else { "http" };
             let (authority, rest) = target.split_once('/').unwrap_or((target, ""));
-            return match fetch(authority, &format!("/{rest}")) {
+            return match fetch(&scheme, authority, &format!("/{rest}")) {
                 Ok((status, body)) => respond(response_out, status, body),
-                Err(e) => respond(response_out, 502, format!("fetch http://{target}: {e}\n")),
+                Err(e) => respond(response_out, 502, format!("fetch {shown}://{target}: {e}\n")),
             };
         }
         if let Some(file) = path.strip_prefix("/file/") {
@@ -89,11 +94,11 @@ impl Guest for HttpHello {
     }
 }
 
-/// GET `http://AUTHORITY/PATH`: (status, body as text) or the error.
-fn fetch(authority: &str, path: &str) -> Result<(u16, String), String> {
+/// GET `SCHEME://AUTHORITY/PATH`: (status, body as text) or the error.
+fn fetch(scheme: &Scheme, authority: &str, path: &str) -> Result<(u16, String), String> {
     let request = OutgoingRequest::new(Fields::new());
     request
-        .set_scheme(Some(&Scheme::Http))
+        .set_scheme(Some(scheme))
         .map_err(|_| "bad scheme")?;
     request
         .set_authority(Some(authority))
