@@ -59,7 +59,15 @@ fn clean_exe_mappings() -> Vec<(usize, usize)> {
 // madvise takes a raw address range; this is the one unsafe call of the binary.
 #[allow(unsafe_code)]
 fn advise(advice: rustix::mm::Advice) {
-    for (lo, hi) in clean_exe_mappings() {
+    let mappings = clean_exe_mappings();
+    let bytes: usize = mappings.iter().map(|(lo, hi)| hi - lo).sum();
+    tracing::debug!(
+        mappings = mappings.len(),
+        bytes,
+        ?advice,
+        "advising the executable's clean mappings"
+    );
+    for (lo, hi) in mappings {
         // SAFETY: the range is a read-only file mapping of this executable without
         // private pages: dropping its pages loses nothing, they are read again.
         let r = unsafe { rustix::mm::madvise(lo as *mut _, hi - lo, advice) };
@@ -85,9 +93,9 @@ pub async fn release_when_ready(client: kelp_node_agent::kube::Client, name: Str
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
-    let r = kelp_node_agent::kube::runtime::wait::await_condition(nodes, &name, ready).await;
-    if r.is_ok() {
-        release_startup_pages();
+    match kelp_node_agent::kube::runtime::wait::await_condition(nodes, &name, ready).await {
+        Ok(_) => release_startup_pages(),
+        Err(e) => tracing::debug!(error = %e, "start-up pages kept: the node's Ready was not seen"),
     }
 }
 
