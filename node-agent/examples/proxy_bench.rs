@@ -5,7 +5,9 @@
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS]`
 //!
 //! The backend is a minimal HTTP/1.1 server in this process; the proxy is the real
-//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set. The
+//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set, on
+//! a tokio runtime of its own with one worker per core (until 2026-12-01 it shared the
+//! load generator's runtime). The
 //! peer is HAProxy (`apt-get install haproxy`) in TCP mode forwarding the same
 //! traffic to the same backend, started by the benchmark when `haproxy` is on PATH,
 //! with as many threads as the machine has cores.
@@ -66,16 +68,27 @@ async fn backend() -> SocketAddr {
     addr
 }
 
-async fn proxy(to: SocketAddr) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// The proxy on a runtime of its own with `threads` workers, as in a node agent (and
+/// as HAProxy runs in a process of its own with one thread per core): it competes with
+/// the load generator and the backend for the CPUs, not for their runtime's queues.
+/// The runtime is returned to be kept alive for the run.
+fn proxy(to: SocketAddr, threads: usize) -> (SocketAddr, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("proxy")
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let b = Arc::new(Balancer::new(Backends {
         addrs: vec![to],
         affinity: None,
     }));
     let m = Metrics::default().port("bench", "bench");
-    tokio::spawn(serve_tcp(l, b, m));
-    addr
+    rt.spawn(async move { serve_tcp(TcpListener::from_std(l).unwrap(), b, m).await });
+    (addr, rt)
 }
 
 struct Rr {
@@ -212,7 +225,7 @@ async fn main() {
         .unwrap_or(5.0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let direct = backend().await;
-    let proxied = proxy(direct).await;
+    let (proxied, proxy_runtime) = proxy(direct, cores);
 
     let peer = haproxy(direct, cores).await;
     if peer.is_none() {
@@ -303,4 +316,5 @@ async fn main() {
             100.0 * bh / bd
         );
     }
+    proxy_runtime.shutdown_background();
 }
