@@ -2,7 +2,8 @@
 //! userspace proxy and cluster DNS in one process) with its own pod interface, a real
 //! registry holding `http-hello`, real `kubectl`. One Wasm pod calls a Service by
 //! name through its `/fetch/` route (an outgoing wasi:http request resolved by the
-//! pod's resolver), and the node's DNS server is queried directly over UDP and TCP.
+//! pod's resolver, and sent from the pod's address), and the node's DNS server is
+//! queried directly over UDP and TCP.
 //!
 //! The node's DNS listens on 169.254.20.10:53 on the test's interface, or a free port
 //! there when another agent on this machine holds port 53.
@@ -197,6 +198,25 @@ fn a_wasm_pod_reaches_a_service_by_name() {
     // With the port, and through svc.cluster.local.
     let (status, body) = get(client, "/fetch/hello.default:80/ns").unwrap();
     assert_eq!((status, body.contains("/ns")), (200, true), "{body}");
+
+    // A destination on the node itself sees the pod's address as the peer: the
+    // runtime connects from it (a listener of this test on the host's loopback).
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        let (mut s, peer) = host.accept().unwrap();
+        let mut buf = [0u8; 2048];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        peer.ip()
+    });
+    let (status, body) = get(client, &format!("/fetch/127.0.0.1:{host_port}/who")).unwrap();
+    assert!(status == 200 && body.contains("ok"), "{status} {body}");
+    assert_eq!(
+        peer.join().unwrap(),
+        client.ip(),
+        "the peer of a pod's request"
+    );
 
     // A name the cluster does not have: a DNS error, not a hang or a system lookup.
     let (status, body) = get(client, "/fetch/nope.default.svc.cluster.local/").unwrap();
