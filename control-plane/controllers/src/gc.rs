@@ -518,6 +518,17 @@ async fn attempt_to_delete(st: &State, uid: &str, node: &Node) -> Result<Action,
         }
         return Ok(Action::Done);
     }
+    // The graph may lag: the object may have lost these owners meanwhile (an owner's
+    // orphaning removed its reference, then the owner went). As upstream's
+    // attemptToDeleteItem, decide on the live object: gone or replaced, nothing to do;
+    // other owners than the graph's, decide again once its event arrives.
+    let live = match api.get_opt(&node.name).await? {
+        Some(o) if o.metadata.uid.as_deref() == Some(uid) => o,
+        _ => return Ok(Action::Done),
+    };
+    if live.metadata.owner_references.clone().unwrap_or_default() != node.owners {
+        return Ok(Action::RequeueAfter(GRAPH_LAG_RETRY));
+    }
     let has_dependents = !st.graph().dependents_of(uid).is_empty();
     let policy = if !waiting.is_empty() && has_dependents {
         PropagationPolicy::Foreground
@@ -529,20 +540,26 @@ async fn attempt_to_delete(st: &State, uid: &str, node: &Node) -> Result<Action,
         PropagationPolicy::Background
     };
     tracing::info!(kind = %node.resource.kind, namespace = ?node.namespace, name = %node.name, ?policy, "deleting an object whose owners are gone");
+    // The object as read: a change since (its references edited) fails the delete.
     let dp = DeleteParams {
         propagation_policy: Some(policy),
         preconditions: Some(Preconditions {
             uid: Some(uid.to_string()),
-            resource_version: None,
+            resource_version: live.metadata.resource_version.clone(),
         }),
         ..Default::default()
     };
     match api.delete(&node.name, &dp).await {
         Ok(_) => Ok(Action::Done),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(Action::Done),
+        Err(e) if is_status(&e, 404) => Ok(Action::Done),
+        Err(e) if is_status(&e, 409) => Ok(Action::RequeueAfter(GRAPH_LAG_RETRY)),
         Err(e) => Err(e.into()),
     }
 }
+
+/// How soon an object whose graph entry lagged the live one is looked at again (its
+/// watch event normally requeues it first).
+const GRAPH_LAG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Upstream `processDeletingDependentsItem`: done when no dependent blocks the owner.
 async fn process_deleting_dependents(
