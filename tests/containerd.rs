@@ -26,18 +26,6 @@ use up::{http_hello, push_as, Up, DEADLINE};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The CNI bridge of a test node, deleted when the test ends.
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn curl(url: &str) -> Result<String, String> {
     let out = Command::new("curl")
         .args(["-sS", "-m", "10", url])
@@ -179,7 +167,7 @@ fn linux_and_wasm_pods_share_a_node() {
     let linux_image = format!("{}/kelp/busybox:1.35", reg.addr);
     push_busybox(&ctd, &linux_image, Some("kelp:pa55"));
 
-    let bridge = Bridge(format!("kelpb{}", std::process::id() % 100_000));
+    let bridge = common::Link(format!("kelpb{}", std::process::id() % 100_000));
     let up = Up::start(
         "ctd",
         "info",

@@ -576,7 +576,7 @@ fn kelp_up_runs_a_node_in_process() {
     let data = dir.path().join("data");
     let port = free_port().to_string();
     // Dropped after `up` (declared before it).
-    let iface = common::PodInterface::new();
+    let iface = common::Link::unique();
     let up = Process::spawn(
         "kelp up",
         kelp().arg("up").arg("--data-dir").arg(&data).args([

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{kelp, push, wait_until, Backend, Cluster, PodInterface};
+use common::{kelp, push, wait_until, Backend, Cluster, Link};
 use serde_json::Value;
 
 /// Bound on every wait for a pod or node condition.
@@ -42,7 +42,7 @@ struct Agent {
     log: PathBuf,
     child: Child,
     /// Deleted after the agent is killed (fields drop after `Drop::drop`).
-    _iface: PodInterface,
+    _iface: Link,
 }
 
 impl Agent {
@@ -55,7 +55,7 @@ impl Agent {
         );
         let log = c.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("agent log");
-        let iface = PodInterface::new();
+        let iface = Link::unique();
         let child = kelp()
             .arg("agent")
             .args(["--server", &c.url()])

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{kelp, wait_until, Backend, Checks, Cluster, Options, PodInterface};
+use common::{kelp, wait_until, Backend, Checks, Cluster, Link, Options};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -47,7 +47,7 @@ struct Proc {
     child: Child,
     log: PathBuf,
     /// An agent's pod interface, deleted after it is killed.
-    iface: Option<PodInterface>,
+    iface: Option<Link>,
 }
 
 impl Proc {
@@ -102,7 +102,7 @@ fn agent(c: &Cluster, name: &str) -> Proc {
     let ca = c.data_dir().join("tls/ca.crt");
     let token = c.data_dir().join("node-token");
     let ip = c.ip.to_string();
-    let iface = PodInterface::new();
+    let iface = Link::unique();
     let mut p = Proc::spawn(
         c,
         name,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster, PodInterface};
+use crate::common::{wait_until, Cluster, Link};
 
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -41,7 +41,7 @@ pub struct Agent {
     child: Child,
     cmd: Command,
     /// Deleted after the agent is killed (fields drop after `Drop::drop`).
-    _iface: PodInterface,
+    _iface: Link,
 }
 
 impl Agent {
@@ -59,7 +59,7 @@ impl Agent {
         );
         let data_dir = c.path().join(&name);
         let log = c.path().join(format!("{name}.log"));
-        let iface = PodInterface::new();
+        let iface = Link::unique();
         let mut cmd = kelp();
         cmd.arg("agent")
             .args(["--server", &c.url()])

@@ -263,7 +263,7 @@ pub struct Cluster {
     starts: u32,
     dir: tempfile::TempDir,
     /// The `up_node`'s pod interface, deleted after the server is killed.
-    iface: Option<PodInterface>,
+    iface: Option<Link>,
 }
 
 impl Cluster {
@@ -279,7 +279,7 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("home")).expect("home dir");
-        let iface = opts.up_node.map(|_| PodInterface::new());
+        let iface = opts.up_node.map(|_| Link::unique());
         let mut c = Cluster {
             backend,
             ip,
@@ -630,22 +630,22 @@ impl Drop for Cluster {
     }
 }
 
-/// The pod interface of one test node (`--pod-interface`): a name no other node of
-/// this machine's test runs uses, and the interface (with the pod and ClusterIP
-/// addresses the node put on it) deleted on drop, after the node is stopped. Nodes
-/// left on the default `kelp0` would share it and leave it behind.
-pub struct PodInterface(pub String);
+/// A network interface of a test node, deleted on drop (after the node is stopped).
+pub struct Link(pub String);
 
-impl PodInterface {
-    pub fn new() -> PodInterface {
+impl Link {
+    /// A pod interface (`--pod-interface`) no other node of this machine's test runs
+    /// uses: nodes left on the default `kelp0` would share it and leave it behind,
+    /// with the pod and ClusterIP addresses they put on it.
+    pub fn unique() -> Link {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // IFNAMSIZ: at most 15 characters.
-        PodInterface(format!("kt{}x{n}", std::process::id() % 1_000_000))
+        Link(format!("kt{}x{n}", std::process::id() % 1_000_000))
     }
 }
 
-impl Drop for PodInterface {
+impl Drop for Link {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.0])

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster, PodInterface};
+use crate::common::{wait_until, Cluster, Link};
 
 pub struct Agent {
     pub name: String,
@@ -19,7 +19,7 @@ pub struct Agent {
     child: Child,
     cmd: Command,
     /// Deleted after the agent is killed (fields drop after `Drop::drop`).
-    _iface: PodInterface,
+    _iface: Link,
 }
 
 fn ready_status(node: &Value) -> Option<String> {
@@ -51,7 +51,7 @@ impl Agent {
         let node_ip = format!("127.251.{}.{}", std::process::id() % 256, 2 + n % 250);
         let data_dir = c.path().join(&name);
         let log = c.path().join(format!("{name}.log"));
-        let iface = PodInterface::new();
+        let iface = Link::unique();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelp"));
         cmd.arg("agent")
             .args(["--server", &c.url()])
