@@ -17,6 +17,8 @@ use kelp_node_agent::{client, CriRuntime, Kubelet, KubeletConfig, RemoteRuntime,
 use kelp_runtime_wasm::service::{RuntimeConfig, WasmRuntime};
 use tokio::sync::watch;
 
+use crate::runtime_process::{RuntimeLaunch, RuntimeProcess};
+
 /// What every node command takes.
 #[derive(Args, Clone, Debug)]
 pub struct NodeArgs {
@@ -33,6 +35,13 @@ pub struct NodeArgs {
     /// in-process Wasm runtime; `kelp runtime` replaces the in-process one.
     #[arg(long)]
     container_runtime_endpoint: Option<String>,
+    /// Where the Wasm runtime runs when no `--container-runtime-endpoint` is given:
+    /// `process`, a `kelp runtime` this command starts (CRI on
+    /// DATA_DIR/runtime/cri.sock), which keeps the pods running if this process dies
+    /// and is adopted when it restarts; `in-process`, in this process (pods end with
+    /// it).
+    #[arg(long, value_enum, default_value_t = WasmRuntimeMode::Process)]
+    wasm_runtime: WasmRuntimeMode,
     /// A registry reached over plain http although not on loopback (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
@@ -59,6 +68,12 @@ pub struct NodeArgs {
     cluster_cidr: Cidrs,
     #[command(flatten)]
     net: NetArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WasmRuntimeMode {
+    Process,
+    InProcess,
 }
 
 /// A comma-separated CIDR list (empty: none).
@@ -224,23 +239,40 @@ pub struct UpArgs {
 }
 
 /// The runtimes of a node, and whether a Linux runtime networks its pods through CNI:
-/// - no endpoint: the in-process Wasm runtime alone;
+/// - no endpoint: the Wasm runtime alone, in a `kelp runtime` process of its own
+///   (or in this process with `--wasm-runtime in-process`);
 /// - an endpoint serving Kelp's Wasm runtime (`kelp runtime`): that runtime alone;
 /// - any other CRI runtime (containerd): the in-process Wasm runtime for `wasm`, the
 ///   remote one for its handlers (`runc` when it names none), and for pods naming no
 ///   RuntimeClass whose images are Linux images.
-async fn runtimes(node: &NodeArgs) -> anyhow::Result<(RuntimeRouter, bool)> {
+async fn runtimes(node: &NodeArgs) -> anyhow::Result<NodeRuntimes> {
     let mut cfg = RuntimeConfig::new(node.data_dir.join("runtime"));
     cfg.insecure_registries = node.insecure_registry.clone();
     cfg.cluster_networks = node.cluster_cidr.0.clone().into();
-    let Some(endpoint) = &node.container_runtime_endpoint else {
-        let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
-        let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
-        return Ok((
-            RuntimeRouter::new().with_runtime(kelp_runtime_wasm::service::HANDLER, wasm),
-            false,
-        ));
+    let (endpoint, process) = match (&node.container_runtime_endpoint, node.wasm_runtime) {
+        (Some(endpoint), _) => (endpoint.clone(), None),
+        (None, WasmRuntimeMode::Process) => {
+            let launch = RuntimeLaunch {
+                data_dir: node.data_dir.clone(),
+                insecure_registries: node.insecure_registry.clone(),
+                cluster_cidr: node.cluster_cidr.0.clone(),
+            };
+            let endpoint = launch.endpoint();
+            let process = RuntimeProcess::ensure(launch).await?;
+            (endpoint, Some(process))
+        }
+        (None, WasmRuntimeMode::InProcess) => {
+            let wasm = WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
+            let wasm: Arc<dyn CriRuntime> = Arc::new(Arc::new(wasm));
+            return Ok(NodeRuntimes {
+                router: RuntimeRouter::new()
+                    .with_runtime(kelp_runtime_wasm::service::HANDLER, wasm),
+                cni: false,
+                process: None,
+            });
+        }
     };
+    let endpoint = &endpoint;
     let remote = RemoteRuntime::connect(endpoint)
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
@@ -277,7 +309,11 @@ async fn runtimes(node: &NodeArgs) -> anyhow::Result<(RuntimeRouter, bool)> {
         {
             router = router.with_default_handler(&handlers[0]);
         }
-        return Ok((router, false));
+        return Ok(NodeRuntimes {
+            router,
+            cni: false,
+            process,
+        });
     }
     // A Linux runtime (containerd 1.6/1.7 name no handlers in Status: `runc` is the
     // CRI plugin's default runtime).
@@ -306,7 +342,19 @@ async fn runtimes(node: &NodeArgs) -> anyhow::Result<(RuntimeRouter, bool)> {
         "kelp kubelet: Linux containers through {} {} at {endpoint}",
         version.runtime_name, version.runtime_version
     );
-    Ok((router, true))
+    Ok(NodeRuntimes {
+        router,
+        cni: true,
+        process: None,
+    })
+}
+
+/// A node's runtimes: the router, whether Linux pods network through CNI, and the
+/// Wasm runtime process this command watches, if any.
+struct NodeRuntimes {
+    router: RuntimeRouter,
+    cni: bool,
+    process: Option<RuntimeProcess>,
 }
 
 /// The handler Linux pods run under (the RuntimeClass `runc` that `kelp up` creates).
@@ -345,7 +393,11 @@ async fn run_node(
     client_ca_pem: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (router, cni) = runtimes(&node).await?;
+    let NodeRuntimes {
+        router,
+        cni,
+        process,
+    } = runtimes(&node).await?;
     let mut cfg = kubelet_config(&node, server.as_deref(), client_ca_pem);
     let mode = AddressMode::detect(&node.net.pod_interface)
         .await
@@ -446,6 +498,9 @@ async fn run_node(
     }
     if let Some(d) = dns {
         let _ = d.await;
+    }
+    if let Some(p) = process {
+        p.stop().await;
     }
     result.context("kubelet")
 }
@@ -553,6 +608,8 @@ fn node_for_up(up: &UpArgs, data_dir: &Path) -> NodeArgs {
         node_ip: None,
         data_dir: data_dir.to_path_buf(),
         container_runtime_endpoint: up.container_runtime_endpoint.clone(),
+        // One process is `kelp up`'s point: the node's runtime runs in it.
+        wasm_runtime: WasmRuntimeMode::InProcess,
         insecure_registry: up.control_plane.insecure_registry.clone(),
         max_pods: 10_000,
         kubelet_port: up.kubelet_port,

@@ -6,6 +6,7 @@ mod code_pages;
 mod image_cmd;
 mod image_kind;
 mod runtime_cmd;
+mod runtime_process;
 mod scheduler_cmd;
 
 use std::net::IpAddr;

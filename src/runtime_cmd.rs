@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use kelp_node_agent::server::streaming::StreamingServer;
+use kelp_node_agent::CriRuntime;
 
 #[derive(Args, Clone)]
 pub struct RuntimeArgs {
@@ -24,6 +26,11 @@ pub struct RuntimeArgs {
     /// the pod's address.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = crate::agent_cmd::parse_cidrs)]
     cluster_cidr: crate::agent_cmd::Cidrs,
+    /// Where the CRI streaming server listens (CRI `Exec` and `PortForward` answer
+    /// with URLs of it; port 0: any free port). Its URLs are single-use secrets: keep
+    /// it on an address only the kubelet's host reaches.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_address: std::net::SocketAddr,
 }
 
 pub async fn run(
@@ -41,9 +48,15 @@ pub async fn run(
     let mut cfg = kelp_runtime_wasm::service::RuntimeConfig::new(args.data_dir.join("runtime"));
     cfg.insecure_registries = args.insecure_registry;
     cfg.cluster_networks = args.cluster_cidr.0.into();
+    let (streaming, listener) = StreamingServer::bind(args.streaming_address)
+        .await
+        .context("starting the CRI streaming server")?;
+    cfg.stream_urls = Some(streaming.clone());
     let rt =
         kelp_runtime_wasm::service::WasmRuntime::new(cfg).context("starting the Wasm runtime")?;
     let rt = Arc::new(rt);
+    let cri: Arc<dyn CriRuntime> = Arc::new(rt.clone());
+    tokio::spawn(streaming.serve(listener, cri, std::future::pending()));
     println!("kelp runtime is serving CRI at unix://{}", path.display());
     kelp_cri_api::serve_unix(&path, rt.clone(), rt, shutdown)
         .await

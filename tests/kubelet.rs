@@ -454,26 +454,19 @@ impl Drop for Process {
 }
 
 #[test]
-fn an_agent_on_a_remote_cri_runtime_runs_pods_and_adopts_them_after_kill_9() {
+fn an_agent_runs_pods_on_its_runtime_process_and_adopts_them_after_kill_9() {
     let reg = registry::Registry::start();
     let hello = format!("{}/kelp/hello:v1", reg.addr);
     push(&example("wasm32-wasip1", "hello"), &hello);
     let c = Cluster::start(Backend::Sqlite);
-    let socket = c.path().join("cri.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let runtime = Process::spawn(
-        "kelp runtime",
-        kelp()
-            .args(["runtime", "--listen", &endpoint, "--data-dir"])
-            .arg(c.path().join("runtime")),
-        c.path().join("runtime.log"),
+    // The default: the agent starts `kelp runtime` on DATA_DIR/runtime/cri.sock.
+    let mut agent = Agent::start(&c);
+    let endpoint = format!(
+        "unix://{}",
+        agent.data_dir.join("runtime/cri.sock").display()
     );
-    assert!(
-        wait_until(DEADLINE, || socket.exists()),
-        "kelp runtime never listened:\n{}",
-        runtime.log()
-    );
-    let mut agent = Agent::start_with(&c, &["--container-runtime-endpoint", &endpoint]);
+    let runtime_pid =
+        common::node_runtime_pid(&agent.data_dir).expect("the agent records its runtime's pid");
     c.kubectl_stdin_ok(
         &["apply", "-f", "-"],
         &format!(
@@ -535,6 +528,22 @@ spec:
         p["status"]["phase"] == "Running" && container_status(p)["containerID"] == id
     });
     assert_eq!(container_status(&after)["restartCount"], 0);
+    assert!(
+        common::process_alive(runtime_pid)
+            && common::node_runtime_pid(&agent.data_dir) == Some(runtime_pid),
+        "the restarted agent did not adopt runtime {runtime_pid}:\n{}",
+        agent.log()
+    );
+    // The adopted container still serves its streams (through the runtime's
+    // streaming server): its log goes on, exec runs in it.
+    let logs = c.kubectl(&["logs", "counter"]);
+    assert!(logs.ok() && !logs.stdout.is_empty(), "{}", logs.stderr);
+    let exec = c.kubectl(&["exec", "counter", "--", "counter", "--once"]);
+    assert!(
+        exec.ok(),
+        "kubectl exec into the adopted pod: {}",
+        exec.stderr
+    );
     // The orphan's sandbox is removed from the runtime (found by its pod UID label).
     let uid = doomed["metadata"]["uid"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Builder::new_current_thread()

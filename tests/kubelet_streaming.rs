@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{kelp, push, wait_until, Backend, Cluster, Link};
+use common::{kelp, push, wait_until, Backend, Cluster, Link, NodeRuntime};
 use serde_json::Value;
 
 /// Bound on every wait for a pod or node condition.
@@ -41,7 +41,9 @@ struct Agent {
     name: String,
     log: PathBuf,
     child: Child,
-    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    /// Stopped, then deleted, after the agent is killed (fields drop after
+    /// `Drop::drop`).
+    _runtime: NodeRuntime,
     _iface: Link,
 }
 
@@ -76,6 +78,7 @@ impl Agent {
             .spawn()
             .expect("spawn kelp agent");
         let agent = Agent {
+            _runtime: NodeRuntime(c.path().join(&name)),
             name,
             log,
             child,

@@ -471,3 +471,149 @@ async fn cri_lifecycle_over_grpc_against_a_real_registry() {
     assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
     assert!(proc.data_dir.join("runtime/images").exists());
 }
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_and_exec_urls_come_from_the_runtimes_streaming_server() {
+    use kelp_node_agent::CriRuntime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry::Registry::start();
+    let web_ref = format!("{}/kelp/http-hello:v1", reg.addr);
+    push(&example("wasm32-wasip2", "http_hello"), &web_ref);
+    let mut proc = RuntimeProcess::start(dir.path());
+    let (_, mut img) = proc.connect().await;
+    img.pull_image(cri::PullImageRequest {
+        image: image_spec(&web_ref),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .expect("PullImage");
+    let endpoint = format!("unix://{}", proc.socket.display());
+    let rt = kelp_node_agent::RemoteRuntime::connect(&endpoint)
+        .await
+        .expect("connect");
+
+    let port = free_port();
+    let mut sandbox = sandbox_config("web", &dir.path().join("logs"));
+    sandbox.annotations.insert(
+        kelp_runtime_wasm::service::POD_IP_ANNOTATION.into(),
+        "127.0.0.1".into(),
+    );
+    let sandbox_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "wasm".into(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .pod_sandbox_id;
+    let mut web = container_config("web", &web_ref, &[]);
+    web.annotations.insert(
+        kelp_runtime_wasm::service::CONTAINER_PORTS_ANNOTATION.into(),
+        format!(r#"[{{"containerPort":{port},"protocol":"TCP"}}]"#),
+    );
+    let web_id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(web),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .expect("CreateContainer")
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: web_id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+
+    // Port-forward as the kubelet relays it for a runtime in another process: CRI
+    // PortForward gives a URL, a SPDY session there carries the connection.
+    let dial = kelp_node_agent::server::relay::cri_port_dialer(
+        std::sync::Arc::new(rt.clone()),
+        sandbox_id.clone(),
+        "default/web".into(),
+        "uid-web".into(),
+    );
+    let deadline = wait::Deadline::after(Duration::from_secs(30));
+    let body = loop {
+        let mut conn = dial(port).await.expect("port-forward session");
+        conn.write_all(b"GET /through-the-runtime HTTP/1.0\r\nHost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        let _ = conn.read_to_end(&mut body).await;
+        let body = String::from_utf8_lossy(&body).to_string();
+        // The component may still be binding its port.
+        if body.contains("Hello from Kelp") || !deadline.tick().await {
+            break body;
+        }
+    };
+    assert!(
+        body.contains("Hello from Kelp over wasi:http") && body.contains("/through-the-runtime"),
+        "{body:?}\n{}",
+        proc.log()
+    );
+
+    // An exec URL needs the SPDY upgrade, and serves once.
+    let url = rt
+        .exec(cri::ExecRequest {
+            container_id: web_id.clone(),
+            cmd: vec!["x".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .url;
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap();
+    let status_of_request = |upgrade: bool| {
+        let (host, path) = (host.to_string(), path.to_string());
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+            let extra = if upgrade {
+                "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+            } else {
+                ""
+            };
+            let req = format!(
+                "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[9..12]).to_string()
+        }
+    };
+    assert_eq!(status_of_request(false).await, "400");
+    assert_eq!(status_of_request(true).await, "101");
+    assert_eq!(status_of_request(true).await, "404");
+    let err = rt
+        .exec(cri::ExecRequest {
+            container_id: "nope".into(),
+            cmd: vec!["x".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("exec in an unknown container");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![80],
+        })
+        .await
+        .expect_err("port-forward to an unknown sandbox");
+    assert_eq!(err.code(), Code::NotFound);
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{kelp, wait_until, Backend, Checks, Cluster, Link, Options};
+use common::{kelp, wait_until, Backend, Checks, Cluster, Link, NodeRuntime, Options};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -46,6 +46,8 @@ struct Proc {
     what: String,
     child: Child,
     log: PathBuf,
+    /// An agent's Wasm runtime process, stopped after the agent is killed.
+    runtime: Option<NodeRuntime>,
     /// An agent's pod interface, deleted after it is killed.
     iface: Option<Link>,
 }
@@ -67,6 +69,7 @@ impl Proc {
             what: what.to_string(),
             child,
             log,
+            runtime: None,
             iface: None,
         }
     }
@@ -78,6 +81,7 @@ impl Proc {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.runtime = None;
     }
 }
 
@@ -127,6 +131,7 @@ fn agent(c: &Cluster, name: &str) -> Proc {
             &iface.0,
         ],
     );
+    p.runtime = Some(NodeRuntime(data.clone()));
     p.iface = Some(iface);
     wait_ready(c, name, &p);
     p

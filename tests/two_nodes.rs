@@ -66,6 +66,8 @@ fn tail(path: &Path, n: usize) -> String {
 struct Proc {
     child: Option<Child>,
     log: PathBuf,
+    /// An agent's Wasm runtime process, stopped after the agent.
+    runtime: Option<common::NodeRuntime>,
 }
 
 impl Proc {
@@ -74,6 +76,7 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.runtime = None;
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -178,6 +181,7 @@ impl World {
         self.procs.push(Proc {
             child: Some(child),
             log,
+            runtime: None,
         });
         self.procs.len() - 1
     }
@@ -354,7 +358,9 @@ fn start_agents(w: &mut World, nodes: &[String; 2], extra: &[&str]) -> Vec<usize
             "0",
         ];
         args.extend_from_slice(extra);
-        agents.push(w.spawn(i, &args, &format!("{node}.log")));
+        let p = w.spawn(i, &args, &format!("{node}.log"));
+        w.procs[p].runtime = Some(common::NodeRuntime(data.clone()));
+        agents.push(p);
     }
     agents
 }

@@ -41,3 +41,15 @@ pub trait StreamingRuntime: Send + Sync {
         io: StreamIo,
     ) -> Result<i32, tonic::Status>;
 }
+
+/// The streaming server of a runtime that runs in its own process (upstream's
+/// `k8s.io/kubelet/pkg/cri/streaming`): CRI `Exec` and `PortForward` answer with a
+/// single-use URL of it, which the kubelet connects to and relays its client through.
+///
+/// Contract: the runtime has checked the request (the container runs, the sandbox
+/// exists) before asking; the URL serves one session and expires if unused.
+pub trait StreamUrls: Send + Sync {
+    fn exec_url(&self, req: crate::v1::ExecRequest) -> Result<String, tonic::Status>;
+    fn port_forward_url(&self, req: crate::v1::PortForwardRequest)
+        -> Result<String, tonic::Status>;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster, Link};
+use crate::common::{wait_until, Cluster, Link, NodeRuntime};
 
 /// Bound on every wait for a pod or node condition.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -40,7 +40,9 @@ pub struct Agent {
     log: PathBuf,
     child: Child,
     cmd: Command,
-    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    /// Stopped, then deleted, after the agent is killed (fields drop after
+    /// `Drop::drop`).
+    _runtime: NodeRuntime,
     _iface: Link,
 }
 
@@ -79,6 +81,7 @@ impl Agent {
         let child = Agent::spawn(&mut cmd, &log);
         let agent = Agent {
             name,
+            _runtime: NodeRuntime(data_dir.clone()),
             data_dir,
             log,
             child,

@@ -654,6 +654,44 @@ impl Drop for Link {
     }
 }
 
+/// The Wasm runtime process a `kelp agent` started for data directory `.0` (its pid
+/// in `DATA_DIR/runtime/runtime.pid`): it outlives the agent by design, so a test
+/// kills it by that pid on drop, after the agent.
+pub struct NodeRuntime(pub std::path::PathBuf);
+
+/// The pid of the Wasm runtime process recorded in a node's data directory.
+pub fn node_runtime_pid(data_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("runtime/runtime.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` still runs (exists and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `PID (COMM) STATE …`; COMM may hold spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        let Some(pid) = node_runtime_pid(&self.0) else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        wait_until(Duration::from_secs(10), || !process_alive(pid));
+    }
+}
+
 /// A background kubectl.
 pub struct Background {
     child: Child,

@@ -11,14 +11,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{wait_until, Cluster, Link};
+use crate::common::{wait_until, Cluster, Link, NodeRuntime};
 
 pub struct Agent {
     pub name: String,
     log: PathBuf,
     child: Child,
     cmd: Command,
-    /// Deleted after the agent is killed (fields drop after `Drop::drop`).
+    /// Stopped, then deleted, after the agent is killed (fields drop after
+    /// `Drop::drop`).
+    _runtime: NodeRuntime,
     _iface: Link,
 }
 
@@ -80,6 +82,7 @@ impl Agent {
             log,
             child,
             cmd,
+            _runtime: NodeRuntime(data_dir),
             _iface: iface,
         };
         agent.wait_ready(c);
@@ -93,7 +96,8 @@ impl Agent {
         assert!(ok, "node {} never became Ready:\n{}", self.name, self.log());
     }
 
-    /// kill -9, as a machine losing power would.
+    /// kill -9 of the agent, as a crash would: its Wasm runtime, a process of its
+    /// own, keeps the pods running until the agent is back and adopts it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -15,6 +15,7 @@ pub mod relay;
 pub mod remotecommand;
 pub mod spdy;
 pub mod stats;
+pub mod streaming;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -247,7 +248,10 @@ pub(crate) async fn find_container(
 }
 
 /// The runtime holding the ready sandbox of the pod with UID `uid`, and its id.
-async fn find_sandbox(router: &RuntimeRouter, uid: &str) -> Option<(Arc<dyn CriRuntime>, String)> {
+async fn find_sandbox<'r>(
+    router: &'r RuntimeRouter,
+    uid: &str,
+) -> Option<(&'r crate::cri::RoutedRuntime, String)> {
     for routed in router.runtimes() {
         let filter = cri::PodSandboxFilter {
             label_selector: [(
@@ -268,7 +272,7 @@ async fn find_sandbox(router: &RuntimeRouter, uid: &str) -> Option<(Arc<dyn CriR
             .await
         {
             if let Some(sb) = l.items.into_iter().next() {
-                return Some((routed.runtime.clone(), sb.id));
+                return Some((routed, sb.id));
             }
         }
     }
@@ -558,11 +562,13 @@ async fn port_forward(
         );
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    // A runtime that streams itself (containerd) forwards inside the pod's network
-    // namespace; the in-process Wasm runtime's pods listen on the pod's address.
+    // A runtime that networks its own sandboxes (containerd: a network namespace per
+    // pod) forwards inside the pod's namespace, through its streaming server. Pods the
+    // kubelet networks (Wasm, in this process or in `kelp runtime`) listen on the
+    // pod's address, reachable from here.
     let dial = match find_sandbox(&state.router, &uid).await {
-        Some((rt, sandbox)) if rt.streaming().is_none() => {
-            relay::cri_port_dialer(rt, sandbox, format!("{ns}/{name}"), uid)
+        Some((routed, sandbox)) if !routed.kubelet_network => {
+            relay::cri_port_dialer(routed.runtime.clone(), sandbox, format!("{ns}/{name}"), uid)
         }
         _ => portforward::dialer(ip, format!("{ns}/{name}"), uid),
     };

@@ -488,15 +488,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> PodIo for T {}
 /// Largest data frame sent.
 const CHUNK: usize = 32 * 1024;
 
-/// Serves kubectl's port-forward protocol (`portforward.k8s.io`) over a SPDY session
-/// on `io`: each forwarded connection is an `error` stream and a `data` stream sharing
-/// a `requestid`; the data stream is connected to the pod port it names. Returns when
-/// the client ends the session.
-pub async fn serve_port_forward<IO>(io: IO, dial: Dial)
+/// The session's writer: frames sent on the returned channel are encoded (one header
+/// compression context for the session) and written in order; the write half is shut
+/// down once every sender is gone.
+pub fn spawn_writer<W>(mut wr: W) -> (mpsc::Sender<Frame>, tokio::task::JoinHandle<()>)
 where
-    IO: AsyncRead + AsyncWrite + Send + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
     let (out, mut out_rx) = mpsc::channel::<Frame>(64);
     let writer = tokio::spawn(async move {
         let mut enc = Encoder::default();
@@ -518,6 +516,19 @@ where
         }
         let _ = wr.shutdown().await;
     });
+    (out, writer)
+}
+
+/// Serves kubectl's port-forward protocol (`portforward.k8s.io`) over a SPDY session
+/// on `io`: each forwarded connection is an `error` stream and a `data` stream sharing
+/// a `requestid`; the data stream is connected to the pod port it names. Returns when
+/// the client ends the session.
+pub async fn serve_port_forward<IO>(io: IO, dial: Dial)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let (out, writer) = spawn_writer(wr);
 
     let mut dec = Decoder::default();
     // Data stream id → its inbound bytes (`None`: the client half-closed).

@@ -496,11 +496,26 @@ impl RuntimeService for WasmRuntime {
 
     async fn exec(
         &self,
-        _: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented(
-            "streaming exec for Wasm containers is served by the kubelet, not this runtime",
-        ))
+        let req = req.into_inner();
+        let Some(urls) = &self.config().stream_urls else {
+            return Err(Status::unimplemented(
+                "streaming exec for Wasm containers is served by the kubelet, not this runtime",
+            ));
+        };
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        let c = WasmRuntime::container_status(self, &req.container_id)?;
+        if c.state().phase != ContainerPhase::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} is not running",
+                req.container_id
+            )));
+        }
+        let url = urls.exec_url(req)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
@@ -514,11 +529,23 @@ impl RuntimeService for WasmRuntime {
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "port-forward to Wasm pods is served by the kubelet, not this runtime",
-        ))
+        let req = req.into_inner();
+        let Some(urls) = &self.config().stream_urls else {
+            return Err(Status::unimplemented(
+                "port-forward to Wasm pods is served by the kubelet, not this runtime",
+            ));
+        };
+        let sb = self.sandbox_status(&req.pod_sandbox_id)?;
+        if !sb.is_ready() {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {:?} is not ready",
+                req.pod_sandbox_id
+            )));
+        }
+        let url = urls.port_forward_url(req)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -35,7 +35,7 @@ pub const POD_IP_ANNOTATION: &str = "kelp.dev/pod-ip";
 /// Container annotation the kubelet sets with the container's declared ports (JSON).
 pub const CONTAINER_PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// State directory: `images/` (content store), `compiled/` (compile cache),
     /// `sandboxes/` (per-pod scratch space).
@@ -47,6 +47,22 @@ pub struct RuntimeConfig {
     /// The cluster's pod networks: a Wasm pod's outgoing wasi:http connections to them
     /// (and to this host's own addresses) leave from the pod's address.
     pub cluster_networks: Arc<[ipnet::IpNet]>,
+    /// The streaming server CRI `Exec`/`PortForward` hand out URLs of, when this
+    /// runtime serves CRI in its own process (`None`: in the kubelet's process, which
+    /// streams through [`kelp_cri_api::streaming::StreamingRuntime`] instead).
+    pub stream_urls: Option<Arc<dyn kelp_cri_api::streaming::StreamUrls>>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("root", &self.root)
+            .field("insecure_registries", &self.insecure_registries)
+            .field("default_ip", &self.default_ip)
+            .field("cluster_networks", &self.cluster_networks)
+            .field("stream_urls", &self.stream_urls.is_some())
+            .finish()
+    }
 }
 
 impl RuntimeConfig {
@@ -56,6 +72,7 @@ impl RuntimeConfig {
             insecure_registries: Vec::new(),
             default_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             cluster_networks: Arc::from([]),
+            stream_urls: None,
         }
     }
 }
