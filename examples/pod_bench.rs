@@ -4,7 +4,7 @@
 //!
 //! `scripts/bench-pods.sh` starts the cluster and runs this; by hand:
 //! `cargo run --release --example pod_bench -- --kubeconfig F --node N --image REF
-//!  [--burst 100 --burst 1000] [--singles 50] [--rss-pid PID] [--schedule]
+//!  [--burst 100 --burst 1000] [--singles 50] [--rss NAME=PID]... [--schedule]
 //!  [--runtime-class C] [--command "ARGV..."] [--label TEXT]`.
 //! `scripts/bench-linux-vs-wasm.sh` runs it twice on one node: a Wasm pod and a Linux
 //! container pod of the same tiny HTTP app.
@@ -28,7 +28,8 @@ struct Args {
     image: String,
     singles: usize,
     bursts: Vec<usize>,
-    rss_pid: Option<u32>,
+    /// Node processes whose RSS is reported (name, pid).
+    rss: Vec<(String, u32)>,
     /// Leave spec.nodeName empty so the scheduler places the pods.
     schedule: bool,
     runtime_class: Option<String>,
@@ -47,7 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         image: String::new(),
         singles: 50,
         bursts: Vec::new(),
-        rss_pid: None,
+        rss: Vec::new(),
         schedule: false,
         runtime_class: None,
         command: None,
@@ -63,7 +64,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--image" => a.image = val()?,
             "--singles" => a.singles = val()?.parse()?,
             "--burst" => a.bursts.push(val()?.parse()?),
-            "--rss-pid" => a.rss_pid = Some(val()?.parse()?),
+            "--rss" => {
+                let v = val()?;
+                let (name, pid) = v.split_once('=').context("--rss takes NAME=PID")?;
+                a.rss.push((name.to_string(), pid.parse()?));
+            }
             "--schedule" => a.schedule = true,
             "--runtime-class" => a.runtime_class = Some(val()?),
             "--command" => a.command = Some(val()?.split_whitespace().map(String::from).collect()),
@@ -74,7 +79,7 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     anyhow::ensure!(
         !a.kubeconfig.is_empty() && !a.node.is_empty() && !a.image.is_empty(),
-        "usage: pod_bench --kubeconfig F --node N --image REF [--singles K] [--burst N]... [--rss-pid PID] [--schedule]"
+        "usage: pod_bench --kubeconfig F --node N --image REF [--singles K] [--burst N]... [--rss NAME=PID]... [--schedule]"
     );
     if a.bursts.is_empty() {
         a.bursts = vec![100, 1000];
@@ -91,6 +96,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// `TOTAL MiB (NAME A MiB + NAME B MiB)`.
+fn rss_line(procs: &[(String, u32)]) -> String {
+    let each: Vec<(String, f64)> = procs
+        .iter()
+        .map(|(name, pid)| (name.clone(), rss_kib(*pid).unwrap_or(0) as f64 / 1024.0))
+        .collect();
+    let total: f64 = each.iter().map(|(_, m)| m).sum();
+    let parts: Vec<String> = each
+        .iter()
+        .map(|(name, m)| format!("{name} {m:.1} MiB"))
+        .collect();
+    format!("{total:.1} MiB ({})", parts.join(" + "))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -363,11 +382,8 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
-    if let Some(pid) = a.rss_pid {
-        println!(
-            "node process RSS idle: {:.1} MiB",
-            rss_kib(pid).unwrap_or(0) as f64 / 1024.0
-        );
+    if !a.rss.is_empty() {
+        println!("node process RSS idle: {}", rss_line(&a.rss));
     }
 
     if a.singles > 0 {
@@ -410,10 +426,10 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
         );
-        if let Some(pid) = a.rss_pid {
+        if !a.rss.is_empty() {
             println!(
-                "node process RSS with {n} running pods: {:.1} MiB",
-                rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+                "node process RSS with {n} running pods: {}",
+                rss_line(&a.rss)
             );
         }
         delete_all(&client, &ns).await?;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The idle agent's memory (docs/benchmarks.md, "Pods"): a `kelp server` and a
-# `kelp agent` joined to it, the agent's smaps_rollup read over three idle minutes
+# `kelp agent` joined to it, the smaps_rollup of the agent and of the Wasm runtime
+# process it starts (`kelp runtime`; with `--wasm-runtime in-process` there is none)
+# read over three idle minutes
 # (the agent drops its start-up pages once Ready; its periodic work — leases, node
 # status every minute, relists — maps what it uses again, so the later figures are
 # the steady state).
@@ -23,9 +25,13 @@ env "$@" "$kelp" agent --server https://127.0.0.1:16471 --token-file "$work/cp/n
   --kubelet-port 0 >"$work/agent.log" 2>&1 &
 agent=$!
 pids+=("$agent")
+mem() { grep -E '^(Rss|Pss_Anon|Pss_File):' "/proc/$1/smaps_rollup" | tr -s ' ' | tr '\n' ' '; }
 elapsed=0
 for at in 10 60 120 180; do
   sleep $((at - elapsed)) # idle time is what is measured
   elapsed=$at
-  echo "after ${at} s: $(grep -E '^(Rss|Pss_Anon|Pss_File):' "/proc/$agent/smaps_rollup" | tr -s ' ' | tr '\n' ' ')"
+  echo "after ${at} s: agent $(mem "$agent")"
+  if [ -f "$work/agent/runtime/runtime.pid" ]; then
+    echo "after ${at} s: runtime $(mem "$(cat "$work/agent/runtime/runtime.pid")")"
+  fi
 done

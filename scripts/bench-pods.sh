@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pod start benchmark (figures in docs/benchmarks.md, "Pods"): pod create → Running
 # seen through a watch, one at a time and in bursts, on `kelp up`; then the node's
-# memory: a `kelp server` plus a separate `kelp agent`, whose RSS is read idle and with
-# the burst's pods running. Usage: scripts/bench-pods.sh [BURST...] (default 100 1000).
+# memory: a `kelp server` plus a separate `kelp agent` (and the `kelp runtime` it
+# starts), whose RSS is read idle and with the burst's pods running. Usage: scripts/bench-pods.sh [BURST...] (default 100 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bursts=("${@:-100 1000}")
@@ -56,5 +56,7 @@ target/release/kelp agent --server https://127.0.0.1:16451 --token-file "$work/c
 agent=$!
 pids+=("$agent")
 wait_for "node_ready $work/cp/kubeconfig bench-agent"
+# The agent runs the pods in a Wasm runtime process of its own (`kelp runtime`).
+runtime=$(cat "$work/agent/runtime/runtime.pid")
 target/release/examples/pod_bench --kubeconfig "$work/cp/kubeconfig" --node bench-agent --image "$image" \
-  --singles 0 "${burst_args[@]}" --rss-pid "$agent"
+  --singles 0 "${burst_args[@]}" --rss agent="$agent" --rss runtime="$runtime"
