@@ -197,11 +197,8 @@ async fn start(launch: &RuntimeLaunch) -> anyhow::Result<Pid> {
 
 /// Resolves when process `pid` has exited (immediately if it is already gone).
 async fn exited(pidfd: &Option<AsyncFd<OwnedFd>>) {
-    match pidfd {
-        Some(fd) => {
-            let _ = fd.readable().await;
-        }
-        None => {}
+    if let Some(fd) = pidfd {
+        let _ = fd.readable().await;
     }
 }
 

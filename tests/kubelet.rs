@@ -569,6 +569,37 @@ spec:
         "the deleted pod's sandbox is still in the runtime:\n{}",
         agent.log()
     );
+    // The runtime dies: the agent starts another, and the kubelet recreates the pod
+    // that ended with it.
+    let _ = Command::new("kill")
+        .args(["-9", &runtime_pid.to_string()])
+        .status();
+    let restarted = wait_until(DEADLINE, || {
+        common::node_runtime_pid(&agent.data_dir)
+            .is_some_and(|p| p != runtime_pid && common::process_alive(p))
+    });
+    assert!(
+        restarted,
+        "no new runtime after the old one was killed:\n{}",
+        agent.log()
+    );
+    let again = wait_pod(&c, &agent, "counter", "running on the new runtime", |p| {
+        p["status"]["phase"] == "Running"
+            && container_status(p)["containerID"] != id
+            && container_status(p)["state"]["running"].is_object()
+    });
+    assert!(container_status(&again)["containerID"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("wasm://")));
+
+    // An orderly stop of the agent stops its runtime too.
+    let new_pid = common::node_runtime_pid(&agent.data_dir).unwrap();
+    let status = agent.terminate();
+    assert!(status.success(), "kelp agent exited with {status}");
+    assert!(
+        !common::process_alive(new_pid),
+        "runtime {new_pid} still runs after the agent stopped"
+    );
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -104,6 +104,14 @@ impl Agent {
             .expect("spawn kelp agent")
     }
 
+    /// SIGTERM (an orderly stop), and wait for the agent to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for kelp agent")
+    }
+
     /// kill -9 the agent and start it again with the same arguments.
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
