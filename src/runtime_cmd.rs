@@ -57,6 +57,9 @@ pub async fn run(
     let rt = Arc::new(rt);
     let cri: Arc<dyn CriRuntime> = Arc::new(rt.clone());
     tokio::spawn(streaming.serve(listener, cri, std::future::pending()));
+    // Start-up (argument parsing, engine and store set-up) touched code serving never
+    // runs again; what serving uses maps back at its next access.
+    crate::code_pages::release_startup_pages();
     println!("kelp runtime is serving CRI at unix://{}", path.display());
     kelp_cri_api::serve_unix(&path, rt.clone(), rt, shutdown)
         .await

@@ -581,25 +581,10 @@ async fn port_forward(
         .unwrap_or("")
         .to_ascii_lowercase();
     if upgrade.starts_with("spdy/3.1") {
-        let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-            return text(StatusCode::BAD_REQUEST, "Upgrade request required");
-        };
-        tokio::spawn(async move {
-            match on.await {
-                Ok(up) => spdy::serve_port_forward(TokioIo::new(up), dial).await,
-                Err(e) => debug!(error = %e, "spdy upgrade failed"),
-            }
+        let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        return spdy_upgrade(on, portforward::SPDY_PROTOCOL, move |io| {
+            spdy::serve_port_forward(io, dial)
         });
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = r.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-        h.insert(
-            "X-Stream-Protocol-Version",
-            HeaderValue::from_static(portforward::SPDY_PROTOCOL),
-        );
-        return r;
     }
 
     use axum::extract::FromRequestParts;
@@ -624,6 +609,38 @@ async fn port_forward(
             "no supported stream protocol offered (want SPDY/3.1+portforward.k8s.io or v4.channel.k8s.io)",
         ),
     }
+}
+
+/// Answers a SPDY/3.1 upgrade (101, naming `protocol`) and runs `session` on the
+/// upgraded connection.
+pub(crate) fn spdy_upgrade<F, Fut>(
+    on: Option<hyper::upgrade::OnUpgrade>,
+    protocol: &'static str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let Some(on) = on else {
+        return text(StatusCode::BAD_REQUEST, "Upgrade request required");
+    };
+    tokio::spawn(async move {
+        match on.await {
+            Ok(up) => session(TokioIo::new(up)).await,
+            Err(e) => debug!(error = %e, "spdy upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(
+        "X-Stream-Protocol-Version",
+        HeaderValue::from_static(protocol),
+    );
+    r
 }
 
 /// `GET /stats/summary`.

@@ -25,23 +25,31 @@ const V4: &str = "v4.channel.k8s.io";
 /// v5's close-a-stream channel.
 const CLOSE: u8 = 255;
 
-/// The streaming server's frames, read as they are needed. Cancel-safe (a `select!`
-/// may drop [`FrameReader::next`]): the decoder only changes after a read completed.
-struct FrameReader {
-    rd: OwnedReadHalf,
+/// The peer's frames, read as they are needed. Cancel-safe (a `select!` may drop
+/// [`FrameReader::next`]): the decoder only changes after a read completed.
+pub(super) struct FrameReader<R = OwnedReadHalf> {
+    rd: R,
     dec: Decoder,
     buf: Vec<u8>,
 }
 
-impl FrameReader {
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    pub(super) fn new(rd: R) -> Self {
+        FrameReader {
+            rd,
+            dec: Decoder::default(),
+            buf: vec![0u8; 32 * 1024],
+        }
+    }
+
     /// The next frame; `None` when the connection ends or sends garbage.
-    async fn next(&mut self) -> Option<Frame> {
+    pub(super) async fn next(&mut self) -> Option<Frame> {
         loop {
             match self.dec.next_frame() {
                 Ok(Some(f)) => return Some(f),
                 Ok(None) => {}
                 Err(e) => {
-                    debug!(error = %e, "spdy: bad frame from the streaming server");
+                    debug!(error = %e, "spdy: bad frame; ending the session");
                     return None;
                 }
             }
@@ -94,13 +102,8 @@ async fn open_session(
     streams: &[(u32, Headers)],
 ) -> Result<(FrameReader, FrameWriter), String> {
     let (rd, wr, leftover) = spdy_connect(url, protocol).await?;
-    let mut dec = Decoder::default();
-    dec.push(&leftover);
-    let reader = FrameReader {
-        rd,
-        dec,
-        buf: vec![0u8; 32 * 1024],
-    };
+    let mut reader = FrameReader::new(rd);
+    reader.dec.push(&leftover);
     let mut writer = FrameWriter {
         wr,
         enc: Encoder::default(),

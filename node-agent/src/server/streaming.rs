@@ -16,22 +16,22 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::http::{header, Request, Response, StatusCode};
 use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::TokioIo;
 use kelp_cri_api::streaming::{StreamIo, StreamUrls};
 use kelp_cri_api::tonic::Status;
 use kelp_cri_api::v1 as cri;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::relay::FrameReader;
 use super::remotecommand::{self, Outcome};
-use super::spdy::{self, Decoder, Frame};
-use super::{portforward, text, ServerError};
+use super::spdy::{self, Frame};
+use super::{portforward, spdy_upgrade, text, ServerError};
 use crate::cri::CriRuntime;
 
 /// An unused URL stops working after this long (upstream's default).
@@ -152,33 +152,6 @@ fn offers(req: &Request<Body>, protocol: &str) -> bool {
     upgrade && offered
 }
 
-/// Answers the upgrade and runs `session` on the upgraded connection.
-fn upgrade<F, Fut>(mut req: Request<Body>, protocol: &'static str, session: F) -> Response<Body>
-where
-    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let Some(on) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return text(StatusCode::BAD_REQUEST, "Upgrade request required");
-    };
-    tokio::spawn(async move {
-        match on.await {
-            Ok(up) => session(TokioIo::new(up)).await,
-            Err(e) => debug!(error = %e, "spdy upgrade failed"),
-        }
-    });
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert(
-        "X-Stream-Protocol-Version",
-        HeaderValue::from_static(protocol),
-    );
-    r
-}
-
 fn unknown_token() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "unknown or expired stream token")
 }
@@ -186,7 +159,7 @@ fn unknown_token() -> Response<Body> {
 async fn exec(
     State((server, runtime)): AppState,
     Path(token): Path<String>,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Response<Body> {
     if !offers(&req, EXEC_PROTOCOL) {
         return text(
@@ -197,13 +170,14 @@ async fn exec(
     let Some(Session::Exec(exec)) = server.take(&token) else {
         return unknown_token();
     };
-    upgrade(req, EXEC_PROTOCOL, move |io| serve_exec(io, exec, runtime))
+    let on = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    spdy_upgrade(on, EXEC_PROTOCOL, move |io| serve_exec(io, exec, runtime))
 }
 
 async fn port_forward(
     State((server, runtime)): AppState,
     Path(token): Path<String>,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Response<Body> {
     if !offers(&req, portforward::SPDY_PROTOCOL) {
         return text(
@@ -244,7 +218,8 @@ async fn port_forward(
     };
     let meta = sandbox.metadata.unwrap_or_default();
     let dial = portforward::dialer(ip, format!("{}/{}", meta.namespace, meta.name), meta.uid);
-    upgrade(req, portforward::SPDY_PROTOCOL, move |io| {
+    let on = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    spdy_upgrade(on, portforward::SPDY_PROTOCOL, move |io| {
         spdy::serve_port_forward(io, dial)
     })
 }
@@ -290,33 +265,6 @@ impl Kind {
     }
 }
 
-/// Reads frames from the client; cancel-safe (the decoder changes only after a
-/// completed read).
-struct Frames<R> {
-    rd: R,
-    dec: Decoder,
-    buf: Vec<u8>,
-}
-
-impl<R: AsyncRead + Unpin> Frames<R> {
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            match self.dec.next_frame() {
-                Ok(Some(f)) => return Some(f),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(error = %e, "spdy: bad frame; ending the exec session");
-                    return None;
-                }
-            }
-            match self.rd.read(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.dec.push(&self.buf[..n]),
-            }
-        }
-    }
-}
-
 fn data(stream_id: u32, fin: bool, data: Bytes) -> Frame {
     Frame::Data {
         stream_id,
@@ -334,11 +282,7 @@ where
 {
     let (rd, wr) = tokio::io::split(io);
     let (out, writer) = spdy::spawn_writer(wr);
-    let mut frames = Frames {
-        rd,
-        dec: Decoder::default(),
-        buf: vec![0u8; 32 * 1024],
-    };
+    let mut frames = FrameReader::new(rd);
 
     let mut missing = Kind::expected(&req);
     let mut streams: HashMap<Kind, u32> = HashMap::new();
