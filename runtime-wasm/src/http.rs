@@ -145,6 +145,12 @@ impl crate::name_lookup::PodNames for Host {
     }
 }
 
+impl crate::pod_sockets::PodAddress for Host {
+    fn origin(&self) -> Option<crate::outbound::Origin> {
+        self.hooks.outbound.origin.clone()
+    }
+}
+
 impl Limited for Host {
     fn limits(&mut self) -> &mut MemoryLimit {
         &mut self.limits
@@ -186,6 +192,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>
     let mut linker: Linker<Host> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::name_lookup::add_to_linker(&mut linker)?;
+    crate::pod_sockets::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Ok(linker)
 }

@@ -20,6 +20,7 @@ pub mod image;
 pub mod logs;
 mod name_lookup;
 pub mod outbound;
+mod pod_sockets;
 pub mod service;
 
 pub use container::{Artifact, ContainerSpec, ExitReason, ExitStatus, Mount, StopHandle};

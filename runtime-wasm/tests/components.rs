@@ -170,6 +170,85 @@ async fn sockets_are_denied_unless_allowed() {
     assert!(!line.starts_with("net: PermissionDenied"), "{allowed:?}");
 }
 
+/// A pod address on loopback (what a node without CAP_NET_ADMIN hands out), so the
+/// test needs no interface of its own.
+fn pod_origin(ip: &str) -> kelp_runtime_wasm::outbound::Origin {
+    kelp_runtime_wasm::outbound::Origin {
+        ip: ip.parse().unwrap(),
+        cluster: std::sync::Arc::from(vec!["10.42.0.0/16".parse::<ipnet::IpNet>().unwrap()]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_connect_from_and_serve_on_the_pods_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = WasmEngine::new(None).unwrap();
+    let artifact = engine.compile(&wasm_examples::bytes(P2, "hello")).unwrap();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = peer.local_addr().unwrap().to_string();
+
+    // Connects leave from the pod's address; without one, from the node's.
+    for (name, origin, from) in [
+        ("pod", Some(pod_origin("127.0.0.77")), "127.0.0.77"),
+        ("node", None, "127.0.0.1"),
+    ] {
+        let mut s = spec(dir.path(), name, &["--connect", &target]);
+        s.allow_network = true;
+        s.origin = origin;
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!(st.code, 0, "{st:?}");
+        let (_conn, seen) = peer.accept().unwrap();
+        assert_eq!(seen.ip().to_string(), from, "{name}");
+        let out = stdout(&s.log_path);
+        let want = format!("connect {target}: from {seen}");
+        assert!(out.contains(&want), "{name}: {out:?}");
+    }
+
+    // A server on 0.0.0.0:PORT listens on the pod's address only, so another pod (or
+    // the node) can serve the same port on its own address.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.78:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let on_node = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut s = spec(
+        dir.path(),
+        "serve",
+        &["--serve", &format!("0.0.0.0:{port}")],
+    );
+    s.allow_network = true;
+    s.origin = Some(pod_origin("127.0.0.78"));
+    let server = {
+        let (engine, artifact, s) = (engine.clone(), artifact.clone(), s.clone());
+        tokio::spawn(async move { run(&engine, &artifact, &s, &StopHandle::default()).await })
+    };
+    let pod_addr = std::net::SocketAddr::from(([127, 0, 0, 78], port));
+    let answered = wait::until(Duration::from_secs(30), || async move {
+        let Ok(mut c) = tokio::net::TcpStream::connect(pod_addr).await else {
+            return false;
+        };
+        let mut line = String::new();
+        let read = tokio::io::AsyncReadExt::read_to_string(&mut c, &mut line).await;
+        read.is_ok() && line == "served by Kelp\n"
+    })
+    .await;
+    assert!(
+        answered,
+        "the pod answers on {pod_addr}: {:?}",
+        stdout(&s.log_path)
+    );
+    let st = server.await.unwrap().unwrap();
+    assert_eq!(st.code, 0, "{st:?}");
+    let out = stdout(&s.log_path);
+    assert!(
+        out.contains(&format!("serve 0.0.0.0:{port}: bound {pod_addr}")),
+        "{out:?}"
+    );
+    drop(on_node);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn working_dir_is_the_initial_cwd() {
     let dir = tempfile::tempdir().unwrap();

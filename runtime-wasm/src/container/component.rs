@@ -18,6 +18,13 @@ pub struct Host {
     limits: MemoryLimit,
     /// Whether names may be looked up, and the pod's resolver.
     names: (bool, Option<std::sync::Arc<crate::dns::PodResolver>>),
+    origin: Option<crate::outbound::Origin>,
+}
+
+impl crate::pod_sockets::PodAddress for Host {
+    fn origin(&self) -> Option<crate::outbound::Origin> {
+        self.origin.clone()
+    }
 }
 
 impl crate::name_lookup::PodNames for Host {
@@ -45,6 +52,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>
     let mut linker: Linker<Host> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::name_lookup::add_to_linker(&mut linker)?;
+    crate::pod_sockets::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -91,6 +99,7 @@ pub async fn run(
         table: ResourceTable::new(),
         limits: MemoryLimit::for_spec(spec),
         names: (spec.allow_network, spec.resolver.clone()),
+        origin: spec.origin.clone(),
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);

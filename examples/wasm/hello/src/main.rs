@@ -7,7 +7,9 @@
 //! `NAME=value`, `--cat PATH` prints `PATH: content` (what a pod sees of its env and
 //! volumes), `--ls DIR` prints the sorted non-hidden entries of a directory, `--write PATH BYTES`
 //! writes a file of that many bytes, `--sleep SECS` sleeps, `--resolve NAME` prints
-//! the addresses NAME resolves to (wasi-sockets name lookup).
+//! the addresses NAME resolves to (wasi-sockets name lookup), `--connect ADDR` connects
+//! over TCP and prints the local address it connected from, `--serve ADDR` listens on
+//! ADDR, prints the address bound, answers one connection with a line and exits.
 
 use std::io::Read;
 
@@ -73,6 +75,36 @@ fn main() {
                 Ok(_) => println!("net: connected"),
                 Err(e) => println!("net: {:?}: {e}", e.kind()),
             },
+            "--connect" => {
+                let addr = rest.next().cloned().unwrap_or_default();
+                match std::net::TcpStream::connect(&addr) {
+                    Ok(s) => match s.local_addr() {
+                        Ok(local) => println!("connect {addr}: from {local}"),
+                        Err(e) => println!("connect {addr}: local address: {e}"),
+                    },
+                    Err(e) => println!("connect {addr}: {:?}: {e}", e.kind()),
+                }
+            }
+            "--serve" => {
+                use std::io::Write;
+                let addr = rest.next().cloned().unwrap_or_default();
+                match std::net::TcpListener::bind(&addr) {
+                    Ok(l) => {
+                        match l.local_addr() {
+                            Ok(local) => println!("serve {addr}: bound {local}"),
+                            Err(e) => println!("serve {addr}: local address: {e}"),
+                        }
+                        match l.accept() {
+                            Ok((mut s, peer)) => {
+                                let _ = s.write_all(b"served by Kelp\n");
+                                println!("serve {addr}: answered {peer}");
+                            }
+                            Err(e) => println!("serve {addr}: accept: {e}"),
+                        }
+                    }
+                    Err(e) => println!("serve {addr}: {:?}: {e}", e.kind()),
+                }
+            }
             "--resolve" => {
                 use std::net::ToSocketAddrs;
                 let name = rest.next().cloned().unwrap_or_default();

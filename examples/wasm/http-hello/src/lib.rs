@@ -72,11 +72,19 @@ impl Guest for HttpHello {
             let Some(target) = path.strip_prefix(prefix) else {
                 continue;
             };
-            let shown = if matches!(scheme, Scheme::Https) { "https" } else { "http" };
+            let shown = if matches!(scheme, Scheme::Https) {
+                "https"
+            } else {
+                "http"
+            };
             let (authority, rest) = target.split_once('/').unwrap_or((target, ""));
             return match fetch(&scheme, authority, &format!("/{rest}")) {
                 Ok((status, body)) => respond(response_out, status, body),
-                Err(e) => respond(response_out, 502, format!("fetch {shown}://{target}: {e}\n")),
+                Err(e) => respond(
+                    response_out,
+                    502,
+                    format!("fetch {shown}://{target}: {e}\n"),
+                ),
             };
         }
         if let Some(file) = path.strip_prefix("/file/") {
@@ -97,9 +105,7 @@ impl Guest for HttpHello {
 /// GET `SCHEME://AUTHORITY/PATH`: (status, body as text) or the error.
 fn fetch(scheme: &Scheme, authority: &str, path: &str) -> Result<(u16, String), String> {
     let request = OutgoingRequest::new(Fields::new());
-    request
-        .set_scheme(Some(scheme))
-        .map_err(|_| "bad scheme")?;
+    request.set_scheme(Some(scheme)).map_err(|_| "bad scheme")?;
     request
         .set_authority(Some(authority))
         .map_err(|_| format!("bad authority {authority:?}"))?;
