@@ -26,8 +26,13 @@ const DEADLINE: Duration = Duration::from_secs(90);
 const PORT: u16 = 6443;
 
 fn http_hello() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/wasm/target/wasm32-wasip2/release/http_hello.wasm");
+    example("http_hello")
+}
+
+fn example(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "examples/wasm/target/wasm32-wasip2/release/{name}.wasm"
+    ));
     assert!(
         p.exists(),
         "{} is missing: run scripts/build-wasm-examples.sh",
@@ -323,16 +328,18 @@ fn start_agents(w: &mut World, nodes: &[String; 2], extra: &[&str]) -> Vec<usize
     let mut agents = vec![];
     for (i, node) in nodes.iter().enumerate() {
         let data = w.path().join(node);
-        let o = run(Command::new(env!("CARGO_BIN_EXE_kelp"))
-            .args(["image", "import"])
-            .arg(http_hello())
-            .args(["--name", IMAGE, "--data-dir"])
-            .arg(&data));
-        assert!(
-            o.status.success(),
-            "kelp image import: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        for (module, image) in [(http_hello(), IMAGE), (example("hello"), HELLO)] {
+            let o = run(Command::new(env!("CARGO_BIN_EXE_kelp"))
+                .args(["image", "import"])
+                .arg(module)
+                .args(["--name", image, "--data-dir"])
+                .arg(&data));
+            assert!(
+                o.status.success(),
+                "kelp image import: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         let (node_ip, token, ca) = (
             w.addr[i].clone(),
             server_dir.join("node-token"),
@@ -399,6 +406,19 @@ fn wait_host_gw_routes(w: &World, nodes: &[String; 2], cidr: &[String]) {
 }
 
 const IMAGE: &str = "kelp.test/http-hello:v1";
+/// The `hello` command component (wasi-sockets `--serve` and `--connect`).
+const HELLO: &str = "kelp.test/hello:v1";
+
+/// A `hello` pod run once on `node` with `args`.
+fn hello_pod(name: &str, node: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
+         restartPolicy: Never\n  containers:\n  - name: hello\n    image: {HELLO}\n    \
+         args: [{}]\n",
+        args.join(", ")
+    )
+}
 
 const APPS: &str = r#"
 apiVersion: v1
@@ -504,6 +524,71 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
         last.0 && last.1 == "web-b\n"
     });
     assert!(ok, "GET {via_pod}: {last:?}\n{}", w.logs());
+
+    // wasi-sockets across nodes: a server on 0.0.0.0 in a pod on node B listens on
+    // its pod's address; a pod on node A connects to it from its own address.
+    let applied = w.kubectl_full(
+        &["apply", "-f", "-"],
+        Some(&hello_pod(
+            "serve-b",
+            &nodes[1],
+            &["--serve", "0.0.0.0:9090"],
+        )),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let mut serve_b = String::new();
+    let bound = wait_until(DEADLINE, || {
+        let Some(p) = w.json(&["get", "pod", "serve-b"]) else {
+            return false;
+        };
+        serve_b = p["status"]["podIP"].as_str().unwrap_or("").to_string();
+        let logs = w.kubectl_full(&["logs", "serve-b"], None);
+        !serve_b.is_empty()
+            && String::from_utf8_lossy(&logs.stdout).contains(&format!("bound {serve_b}:9090"))
+    });
+    assert!(
+        bound,
+        "serve-b ({serve_b}) not bound on its address:\n{}",
+        w.logs()
+    );
+    let target = format!("{serve_b}:9090");
+    let applied = w.kubectl_full(
+        &["apply", "-f", "-"],
+        Some(&hello_pod("connect-a", &nodes[0], &["--connect", &target])),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let (mut connect_a, mut said) = (String::new(), String::new());
+    let connected = wait_until(DEADLINE, || {
+        let Some(p) = w.json(&["get", "pod", "connect-a"]) else {
+            return false;
+        };
+        connect_a = p["status"]["podIP"].as_str().unwrap_or("").to_string();
+        said = String::from_utf8_lossy(&w.kubectl_full(&["logs", "connect-a"], None).stdout)
+            .into_owned();
+        p["status"]["phase"] == "Succeeded" && said.contains(&format!("connect {target}"))
+    });
+    assert!(connected, "connect-a ({connect_a}): {said}\n{}", w.logs());
+    assert!(
+        said.contains(&format!("connect {target}: from {connect_a}:")),
+        "connect-a ({connect_a}) did not connect from its pod address: {said}"
+    );
+    let answered = wait_until(DEADLINE, || {
+        String::from_utf8_lossy(&w.kubectl_full(&["logs", "serve-b"], None).stdout)
+            .contains(&format!("answered {connect_a}:"))
+    });
+    assert!(
+        answered,
+        "serve-b did not see connect-a's address:\n{}",
+        w.logs()
+    );
 
     // The Service: its only endpoint is on node B; node A's proxy forwards to it.
     let cluster_ip = w.kubectl_ok(&["get", "svc", "web-b", "-o", "jsonpath={.spec.clusterIP}"]);
