@@ -5,7 +5,7 @@
 //!
 //! - Start: a runtime already answering on `DATA_DIR/runtime/cri.sock` is adopted;
 //!   otherwise one is started there (same executable, same process group, output to
-//!   `DATA_DIR/runtime/runtime.log`).
+//!   `DATA_DIR/runtime/runtime.log`, moved aside to `runtime.log.1` at a start once past 16 MiB).
 //! - Watch: the runtime's pid (the socket's peer credentials) through a pidfd; a
 //!   runtime that dies is started again (its pods are then recreated by the kubelet).
 //! - Stop: with the agent's orderly shutdown (SIGTERM, then SIGKILL after 10 s). A
@@ -119,6 +119,21 @@ async fn running_pid(socket: &Path) -> Option<Pid> {
     (version.runtime_name == kelp_runtime_wasm::service::RUNTIME_NAME).then_some(cred.pid)
 }
 
+/// The size past which a start moves the runtime's log aside (one old log is kept).
+const LOG_ROTATE_BYTES: u64 = 16 << 20;
+
+/// Moves `path` to `path.1` when it has grown past [`LOG_ROTATE_BYTES`], so the logs of
+/// a runtime restarted many times do not fill the disk.
+fn rotate_log(path: &Path) {
+    let big = std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES);
+    if big {
+        let old = path.with_extension("log.1");
+        if let Err(e) = std::fs::rename(path, &old) {
+            warn!(path = %path.display(), error = %e, "cannot move the runtime log aside");
+        }
+    }
+}
+
 /// Starts `kelp runtime` and waits until it answers on its socket.
 async fn start(launch: &RuntimeLaunch) -> anyhow::Result<Pid> {
     let dir = launch.data_dir.join("runtime");
@@ -127,6 +142,7 @@ async fn start(launch: &RuntimeLaunch) -> anyhow::Result<Pid> {
     // Nothing answers there (checked by the caller): a stale file.
     let _ = std::fs::remove_file(&socket);
     let log_path = dir.join("runtime.log");
+    rotate_log(&log_path);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,5 +289,26 @@ async fn terminate(pid: Pid, fd: &Option<AsyncFd<OwnedFd>>) {
         );
         let _ = rustix::process::kill_process(pid, Signal::KILL);
         exited(fd).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_log_is_moved_aside_at_start_a_small_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("runtime.log");
+        std::fs::write(&log, b"small").unwrap();
+        rotate_log(&log);
+        assert_eq!(std::fs::read(&log).unwrap(), b"small");
+
+        let f = std::fs::File::create(&log).unwrap();
+        f.set_len(LOG_ROTATE_BYTES + 1).unwrap();
+        rotate_log(&log);
+        assert!(!log.exists());
+        let old = dir.path().join("runtime.log.1");
+        assert_eq!(std::fs::metadata(old).unwrap().len(), LOG_ROTATE_BYTES + 1);
     }
 }
