@@ -271,4 +271,38 @@ fn a_wasm_pod_reaches_a_service_by_name() {
         got == pod_ips
     });
     assert!(ok, "headless answer {got:?}, pods {pod_ips:?}");
+
+    // Reverse lookups: a ClusterIP names its Service, a ready endpoint's address the
+    // endpoint under each Service selecting it (the dashed address, no hostname).
+    let ptrs = |ip: IpAddr| -> Vec<String> {
+        let mut v: Vec<String> = ask_udp(dns, &reverse_name(ip), RecordType::PTR)
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ptrs(cluster_ip), vec!["hello.default.svc.cluster.local."]);
+    let pod = pod_ips[0];
+    let dashed = pod.to_string().replace('.', "-");
+    assert_eq!(
+        ptrs(pod),
+        vec![
+            format!("{dashed}.hello-headless.default.svc.cluster.local."),
+            format!("{dashed}.hello.default.svc.cluster.local."),
+        ]
+    );
+}
+
+/// `D.C.B.A.in-addr.arpa.` for an IPv4 address.
+fn reverse_name(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        panic!("IPv4 pods only here: {ip}")
+    };
+    let [a, b, c, d] = v4.octets();
+    format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
 }

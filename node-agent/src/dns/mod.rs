@@ -126,6 +126,16 @@ impl Catalog for KubeCatalog {
                     .is_some_and(|n| n == service)
         })
     }
+
+    fn services_with_cluster_ip(&self, ip: IpAddr) -> Vec<Arc<Service>> {
+        self.services
+            .store()
+            .state_filter(|s| records::has_cluster_ip(s, ip))
+    }
+
+    fn slices_with_address(&self, ip: IpAddr) -> Vec<Arc<EndpointSlice>> {
+        self.slices.state_filter(|s| records::lists_address(s, ip))
+    }
 }
 
 /// A bound cluster DNS server.

@@ -11,8 +11,10 @@
 //! | `_PORT._PROTO.SVC.NS.svc.D` SRV | the named port: the Service name (ClusterIP) or each ready endpoint (headless) |
 //! | `A-B-C-D.NS.pod.D` A | `A.B.C.D` (CoreDNS's `pods insecure`) |
 //! | `D`, `svc.D`, `NS.svc.D`, `pod.D`, `NS.pod.D` | no records (NOERROR) |
+//! | `D.C.B.A.in-addr.arpa` / `….ip6.arpa` PTR, a ClusterIP | `SVC.NS.svc.D` |
+//! | the same, a ready endpoint's address | `HOST.SVC.NS.svc.D` for each Service listing it |
 //! | anything else under `D` | NXDOMAIN, with the zone's SOA so resolvers cache the miss |
-//! | names outside `D` | [`Outcome::Forward`] (the server relays them to the host's resolvers) |
+//! | names outside `D`, and reverse names of no cluster address | [`Outcome::Forward`] (the server relays them to the host's resolvers) |
 //!
 //! Every record has a TTL of [`TTL`] seconds (CoreDNS's default for the kubernetes
 //! plugin), short enough that a changed ClusterIP or endpoint set is seen quickly.
@@ -22,7 +24,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -38,6 +40,31 @@ pub trait Catalog {
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
     /// The EndpointSlices of Service `namespace/service`.
     fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
+    /// The Services one of whose ClusterIPs is `ip` (reverse lookups).
+    fn services_with_cluster_ip(&self, ip: IpAddr) -> Vec<Arc<Service>>;
+    /// The EndpointSlices listing `ip` among their endpoints' addresses.
+    fn slices_with_address(&self, ip: IpAddr) -> Vec<Arc<EndpointSlice>>;
+}
+
+/// Whether `service` has `ip` among its ClusterIPs.
+pub fn has_cluster_ip(service: &Service, ip: IpAddr) -> bool {
+    let Some(spec) = service.spec.as_ref() else {
+        return false;
+    };
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .any(|s| s.parse::<IpAddr>().ok() == Some(ip))
+}
+
+/// Whether `slice` lists `ip` as an address of one of its endpoints.
+pub fn lists_address(slice: &EndpointSlice, ip: IpAddr) -> bool {
+    slice
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.iter())
+        .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
 }
 
 /// What to do with a query.
@@ -78,6 +105,11 @@ pub fn answer(catalog: &dyn Catalog, zone: &Name, request: &Message) -> Outcome 
     let name = query.name().to_lowercase();
     let mut fqdn = name.clone();
     fqdn.set_fqdn(true);
+    if query.query_type() == RecordType::PTR {
+        if let Some(m) = reverse(catalog, zone, request, &fqdn) {
+            return Outcome::Answer(m);
+        }
+    }
     if !zone.zone_of(&fqdn) {
         return Outcome::Forward;
     }
@@ -134,6 +166,76 @@ pub fn answer(catalog: &dyn Catalog, zone: &Name, request: &Message) -> Outcome 
         }
     }
     Outcome::Answer(m)
+}
+
+/// A PTR answer for a reverse name (`….in-addr.arpa.`, `….ip6.arpa.`) of a whole
+/// address that is a ClusterIP or a ready endpoint's address, as CoreDNS's kubernetes
+/// plugin gives (ClusterIPs first; else one name per Service listing the endpoint).
+/// None: not a cluster address; the host's resolvers answer it.
+fn reverse(catalog: &dyn Catalog, zone: &Name, request: &Message, fqdn: &Name) -> Option<Message> {
+    let net = fqdn.parse_arpa_name().ok()?;
+    let ip = net.addr();
+    if u32::from(net.prefix_len()) != if ip.is_ipv4() { 32 } else { 128 } {
+        return None;
+    }
+    let mut targets: Vec<Name> = catalog
+        .services_with_cluster_ip(ip)
+        .iter()
+        .filter_map(|s| {
+            let (ns, name) = (
+                s.metadata.namespace.as_deref()?,
+                s.metadata.name.as_deref()?,
+            );
+            zone_name(zone, &[name, ns, "svc"])
+        })
+        .take(1)
+        .collect();
+    if targets.is_empty() {
+        for slice in catalog.slices_with_address(ip) {
+            let (Some(ns), Some(svc)) = (
+                slice.metadata.namespace.as_deref(),
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready
+                    || !ep
+                        .addresses
+                        .iter()
+                        .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
+                {
+                    continue;
+                }
+                let host = ep
+                    .hostname
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| dashed(&ip));
+                targets.extend(zone_name(zone, &[&host, svc, ns, "svc"]));
+            }
+        }
+        targets.sort();
+        targets.dedup();
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let qname = request.queries[0].name().clone();
+    let mut m = error_response(request, ResponseCode::NoError);
+    m.metadata.authoritative = true;
+    m.insert_answers(
+        targets
+            .into_iter()
+            .map(|t| Record::from_rdata(qname.clone(), TTL, RData::PTR(PTR(t))))
+            .collect(),
+    );
+    Some(m)
 }
 
 enum Found {
@@ -471,6 +573,20 @@ mod tests {
                 .cloned()
                 .collect()
         }
+        fn services_with_cluster_ip(&self, ip: IpAddr) -> Vec<Arc<Service>> {
+            self.services
+                .iter()
+                .filter(|s| has_cluster_ip(s, ip))
+                .cloned()
+                .collect()
+        }
+        fn slices_with_address(&self, ip: IpAddr) -> Vec<Arc<EndpointSlice>> {
+            self.slices
+                .iter()
+                .filter(|s| lists_address(s, ip))
+                .cloned()
+                .collect()
+        }
     }
 
     fn fake() -> Fake {
@@ -644,6 +760,64 @@ mod tests {
                 (code, want.iter().map(|s| s.to_string()).collect()),
                 "{name} {qtype}"
             );
+        }
+    }
+
+    #[test]
+    fn reverse_names_of_cluster_addresses_answer_ptr() {
+        use RecordType::*;
+        let c = fake();
+        let ok = ResponseCode::NoError;
+        let table: Vec<(&str, RecordType, ResponseCode, Vec<&str>)> = vec![
+            (
+                "20.0.43.10.in-addr.arpa.",
+                PTR,
+                ok,
+                vec!["PTR hello.default.svc.cluster.local."],
+            ),
+            (
+                "20.0.43.10.IN-ADDR.ARPA",
+                PTR,
+                ok,
+                vec!["PTR hello.default.svc.cluster.local."],
+            ),
+            // The second family of a dual-stack Service.
+            (
+                "1.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+                PTR,
+                ok,
+                vec!["PTR dual.apps.svc.cluster.local."],
+            ),
+            // Ready endpoints: hostname, else the dashed address.
+            (
+                "7.0.42.10.in-addr.arpa.",
+                PTR,
+                ok,
+                vec!["PTR db-0.db.default.svc.cluster.local."],
+            ),
+            (
+                "8.0.42.10.in-addr.arpa.",
+                PTR,
+                ok,
+                vec!["PTR 10-42-0-8.db.default.svc.cluster.local."],
+            ),
+        ];
+        for (name, qtype, code, want) in table {
+            let got = summary(&ask(&c, name, qtype));
+            assert_eq!(
+                got,
+                (code, want.iter().map(|s| s.to_string()).collect()),
+                "{name} {qtype}"
+            );
+        }
+        // Not ready, unknown, partial names and other types: the host's resolvers.
+        for (name, qtype) in [
+            ("9.0.42.10.in-addr.arpa.", PTR),
+            ("1.1.168.192.in-addr.arpa.", PTR),
+            ("0.42.10.in-addr.arpa.", PTR),
+            ("20.0.43.10.in-addr.arpa.", A),
+        ] {
+            assert_eq!(ask(&c, name, qtype), Outcome::Forward, "{name} {qtype}");
         }
     }
 

@@ -7,7 +7,7 @@
 
 pub mod decide;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,11 @@ pub struct JobController {
     /// (pods whose finalizers it since removed would count for nothing) and create
     /// pods the Job no longer needs; it waits for the informer instead.
     written: Mutex<HashMap<String, u64>>,
+    /// Per Job, the UIDs of pods whose tracking finalizer this controller removed
+    /// and whose informer copy still shows it (upstream's `finalizerExpectations`).
+    /// Such a pod was counted already — its status write moved it out of
+    /// `uncountedTerminatedPods` — and a sync on the stale copy would count it again.
+    removing: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 pub fn run(ctx: Context) -> ControllerFuture {
@@ -58,6 +63,7 @@ pub fn run(ctx: Context) -> ControllerFuture {
             expectations: Expectations::default(),
             backoff: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            removing: Mutex::new(HashMap::new()),
         });
         // Pods whose Job is gone still hold our finalizer: let them go.
         let orphans = state.clone();
@@ -222,7 +228,25 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
         .get(&uid)
         .cloned()
         .unwrap_or_default();
-    let refs: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).collect();
+    // Pods whose finalizer removal is not seen yet are decided on as they will be.
+    let removing = pending_removals(&st, &key, &owned);
+    let settled: Vec<Pod> = owned
+        .iter()
+        .filter(|p| removing.contains(p.uid().as_deref().unwrap_or_default()))
+        .map(|p| {
+            let mut p = (**p).clone();
+            if let Some(f) = p.metadata.finalizers.as_mut() {
+                f.retain(|x| x != TRACKING_FINALIZER);
+            }
+            p
+        })
+        .collect();
+    let refs: Vec<&Pod> = owned
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| !removing.contains(p.uid().as_deref().unwrap_or_default()))
+        .chain(settled.iter())
+        .collect();
     let d = decide(&job, &refs, &record, Timestamp::now());
     let jobs_api: Api<Job> = Api::namespaced(st.client.clone(), &ns);
     let mut current: Job = (*job).clone();
@@ -285,7 +309,12 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     // 3. Finalizers of counted pods.
     for name in &d.remove_finalizers {
         if let Some(p) = by_name(name) {
-            ops::remove_finalizer(&pods_api, p, TRACKING_FINALIZER).await?;
+            let pod_uid = p.uid().unwrap_or_default();
+            expect_removal(&st, &key, &pod_uid, true);
+            if let Err(e) = ops::remove_finalizer(&pods_api, p, TRACKING_FINALIZER).await {
+                expect_removal(&st, &key, &pod_uid, false);
+                return Err(e);
+            }
         }
     }
     for name in &d.delete {
@@ -341,6 +370,38 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
         Some(after) => Action::requeue(after),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// The UIDs of `key`'s pods whose finalizer removal is still unseen; forgets the
+/// ones the informer now shows without the finalizer, or no longer has.
+fn pending_removals(st: &JobController, key: &str, owned: &[Arc<Pod>]) -> HashSet<String> {
+    let mut removing = st.removing.lock().expect("removing lock");
+    let Some(set) = removing.get_mut(key) else {
+        return HashSet::new();
+    };
+    set.retain(|u| {
+        owned.iter().any(|p| {
+            p.uid().as_deref() == Some(u.as_str())
+                && p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
+        })
+    });
+    let pending = set.clone();
+    if set.is_empty() {
+        removing.remove(key);
+    }
+    pending
+}
+
+fn expect_removal(st: &JobController, key: &str, pod_uid: &str, expect: bool) {
+    let mut removing = st.removing.lock().expect("removing lock");
+    if expect {
+        removing
+            .entry(key.to_string())
+            .or_default()
+            .insert(pod_uid.to_string());
+    } else if let Some(set) = removing.get_mut(key) {
+        set.remove(pod_uid);
+    }
 }
 
 fn remember_written(st: &JobController, key: &str, job: &Job) {
