@@ -98,25 +98,35 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// `TOTAL MiB (NAME A MiB + NAME B MiB)`.
+/// `TOTAL MiB (NAME A MiB + NAME B MiB); PSS TOTAL MiB (…)`: resident sets, which
+/// count the pages the processes share (one `kelp` executable) in each, then
+/// proportional sets, which split them among their users.
 fn rss_line(procs: &[(String, u32)]) -> String {
-    let each: Vec<(String, f64)> = procs
-        .iter()
-        .map(|(name, pid)| (name.clone(), rss_kib(*pid).unwrap_or(0) as f64 / 1024.0))
-        .collect();
-    let total: f64 = each.iter().map(|(_, m)| m).sum();
-    let parts: Vec<String> = each
-        .iter()
-        .map(|(name, m)| format!("{name} {m:.1} MiB"))
-        .collect();
-    format!("{total:.1} MiB ({})", parts.join(" + "))
+    let line = |field: &str| {
+        let each: Vec<(String, f64)> = procs
+            .iter()
+            .map(|(name, pid)| {
+                let kib = proc_kib(&format!("/proc/{pid}/status"), field)
+                    .or_else(|| proc_kib(&format!("/proc/{pid}/smaps_rollup"), field));
+                (name.clone(), kib.unwrap_or(0) as f64 / 1024.0)
+            })
+            .collect();
+        let total: f64 = each.iter().map(|(_, m)| m).sum();
+        let parts: Vec<String> = each
+            .iter()
+            .map(|(name, m)| format!("{name} {m:.1} MiB"))
+            .collect();
+        format!("{total:.1} MiB ({})", parts.join(" + "))
+    };
+    format!("{}; PSS {}", line("VmRSS:"), line("Pss:"))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+/// The KiB figure of the line starting with `field` in a /proc file.
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

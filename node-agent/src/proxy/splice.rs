@@ -48,19 +48,37 @@ const COPY_BUF: usize = 16 * 1024;
 
 /// Moves everything `from` sends to `to` until `from`'s end of stream, then shuts
 /// `to` down for writing. Returns the bytes moved.
-async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let total = copy_until_bulk(from, to).await?;
+    let total = match total {
+        Copied::Ended(n) => n,
+        Copied::Bulk(n) => {
+            // The pipe is made only now: connections that only ever exchange small
+            // messages cost no pipe calls. Without one (EMFILE), keep copying.
+            match Pipe::new() {
+                Ok(pipe) => n + splice_all(from, to, &pipe).await?,
+                Err(_) => n + copy(from, to).await?,
+            }
+        }
+    };
+    let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+    Ok(total)
+}
+
+enum Copied {
+    /// `from` ended after this many bytes.
+    Ended(u64),
+    /// A read filled the buffer: a bulk stream, this many bytes in.
+    Bulk(u64),
+}
+
+async fn copy_until_bulk(from: &TcpStream, to: &TcpStream) -> io::Result<Copied> {
     let mut total = 0u64;
     let mut buf = [0u8; COPY_BUF];
-    let mut bulk = false;
     loop {
         from.readable().await?;
-        let n = if bulk {
-            from.try_io(Interest::READABLE, || splice(from, &pipe.write, CHUNK))
-        } else {
-            from.try_read(&mut buf)
-        };
-        let n = match n {
-            Ok(0) => break,
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => return Ok(Copied::Ended(total)),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -68,33 +86,62 @@ async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u6
         let mut done = 0;
         while done < n {
             to.writable().await?;
-            let wrote = if bulk {
-                to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, n - done))
-            } else {
-                to.try_write(&buf[done..n])
-            };
-            match wrote {
+            match to.try_write(&buf[done..n]) {
                 Ok(m) => done += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
         total += n as u64;
-        bulk = bulk || n == COPY_BUF;
+        if n == COPY_BUF {
+            return Ok(Copied::Bulk(total));
+        }
     }
-    let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
-    Ok(total)
+}
+
+/// The copy loop to the end of `from` (bulk or not).
+async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        match copy_until_bulk(from, to).await? {
+            Copied::Ended(n) => return Ok(total + n),
+            Copied::Bulk(n) => total += n,
+        }
+    }
+}
+
+/// Splices `from` → `to` until `from`'s end of stream: each read fills the empty
+/// pipe with what `from` holds, and the pipe is drained into `to` before the next
+/// one. (Two pipes, one filling while the other drained, moved 3–5% less in the
+/// bulk benchmark: the select over both sockets costs more than the overlap gives.)
+async fn splice_all(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let n = match from.try_io(Interest::READABLE, || splice(from, &pipe.write, CHUNK)) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        while done < n {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, n - done)) {
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+    }
 }
 
 /// Forwards both directions between `a` and `b` until both have ended: (bytes a → b,
-/// bytes b → a). Falls back to tokio's copy loop when pipes cannot be had (EMFILE).
+/// bytes b → a).
 pub async fn bidirectional(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
-    let pipes = Pipe::new().and_then(|p| Ok((p, Pipe::new()?)));
-    let Ok((up, down)) = pipes else {
-        return tokio::io::copy_bidirectional(a, b).await;
-    };
     let (a, b) = (&*a, &*b);
-    tokio::try_join!(one_way(a, b, &up), one_way(b, a, &down))
+    tokio::try_join!(one_way(a, b), one_way(b, a))
 }
 
 #[cfg(test)]
@@ -137,5 +184,42 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"reply after half-close");
         let (up, down) = relay.await.unwrap().unwrap();
         assert_eq!((up, down), (big.len() as u64, 22));
+    }
+
+    #[tokio::test]
+    async fn a_slow_receiver_gets_every_byte_in_order() {
+        // The pipe fills while the receiver lags: order and count must hold.
+        let (mut client, mut p1) = pair().await;
+        let (mut p2, mut server) = pair().await;
+        let relay = tokio::spawn(async move { bidirectional(&mut p1, &mut p2).await });
+        let len = 24_000_000u32;
+        let writer = tokio::spawn(async move {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            for chunk in data.chunks(100_003) {
+                client.write_all(chunk).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = 0u32;
+        let mut buf = vec![0u8; 7_919];
+        loop {
+            let n = server.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            for b in &buf[..n] {
+                assert_eq!(*b, (got % 253) as u8, "byte {got}");
+                got += 1;
+            }
+            if got % 1_000_000 < 7_919 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(got, len);
+        drop(server);
+        drop(writer.await.unwrap());
+        let (up, _) = relay.await.unwrap().unwrap();
+        assert_eq!(up, u64::from(len));
     }
 }
