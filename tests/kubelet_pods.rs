@@ -168,6 +168,16 @@ spec:
       exec: {{command: [/nowhere/check.wasm]}}
       periodSeconds: 1
       failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: gated}}
+spec:
+  nodeName: {node}
+  readinessGates: [{{conditionType: example.com/load-balancer}}]
+  containers:
+  - name: counter
+    image: {counter}
 "#
         ),
     );
@@ -294,11 +304,41 @@ spec:
         "kubectl describe shows the probe failure:\n{describe}"
     );
 
+    // A readiness gate: running and its containers ready, the pod is not Ready until
+    // someone sets the gate's condition; the kubelet keeps that condition.
+    let gated = wait_pod(&c, &agent, "gated", "running, held by its gate", |p| {
+        condition(p, "ContainersReady")["status"] == "True"
+            && condition(p, "Ready")["reason"] == "ReadinessGatesNotReady"
+    });
+    assert_eq!(ready_status(&gated), "False");
+    assert_eq!(
+        condition(&gated, "Ready")["message"],
+        "corresponding condition of pod readiness gate \"example.com/load-balancer\" does not exist."
+    );
+    c.kubectl_ok(&[
+        "patch",
+        "pod",
+        "gated",
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"example.com/load-balancer","status":"True"}]}}"#,
+    ]);
+    let gated = wait_pod(&c, &agent, "gated", "Ready through its gate", |p| {
+        ready_status(p) == "True"
+    });
+    assert_eq!(
+        condition(&gated, "example.com/load-balancer")["status"],
+        "True"
+    );
+    assert_eq!(condition(&gated, "PodScheduled")["status"], "True");
+
     c.kubectl_ok(&[
         "delete",
         "pod",
         "web",
         "sick",
+        "gated",
         "--wait=true",
         "--timeout=60s",
     ]);

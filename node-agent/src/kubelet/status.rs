@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -219,6 +219,61 @@ fn condition(
     }
 }
 
+/// The pod condition types the kubelet computes; any other in the pod's status
+/// belongs to someone else (upstream `PodConditionByKubelet`, plus PodScheduled,
+/// which it also reports).
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
+/// `ours` (a status this kubelet wrote) with the conditions others own taken from
+/// `api` (the pod's status as the API has it now) instead.
+pub fn with_their_conditions(mut ours: PodStatus, api: Option<&PodStatus>) -> PodStatus {
+    let kubelet_owned = |c: &PodCondition| KUBELET_CONDITIONS.contains(&c.type_.as_str());
+    let mut conditions: Vec<PodCondition> = api
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| !kubelet_owned(c))
+        .cloned()
+        .collect();
+    conditions.extend(
+        ours.conditions
+            .take()
+            .into_iter()
+            .flatten()
+            .filter(kubelet_owned),
+    );
+    ours.conditions = Some(conditions);
+    ours
+}
+
+/// Why each of the pod's readiness gates holds Ready back, in upstream's wording
+/// (`GeneratePodReadyCondition`); empty: every gate's condition is True.
+fn unready_gates(spec: &PodSpec, conditions: &[PodCondition]) -> Vec<String> {
+    spec.readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|g| {
+            let ty = &g.condition_type;
+            match conditions.iter().find(|c| &c.type_ == ty) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {ty:?} does not exist."
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {ty:?} is not \"True\", but {}",
+                    c.status
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect()
+}
+
 fn names_not(statuses: &[ContainerStatus], ok: impl Fn(&ContainerStatus) -> bool) -> Vec<String> {
     statuses
         .iter()
@@ -331,7 +386,30 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
         )
     };
     let containers_ready = unready.is_empty() && !containers.is_empty();
-    let mut conditions = vec![
+    // Conditions others own (readiness gates' conditions, a DisruptionTarget from an
+    // eviction) are kept as the API has them; ours are computed below.
+    let evicted = ctx.pod_failure.is_some_and(|f| f.reason == "Evicted");
+    let foreign: Vec<PodCondition> = old
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .filter(|c| !(evicted && c.type_ == "DisruptionTarget"))
+        .cloned()
+        .collect();
+    let gates_unready = unready_gates(&spec, &foreign);
+    let (pod_ready, pod_ready_reason, pod_ready_message) =
+        if !containers_ready || gates_unready.is_empty() {
+            (containers_ready, ready_reason, ready_message.clone())
+        } else {
+            (
+                false,
+                Some("ReadinessGatesNotReady"),
+                Some(gates_unready.join(", ")),
+            )
+        };
+    let mut conditions = foreign;
+    conditions.extend([
         condition(
             old,
             now,
@@ -357,9 +435,9 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
             old,
             now,
             "Ready",
-            containers_ready,
-            ready_reason,
-            ready_message.clone(),
+            pod_ready,
+            pod_ready_reason,
+            pod_ready_message,
         ),
         condition(
             old,
@@ -370,7 +448,7 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
             ready_message,
         ),
         condition(old, now, "PodScheduled", true, None, None),
-    ];
+    ]);
     // A pod the kubelet evicted says so, as upstream's (reason TerminationByKubelet).
     if let Some(f) = ctx.pod_failure.filter(|f| f.reason == "Evicted") {
         conditions.push(condition(
@@ -440,7 +518,7 @@ pub fn finished_for_good(pod: &Pod, r: &ContainerRecord) -> bool {
 mod tests {
     use super::*;
     use crate::kubelet::actions::SandboxRecord;
-    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::api::core::v1::PodReadinessGate;
 
     fn pod(policy: &str, init: &[&str], names: &[&str]) -> Pod {
         let mk = |n: &&str| Container {
@@ -535,6 +613,74 @@ mod tests {
             let s = status(&pod(policy, &[], &["a"]), &state(cs.clone()), &none);
             assert_eq!(s.phase.as_deref(), Some(want), "{policy} {cs:?}");
         }
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_back_and_others_conditions_are_kept() {
+        let running = state(vec![rec("a", 0, ContainerPhase::Running, 0)]);
+        let none = BTreeMap::new();
+        let foreign = |ty: &str, status: &str| PodCondition {
+            type_: ty.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let mut p = pod("Always", &[], &["a"]);
+        p.spec.as_mut().unwrap().readiness_gates = Some(vec![
+            PodReadinessGate {
+                condition_type: "example.com/lb".into(),
+            },
+            PodReadinessGate {
+                condition_type: "example.com/warm".into(),
+            },
+        ]);
+        // Neither condition exists yet.
+        let s = status(&p, &running, &none);
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("ReadinessGatesNotReady"))
+        );
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/lb\" does not exist., \
+                 corresponding condition of pod readiness gate \"example.com/warm\" does not exist."
+            )
+        );
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        // One False, one True.
+        p.status = Some(PodStatus {
+            conditions: Some(vec![
+                foreign("example.com/lb", "False"),
+                foreign("example.com/warm", "True"),
+                foreign("DisruptionTarget", "True"),
+            ]),
+            ..Default::default()
+        });
+        let s = status(&p, &running, &none);
+        assert_eq!(
+            cond(&s, "Ready").message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/lb\" is not \"True\", but False")
+        );
+        // Others' conditions are kept as they are.
+        assert_eq!(cond(&s, "example.com/warm").status, "True");
+        assert_eq!(cond(&s, "DisruptionTarget").status, "True");
+        // Both True: Ready.
+        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "True".into();
+        let s = status(&p, &running, &none);
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(cond(&s, "Ready").reason, None);
+        // A status the kubelet wrote earlier takes the others' conditions from the API.
+        let mine = with_their_conditions(s.clone(), None);
+        assert!(mine
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|c| KUBELET_CONDITIONS.contains(&c.type_.as_str())));
+        let back = with_their_conditions(mine, p.status.as_ref());
+        assert_eq!(cond(&back, "example.com/lb").status, "True");
+        assert_eq!(cond(&back, "Ready").status, "True");
     }
 
     #[test]

@@ -28,7 +28,9 @@ use super::events::{EventRecorder, EventType};
 use super::probes::ProbeManager;
 use super::pull_secrets;
 use super::spec;
-use super::status::{compute_pod_status, differs, status_patch, StatusContext};
+use super::status::{
+    compute_pod_status, differs, status_patch, with_their_conditions, StatusContext,
+};
 use super::volumes;
 use super::KubeletConfig;
 use crate::cri::{CriRuntime, ImageKind, RoutedRuntime, RuntimeRouter};
@@ -1081,7 +1083,7 @@ impl PodWorker {
         let mut base = pod.clone();
         if let Some(w) = &self.last_written {
             if !is_terminal(pod) {
-                base.status = Some(w.clone());
+                base.status = Some(with_their_conditions(w.clone(), pod.status.as_ref()));
             }
         }
         let host_ip = self.cfg().node_ip.to_string();
