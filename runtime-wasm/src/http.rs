@@ -115,6 +115,7 @@ pub struct Host {
     http: WasiHttpCtx,
     hooks: Hooks,
     limits: MemoryLimit,
+    deferred_binds: crate::pod_sockets::DeferredBinds,
 }
 
 impl WasiView for Host {
@@ -148,6 +149,10 @@ impl crate::name_lookup::PodNames for Host {
 impl crate::pod_sockets::PodAddress for Host {
     fn origin(&self) -> Option<crate::outbound::Origin> {
         self.hooks.outbound.origin.clone()
+    }
+
+    fn deferred_binds(&mut self) -> &mut crate::pod_sockets::DeferredBinds {
+        &mut self.deferred_binds
     }
 }
 
@@ -371,6 +376,7 @@ impl Server {
                 },
             },
             limits: MemoryLimit::for_spec(&self.spec),
+            deferred_binds: Default::default(),
         };
         let mut store = Store::new(self.pre.engine(), host);
         configure_store(

@@ -206,6 +206,46 @@ async fn sockets_connect_from_and_serve_on_the_pods_address() {
         assert!(out.contains(&want), "{name}: {out:?}");
     }
 
+    // UDP from a socket bound to 0.0.0.0:0: a connected one sends from the pod's
+    // address to a destination on this node; an unconnected one (sendto), whose
+    // destinations may vary, from the node's, as without a pod address.
+    let udp_peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_peer
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let udp_target = udp_peer.local_addr().unwrap().to_string();
+    for (name, flag, origin, from) in [
+        (
+            "udp-pod",
+            "--udp",
+            Some(pod_origin("127.0.0.79")),
+            "127.0.0.79",
+        ),
+        ("udp-node", "--udp", None, "127.0.0.1"),
+        (
+            "udp-sendto",
+            "--udp-sendto",
+            Some(pod_origin("127.0.0.79")),
+            "0.0.0.0",
+        ),
+    ] {
+        let mut s = spec(dir.path(), name, &[flag, &udp_target]);
+        s.allow_network = true;
+        s.origin = origin;
+        let st = run(&engine, &artifact, &s, &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!(st.code, 0, "{st:?}");
+        let mut buf = [0u8; 64];
+        let (n, seen) = udp_peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"datagram from Kelp", "{name}");
+        let out = stdout(&s.log_path);
+        let want_ip = if from == "0.0.0.0" { "127.0.0.1" } else { from };
+        assert_eq!(seen.ip().to_string(), want_ip, "{name}: {out:?}");
+        let want = format!("udp {udp_target}: from {from}:{}", seen.port());
+        assert!(out.contains(&want), "{name}: {out:?} lacks {want:?}");
+    }
+
     // A server on 0.0.0.0:PORT listens on the pod's address only, so another pod (or
     // the node) can serve the same port on its own address.
     let port = {

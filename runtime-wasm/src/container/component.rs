@@ -19,11 +19,16 @@ pub struct Host {
     /// Whether names may be looked up, and the pod's resolver.
     names: (bool, Option<std::sync::Arc<crate::dns::PodResolver>>),
     origin: Option<crate::outbound::Origin>,
+    deferred_binds: crate::pod_sockets::DeferredBinds,
 }
 
 impl crate::pod_sockets::PodAddress for Host {
     fn origin(&self) -> Option<crate::outbound::Origin> {
         self.origin.clone()
+    }
+
+    fn deferred_binds(&mut self) -> &mut crate::pod_sockets::DeferredBinds {
+        &mut self.deferred_binds
     }
 }
 
@@ -100,6 +105,7 @@ pub async fn run(
         limits: MemoryLimit::for_spec(spec),
         names: (spec.allow_network, spec.resolver.clone()),
         origin: spec.origin.clone(),
+        deferred_binds: Default::default(),
     };
     let mut store = Store::new(engine.engine(), host);
     configure_store(&mut store, spec, stop, None);

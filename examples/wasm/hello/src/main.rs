@@ -8,7 +8,9 @@
 //! volumes), `--ls DIR` prints the sorted non-hidden entries of a directory, `--write PATH BYTES`
 //! writes a file of that many bytes, `--sleep SECS` sleeps, `--resolve NAME` prints
 //! the addresses NAME resolves to (wasi-sockets name lookup), `--connect ADDR` connects
-//! over TCP and prints the local address it connected from, `--serve ADDR` listens on
+//! over TCP and prints the local address it connected from, `--udp ADDR` (connected)
+//! and `--udp-sendto ADDR` send a datagram from a socket bound to 0.0.0.0:0 and print
+//! its local address, `--serve ADDR` listens on
 //! ADDR, prints the address bound, answers one connection with a line and exits.
 
 use std::io::Read;
@@ -83,6 +85,24 @@ fn main() {
                         Err(e) => println!("connect {addr}: local address: {e}"),
                     },
                     Err(e) => println!("connect {addr}: {:?}: {e}", e.kind()),
+                }
+            }
+            "--udp" | "--udp-sendto" => {
+                // A UDP client: bound to 0.0.0.0:0, then connected (or not) and sending.
+                let connected = arg == "--udp";
+                let addr = rest.next().cloned().unwrap_or_default();
+                let sent = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+                    if connected {
+                        s.connect(&addr)?;
+                        s.send(b"datagram from Kelp")?;
+                    } else {
+                        s.send_to(b"datagram from Kelp", &addr)?;
+                    }
+                    s.local_addr()
+                });
+                match sent {
+                    Ok(local) => println!("udp {addr}: from {local}"),
+                    Err(e) => println!("udp {addr}: {:?}: {e}", e.kind()),
                 }
             }
             "--serve" => {
