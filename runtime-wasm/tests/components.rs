@@ -179,6 +179,26 @@ fn pod_origin(ip: &str) -> kelp_runtime_wasm::outbound::Origin {
     }
 }
 
+/// Runs `hello ARGS` with network access and pod address `origin` to a 0 exit;
+/// its stdout.
+async fn run_networked(
+    engine: &WasmEngine,
+    artifact: &Artifact,
+    dir: &std::path::Path,
+    name: &str,
+    args: &[&str],
+    origin: Option<kelp_runtime_wasm::outbound::Origin>,
+) -> Vec<String> {
+    let mut s = spec(dir, name, args);
+    s.allow_network = true;
+    s.origin = origin;
+    let st = run(engine, artifact, &s, &StopHandle::default())
+        .await
+        .unwrap();
+    assert_eq!(st.code, 0, "{name}: {st:?}");
+    stdout(&s.log_path)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_connect_from_and_serve_on_the_pods_address() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,16 +212,17 @@ async fn sockets_connect_from_and_serve_on_the_pods_address() {
         ("pod", Some(pod_origin("127.0.0.77")), "127.0.0.77"),
         ("node", None, "127.0.0.1"),
     ] {
-        let mut s = spec(dir.path(), name, &["--connect", &target]);
-        s.allow_network = true;
-        s.origin = origin;
-        let st = run(&engine, &artifact, &s, &StopHandle::default())
-            .await
-            .unwrap();
-        assert_eq!(st.code, 0, "{st:?}");
+        let out = run_networked(
+            &engine,
+            &artifact,
+            dir.path(),
+            name,
+            &["--connect", &target],
+            origin,
+        )
+        .await;
         let (_conn, seen) = peer.accept().unwrap();
         assert_eq!(seen.ip().to_string(), from, "{name}");
-        let out = stdout(&s.log_path);
         let want = format!("connect {target}: from {seen}");
         assert!(out.contains(&want), "{name}: {out:?}");
     }
@@ -229,17 +250,18 @@ async fn sockets_connect_from_and_serve_on_the_pods_address() {
             "0.0.0.0",
         ),
     ] {
-        let mut s = spec(dir.path(), name, &[flag, &udp_target]);
-        s.allow_network = true;
-        s.origin = origin;
-        let st = run(&engine, &artifact, &s, &StopHandle::default())
-            .await
-            .unwrap();
-        assert_eq!(st.code, 0, "{st:?}");
+        let out = run_networked(
+            &engine,
+            &artifact,
+            dir.path(),
+            name,
+            &[flag, &udp_target],
+            origin,
+        )
+        .await;
         let mut buf = [0u8; 64];
         let (n, seen) = udp_peer.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"datagram from Kelp", "{name}");
-        let out = stdout(&s.log_path);
         let want_ip = if from == "0.0.0.0" { "127.0.0.1" } else { from };
         assert_eq!(seen.ip().to_string(), want_ip, "{name}: {out:?}");
         let want = format!("udp {udp_target}: from {from}:{}", seen.port());

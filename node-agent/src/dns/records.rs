@@ -202,22 +202,8 @@ fn reverse(catalog: &dyn Catalog, zone: &Name, request: &Message, fqdn: &Name) -
             ) else {
                 continue;
             };
-            for ep in &slice.endpoints {
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !ready
-                    || !ep
-                        .addresses
-                        .iter()
-                        .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
-                {
-                    continue;
-                }
-                let host = ep
-                    .hostname
-                    .clone()
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| dashed(&ip));
-                targets.extend(zone_name(zone, &[&host, svc, ns, "svc"]));
+            for e in slice_endpoints(&slice, false).iter().filter(|e| e.ip == ip) {
+                targets.extend(zone_name(zone, &[&e.host, svc, ns, "svc"]));
             }
         }
         targets.sort();
@@ -309,45 +295,54 @@ fn dashed(ip: &IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
 }
 
+/// The endpoints of `slice` (ready ones only unless `all`), one per address.
+fn slice_endpoints(slice: &EndpointSlice, all: bool) -> Vec<Endpoint> {
+    let ports: Vec<(String, String, u16)> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                u16::try_from(p.port?).ok()?,
+            ))
+        })
+        .collect();
+    let mut out = vec![];
+    for ep in &slice.endpoints {
+        // An absent `ready` means ready (the EndpointSlice API's rule).
+        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        if !ready && !all {
+            continue;
+        }
+        for a in &ep.addresses {
+            let Ok(ip) = a.parse::<IpAddr>() else {
+                continue;
+            };
+            let host = ep
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| dashed(&ip));
+            out.push(Endpoint {
+                ip,
+                host,
+                ports: ports.clone(),
+            });
+        }
+    }
+    out
+}
+
 impl Ctx<'_> {
     fn headless_endpoints(&self, ns: &str, svc: &str, all: bool) -> Vec<Endpoint> {
-        let mut out = vec![];
-        for slice in self.catalog.endpoint_slices(ns, svc) {
-            let ports: Vec<(String, String, u16)> = slice
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    Some((
-                        p.name.clone().unwrap_or_default(),
-                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                        u16::try_from(p.port?).ok()?,
-                    ))
-                })
-                .collect();
-            for ep in &slice.endpoints {
-                // An absent `ready` means ready (the EndpointSlice API's rule).
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !ready && !all {
-                    continue;
-                }
-                for a in &ep.addresses {
-                    let Ok(ip) = a.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    let host = ep
-                        .hostname
-                        .clone()
-                        .filter(|h| !h.is_empty())
-                        .unwrap_or_else(|| dashed(&ip));
-                    out.push(Endpoint {
-                        ip,
-                        host,
-                        ports: ports.clone(),
-                    });
-                }
-            }
-        }
+        let mut out: Vec<Endpoint> = self
+            .catalog
+            .endpoint_slices(ns, svc)
+            .iter()
+            .flat_map(|slice| slice_endpoints(slice, all))
+            .collect();
         out.sort_by_key(|e| e.ip);
         out.dedup_by_key(|e| e.ip);
         out
@@ -560,33 +555,25 @@ mod tests {
                 .cloned()
         }
         fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
-            self.slices
-                .iter()
-                .filter(|s| {
-                    s.metadata.namespace.as_deref() == Some(namespace)
-                        && s.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                            .is_some_and(|n| n == service)
-                })
-                .cloned()
-                .collect()
+            matching(&self.slices, |s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| n == service)
+            })
         }
         fn services_with_cluster_ip(&self, ip: IpAddr) -> Vec<Arc<Service>> {
-            self.services
-                .iter()
-                .filter(|s| has_cluster_ip(s, ip))
-                .cloned()
-                .collect()
+            matching(&self.services, |s| has_cluster_ip(s, ip))
         }
         fn slices_with_address(&self, ip: IpAddr) -> Vec<Arc<EndpointSlice>> {
-            self.slices
-                .iter()
-                .filter(|s| lists_address(s, ip))
-                .cloned()
-                .collect()
+            matching(&self.slices, |s| lists_address(s, ip))
         }
+    }
+
+    fn matching<T>(items: &[Arc<T>], keep: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        items.iter().filter(|i| keep(i)).cloned().collect()
     }
 
     fn fake() -> Fake {

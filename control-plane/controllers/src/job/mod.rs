@@ -7,6 +7,7 @@
 
 pub mod decide;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -228,25 +229,12 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
         .get(&uid)
         .cloned()
         .unwrap_or_default();
-    // Pods whose finalizer removal is not seen yet are decided on as they will be.
-    let removing = pending_removals(&st, &key, &owned);
-    let settled: Vec<Pod> = owned
-        .iter()
-        .filter(|p| removing.contains(p.uid().as_deref().unwrap_or_default()))
-        .map(|p| {
-            let mut p = (**p).clone();
-            if let Some(f) = p.metadata.finalizers.as_mut() {
-                f.retain(|x| x != TRACKING_FINALIZER);
-            }
-            p
-        })
-        .collect();
-    let refs: Vec<&Pod> = owned
-        .iter()
-        .map(|p| p.as_ref())
-        .filter(|p| !removing.contains(p.uid().as_deref().unwrap_or_default()))
-        .chain(settled.iter())
-        .collect();
+    let removing = {
+        let mut all = st.removing.lock().expect("removing lock");
+        pending_removals(&mut all, &key, &owned)
+    };
+    let pods = as_decided(&owned, &removing);
+    let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let d = decide(&job, &refs, &record, Timestamp::now());
     let jobs_api: Api<Job> = Api::namespaced(st.client.clone(), &ns);
     let mut current: Job = (*job).clone();
@@ -372,10 +360,14 @@ async fn reconcile(job: Arc<Job>, st: Arc<JobController>) -> Result<Action, Cont
     })
 }
 
-/// The UIDs of `key`'s pods whose finalizer removal is still unseen; forgets the
-/// ones the informer now shows without the finalizer, or no longer has.
-fn pending_removals(st: &JobController, key: &str, owned: &[Arc<Pod>]) -> HashSet<String> {
-    let mut removing = st.removing.lock().expect("removing lock");
+/// The UIDs of `key`'s pods whose finalizer removal is still unseen (from
+/// `removing`, every Job's); forgets the ones the informer now shows without the
+/// finalizer, or no longer has.
+fn pending_removals(
+    removing: &mut HashMap<String, HashSet<String>>,
+    key: &str,
+    owned: &[Arc<Pod>],
+) -> HashSet<String> {
     let Some(set) = removing.get_mut(key) else {
         return HashSet::new();
     };
@@ -390,6 +382,24 @@ fn pending_removals(st: &JobController, key: &str, owned: &[Arc<Pod>]) -> HashSe
         removing.remove(key);
     }
     pending
+}
+
+/// The pods a sync decides on: `owned`, those whose finalizer removal is pending
+/// shown as the informer will show them, without it (only they are copied).
+fn as_decided<'a>(owned: &'a [Arc<Pod>], removing: &HashSet<String>) -> Vec<Cow<'a, Pod>> {
+    owned
+        .iter()
+        .map(|p| {
+            if !removing.contains(p.uid().as_deref().unwrap_or_default()) {
+                return Cow::Borrowed(p.as_ref());
+            }
+            let mut p = (**p).clone();
+            if let Some(f) = p.metadata.finalizers.as_mut() {
+                f.retain(|x| x != TRACKING_FINALIZER);
+            }
+            Cow::Owned(p)
+        })
+        .collect()
 }
 
 fn expect_removal(st: &JobController, key: &str, pod_uid: &str, expect: bool) {
@@ -429,4 +439,73 @@ async fn write_status(api: &Api<Job>, job: &Job) -> Result<Job, ControllerError>
     Ok(api
         .replace_status(&job.name_any(), &PostParams::default(), job)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::{JobSpec, JobStatus};
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    fn succeeded_pod(name: &str) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                finalizers: Some(vec![TRACKING_FINALIZER.into()]),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                phase: Some("Succeeded".into()),
+                ..Default::default()
+            }),
+        })
+    }
+
+    #[test]
+    fn a_pod_whose_finalizer_we_removed_is_not_counted_again_from_a_stale_copy() {
+        // The Job has counted pod a (its status moved it out of uncounted) and we
+        // removed a's finalizer; the informer still has a's copy with the finalizer.
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some("j".into()),
+                uid: Some("juid".into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                completions: Some(3),
+                parallelism: Some(1),
+                ..Default::default()
+            }),
+            status: Some(JobStatus {
+                succeeded: Some(1),
+                ..Default::default()
+            }),
+        };
+        let owned = vec![succeeded_pod("a")];
+        let now = Timestamp::now();
+        let stale: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).collect();
+        let d = decide(&job, &stale, &BackoffRecord::default(), now);
+        assert_eq!(d.newly_succeeded, vec!["uid-a"], "without the expectation");
+
+        let mut removing: HashMap<String, HashSet<String>> = HashMap::new();
+        removing
+            .entry("ns/j".into())
+            .or_default()
+            .insert("uid-a".into());
+        let pending = pending_removals(&mut removing, "ns/j", &owned);
+        let pods = as_decided(&owned, &pending);
+        let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+        let d = decide(&job, &refs, &BackoffRecord::default(), now);
+        assert!(d.newly_succeeded.is_empty(), "{:?}", d.newly_succeeded);
+        assert_eq!(d.status.succeeded, Some(1));
+        assert_eq!(d.create.len(), 1, "one more pod for the third completion");
+
+        // Once the informer shows the finalizer gone, the expectation is dropped.
+        let mut seen = (*owned[0]).clone();
+        seen.metadata.finalizers = None;
+        let pending = pending_removals(&mut removing, "ns/j", &[Arc::new(seen)]);
+        assert!(pending.is_empty() && removing.is_empty());
+    }
 }
