@@ -2,16 +2,19 @@
 //! requests/s and latency (p50/p99) of small HTTP/1.1 keep-alive exchanges over 64
 //! connections, and one bulk TCP stream's throughput.
 //!
-//! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk]]`
-//! (`bulk`: only the bulk streams, three rounds)
+//! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
+//! (`bulk`: only the bulk streams, three rounds; `busy=N`: the proxy busy-polls for
+//! N µs after each thread's last event, and HAProxy runs with `busy-polling`)
 //!
-//! The backend is a minimal HTTP/1.1 server in this process; the proxy is the real
-//! forwarding code (`kelp_node_agent::proxy::serve_tcp`) with a one-endpoint set, on
-//! a tokio runtime of its own with one worker per core (until 2026-12-01 it shared the
-//! load generator's runtime). The
-//! peer is HAProxy (`apt-get install haproxy`) in TCP mode forwarding the same
-//! traffic to the same backend, started by the benchmark when `haproxy` is on PATH,
-//! with as many threads as the machine has cores.
+//! The backend is a minimal HTTP/1.1 server in this process on a tokio runtime of its
+//! own, as a server process would be (until 2026-12-02 it shared the load generator's:
+//! a direct exchange then never woke a sleeping thread, and each proxy hop was charged
+//! the wake-ups a direct connection between two processes pays too). The proxy is the
+//! real data plane (`kelp_node_agent::proxy::{DataPlane, listen_tcp}`: one thread per
+//! core, a SO_REUSEPORT listener on each) with a one-endpoint set. The peer is HAProxy
+//! (`apt-get install haproxy`) in TCP mode forwarding the same traffic to the same
+//! backend, started by the benchmark when `haproxy` is on PATH, with as many threads
+//! as the machine has cores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use kelp_node_agent::proxy::balancer::{Backends, Balancer};
 use kelp_node_agent::proxy::metrics::Metrics;
-use kelp_node_agent::proxy::serve_tcp;
+use kelp_node_agent::proxy::{listen_tcp, DataPlane, PlaneConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,11 +32,14 @@ const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: bench\r\n\r\n";
 const CONNECTIONS: usize = 64;
 
 /// Answers every request with RESPONSE; a connection whose first byte is `B` is a
-/// bulk stream and is drained instead.
-async fn backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// bulk stream and is drained instead. Runs on `rt`.
+fn backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
+    let _on = rt.enter();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    let l = TcpListener::from_std(l).unwrap();
+    rt.spawn(async move {
         loop {
             let (mut s, _) = l.accept().await.unwrap();
             let _ = s.set_nodelay(true);
@@ -69,27 +75,20 @@ async fn backend() -> SocketAddr {
     addr
 }
 
-/// The proxy on a runtime of its own with `threads` workers, as in a node agent (and
-/// as HAProxy runs in a process of its own with one thread per core): it competes with
-/// the load generator and the backend for the CPUs, not for their runtime's queues.
-/// The runtime is returned to be kept alive for the run.
-fn proxy(to: SocketAddr, threads: usize) -> (SocketAddr, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("proxy")
-        .enable_all()
-        .build()
-        .unwrap();
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let addr = l.local_addr().unwrap();
+/// The proxy's data plane as a node agent runs it (threads of its own, as HAProxy
+/// runs in a process of its own with one thread per core): it competes with the load
+/// generator and the backend for the CPUs, not for their runtime's queues. The plane
+/// is returned to be kept alive for the run.
+fn proxy(to: SocketAddr, threads: usize, busy_poll: Option<Duration>) -> (SocketAddr, DataPlane) {
+    let plane = DataPlane::start(PlaneConfig { threads, busy_poll }).unwrap();
     let b = Arc::new(Balancer::new(Backends {
         addrs: vec![to],
         affinity: None,
     }));
     let m = Metrics::default().port("bench", "bench");
-    rt.spawn(async move { serve_tcp(TcpListener::from_std(l).unwrap(), b, m).await });
-    (addr, rt)
+    let (addr, tasks) = listen_tcp(&plane, "127.0.0.1:0".parse().unwrap(), &b, &m).unwrap();
+    drop(tasks); // detached: they run until the plane stops
+    (addr, plane)
 }
 
 struct Rr {
@@ -172,7 +171,7 @@ impl Drop for Haproxy {
     }
 }
 
-async fn haproxy(to: SocketAddr, threads: usize) -> Option<Haproxy> {
+async fn haproxy(to: SocketAddr, threads: usize, busy: bool) -> Option<Haproxy> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
         l.local_addr().ok()?.port()
@@ -183,10 +182,11 @@ async fn haproxy(to: SocketAddr, threads: usize) -> Option<Haproxy> {
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 4000\n  nbthread {threads}\n\ndefaults\n  mode tcp\n  \
+            "global\n  maxconn 4000\n  nbthread {threads}\n{}\ndefaults\n  mode tcp\n  \
              timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
              frontend bench\n  bind 127.0.0.1:{port}\n  default_backend endpoints\n\n\
-             backend endpoints\n  server e1 {to}\n"
+             backend endpoints\n  server e1 {to}\n",
+            if busy { "  busy-polling\n" } else { "" }
         ),
     )
     .ok()?;
@@ -220,20 +220,32 @@ fn us(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let secs: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let secs: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let bulk_only = args.iter().any(|a| a == "bulk");
+    let busy_poll = args
+        .iter()
+        .find_map(|a| a.strip_prefix("busy="))
+        .map(|us| Duration::from_micros(us.parse().expect("busy=MICROSECONDS")));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let direct = backend().await;
-    let (proxied, proxy_runtime) = proxy(direct, cores);
+    let backend_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("backend")
+        .enable_all()
+        .build()
+        .unwrap();
+    let direct = backend(&backend_runtime);
+    let (proxied, proxy_plane) = proxy(direct, cores, busy_poll);
+    if let Some(w) = busy_poll {
+        println!("busy polling: Kelp for {w:?} after each event, HAProxy `busy-polling`");
+    }
 
-    let peer = haproxy(direct, cores).await;
+    let peer = haproxy(direct, cores, busy_poll.is_some()).await;
     if peer.is_none() {
         eprintln!("no HAProxy peer figures (is haproxy installed? apt-get install haproxy)");
     }
 
-    if std::env::args().nth(2).as_deref() == Some("bulk") {
+    if bulk_only {
         // Only the bulk streams, three rounds (the figure moves with the machine).
         for round in 1..=3 {
             let bytes = 2 << 30;
@@ -249,7 +261,8 @@ async fn main() {
                 100.0 * bh / bd
             );
         }
-        proxy_runtime.shutdown_background();
+        drop(proxy_plane);
+        backend_runtime.shutdown_background();
         return;
     }
     // Warm every path.
@@ -336,5 +349,6 @@ async fn main() {
             100.0 * bh / bd
         );
     }
-    proxy_runtime.shutdown_background();
+    drop(proxy_plane);
+    backend_runtime.shutdown_background();
 }

@@ -8,14 +8,48 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::balancer::Balancer;
 use super::metrics::PortMetrics;
+use super::plane::DataPlane;
 
 /// How long a TCP connect to an endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Listens on `addr` from every data-plane thread — one socket per thread in a
+/// SO_REUSEPORT group, so the kernel spreads connections and each stays on the thread
+/// that took it — and returns the accept loops. Sockets are bound here, so a taken
+/// port is an error now, not in a task. Port 0: the first socket's port for all.
+pub fn listen_tcp(
+    plane: &DataPlane,
+    addr: SocketAddr,
+    balancer: &Arc<Balancer>,
+    metrics: &Arc<PortMetrics>,
+) -> std::io::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(plane.len());
+    for rt in plane.handles() {
+        let s = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.bind(addr)?;
+        addr = s.local_addr()?;
+        let _on = rt.enter(); // registered with that thread's reactor
+        listeners.push((rt, s.listen(1024)?));
+    }
+    let tasks = listeners
+        .into_iter()
+        .map(|(rt, l)| rt.spawn(serve_tcp(l, balancer.clone(), metrics.clone())))
+        .collect();
+    Ok((addr, tasks))
+}
 
 /// Accepts on `listener` forever, one task per connection.
 pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: Arc<PortMetrics>) {
@@ -29,6 +63,7 @@ pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: 
                 continue;
             }
         };
+        super::plane::note_activity();
         let balancer = balancer.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -88,6 +123,7 @@ pub async fn serve_udp(
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
+        super::plane::note_activity();
         let existing = sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -149,6 +185,7 @@ async fn relay_back(
     loop {
         match tokio::time::timeout(idle, session.upstream.recv(&mut buf)).await {
             Ok(Ok(n)) => {
+                super::plane::note_activity();
                 let _ = socket.send_to(&buf[..n], peer).await;
             }
             Ok(Err(_)) => {} // ICMP unreachable from the endpoint: keep listening

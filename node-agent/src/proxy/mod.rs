@@ -6,14 +6,15 @@
 //!
 //! Layout: [`table`] (pure: which listeners, which endpoints), [`balancer`]
 //! (round-robin and ClientIP affinity over a swappable endpoint set), `forward` (the
-//! data path), [`metrics`]. Changes swap a listener's endpoint set in place; a
+//! data path), [`plane`] (the threads the data path runs on), [`metrics`]. Changes swap a listener's endpoint set in place; a
 //! listener is only opened or closed when its address, port or protocol appears or
 //! disappears, and closing it leaves established connections running.
 
 pub mod balancer;
 mod forward;
-pub use forward::serve_tcp;
+pub use forward::{listen_tcp, serve_tcp};
 pub mod metrics;
+pub mod plane;
 mod splice;
 pub mod table;
 
@@ -29,7 +30,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -37,6 +38,8 @@ use tracing::{debug, info, warn};
 use crate::network::AddressMode;
 use balancer::Balancer;
 use metrics::Metrics;
+pub use plane::DataPlane;
+pub use plane::PlaneConfig;
 use table::{Entry, ListenKey, NodeView, Protocol};
 
 /// How a proxy runs.
@@ -52,6 +55,8 @@ pub struct ProxyConfig {
     pub metrics_address: Option<SocketAddr>,
     /// Re-try listeners that could not bind this often (a port another process held).
     pub resync_interval: Duration,
+    /// The data plane's threads and busy polling.
+    pub plane: PlaneConfig,
 }
 
 impl ProxyConfig {
@@ -62,6 +67,7 @@ impl ProxyConfig {
             udp_idle_timeout: Duration::from_secs(30),
             metrics_address: None,
             resync_interval: Duration::from_secs(5),
+            plane: PlaneConfig::default(),
         }
     }
 }
@@ -73,12 +79,23 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the data plane's threads: {0}")]
+    Plane(std::io::Error),
 }
 
 struct Listener {
     entry: Entry,
     balancer: Arc<Balancer>,
-    task: JoinHandle<()>,
+    /// Its accept loops (one per data-plane thread) or its UDP relay.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn close(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// The proxy's state: open listeners and the ClusterIPs it made local.
@@ -90,16 +107,18 @@ struct Proxy {
     failed: HashMap<ListenKey, String>,
     local_ips: HashSet<IpAddr>,
     metrics: Arc<Metrics>,
+    plane: DataPlane,
 }
 
-/// Runs the proxy until `shutdown` resolves. Listeners close on return; connections
-/// in flight end with the process (or finish, when the proxy runs inside an agent).
+/// Runs the proxy until `shutdown` resolves. Listeners and the connections in flight
+/// end on return (with the data plane's threads).
 pub async fn run(
     cfg: ProxyConfig,
     client: Client,
     mode: AddressMode,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ProxyError> {
+    let plane = DataPlane::start(cfg.plane).map_err(ProxyError::Plane)?;
     let metrics = Arc::new(Metrics::default());
     let metrics_task = match cfg.metrics_address {
         Some(addr) => {
@@ -126,6 +145,7 @@ pub async fn run(
         failed: HashMap::new(),
         local_ips: HashSet::new(),
         metrics,
+        plane,
     };
     tokio::pin!(shutdown);
     let ready = async {
@@ -154,7 +174,7 @@ pub async fn run(
         t.abort();
     }
     for (_, l) in proxy.listeners.drain() {
-        l.task.abort();
+        l.close();
     }
     Ok(())
 }
@@ -218,7 +238,7 @@ impl Proxy {
             .collect();
         for k in gone {
             if let Some(l) = self.listeners.remove(&k) {
-                l.task.abort();
+                l.close();
                 info!(service = %l.entry.service, listener = %listener_label(&k), "listener closed");
             }
         }
@@ -272,34 +292,26 @@ impl Proxy {
         let addr = SocketAddr::new(k.ip, k.port);
         let balancer = Arc::new(Balancer::new(entry.backends.clone()));
         let m = self.metrics.port(&entry.service, &listener_label(k));
-        let task = match k.protocol {
-            Protocol::Tcp => {
-                let s = if addr.is_ipv4() {
-                    TcpSocket::new_v4()?
-                } else {
-                    TcpSocket::new_v6()?
-                };
-                s.set_reuseaddr(true)?;
-                s.bind(addr)?;
-                let l = s.listen(1024)?;
-                tokio::spawn(forward::serve_tcp(l, balancer.clone(), m))
-            }
+        let tasks = match k.protocol {
+            Protocol::Tcp => forward::listen_tcp(&self.plane, addr, &balancer, &m)?.1,
             Protocol::Udp => {
                 let s = std::net::UdpSocket::bind(addr)?;
                 s.set_nonblocking(true)?;
+                let rt = self.plane.next();
+                let _on = rt.enter();
                 let s = UdpSocket::from_std(s)?;
-                tokio::spawn(forward::serve_udp(
+                vec![rt.spawn(forward::serve_udp(
                     s,
                     balancer.clone(),
                     m,
                     self.cfg.udp_idle_timeout,
-                ))
+                ))]
             }
         };
         Ok(Listener {
             entry: entry.clone(),
             balancer,
-            task,
+            tasks,
         })
     }
 }

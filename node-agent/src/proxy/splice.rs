@@ -82,6 +82,7 @@ async fn copy_until_bulk(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io:
     let mut buf = [0u8; COPY_BUF];
     loop {
         let n = from.read(&mut buf).await?;
+        super::plane::note_activity();
         if n == 0 {
             return Ok(Copied::Ended(total));
         }
@@ -112,6 +113,7 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result
     let mut total = 0u64;
     loop {
         from.readable().await?;
+        super::plane::note_activity();
         let n = match from.try_io(Interest::READABLE, || splice(from, &pipe.write, CHUNK)) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
