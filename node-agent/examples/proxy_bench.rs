@@ -3,7 +3,8 @@
 //! connections, and one bulk TCP stream's throughput.
 //!
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
-//! (`bulk`: only the bulk streams, three rounds; `busy=N`: the proxy busy-polls for
+//! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
+//! request latency, three rounds; `busy=N`: the proxy busy-polls for
 //! N µs after each thread's last event, and HAProxy runs with `busy-polling`)
 //!
 //! The backend is a minimal HTTP/1.1 server in this process on a tokio runtime of its
@@ -156,6 +157,39 @@ async fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
     sent as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A phase of the benchmark, run against one address.
+enum Phase {
+    /// Seconds, connections.
+    Requests(f64, usize),
+    /// Bytes.
+    Bulk(usize),
+}
+
+enum Measured {
+    Rr(Rr),
+    Bulk(f64),
+}
+
+impl Phase {
+    async fn run(self, addr: SocketAddr) -> Measured {
+        match self {
+            Phase::Requests(secs, connections) => {
+                Measured::Rr(requests_over(addr, secs, connections).await)
+            }
+            Phase::Bulk(bytes) => Measured::Bulk(bulk(addr, bytes).await),
+        }
+    }
+}
+
+impl Measured {
+    fn rr(self) -> Rr {
+        match self {
+            Measured::Rr(r) => r,
+            Measured::Bulk(_) => unreachable!("a requests phase"),
+        }
+    }
+}
+
 /// HAProxy in TCP mode in front of `to`, on a free port; killed on drop.
 struct Haproxy {
     child: std::process::Child,
@@ -223,6 +257,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let secs: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let bulk_only = args.iter().any(|a| a == "bulk");
+    let latency_only = args.iter().any(|a| a == "latency");
     let busy_poll = args
         .iter()
         .find_map(|a| a.strip_prefix("busy="))
@@ -240,10 +275,21 @@ async fn main() {
         println!("busy polling: Kelp for {w:?} after each event, HAProxy `busy-polling`");
     }
 
-    let peer = haproxy(direct, cores, busy_poll.is_some()).await;
-    if peer.is_none() {
+    let busy = busy_poll.is_some();
+    let have_peer = haproxy(direct, cores, busy).await.is_some();
+    if !have_peer {
         eprintln!("no HAProxy peer figures (is haproxy installed? apt-get install haproxy)");
     }
+    // HAProxy is started for each of its phases alone: with busy-polling it spins even
+    // when idle, and would slow the phases of the others.
+    let peer = async |phase: Phase| {
+        if !have_peer {
+            return None;
+        }
+        let h = haproxy(direct, cores, busy).await?;
+        requests(h.addr, 0.3).await;
+        Some(phase.run(h.addr).await)
+    };
 
     if bulk_only {
         // Only the bulk streams, three rounds (the figure moves with the machine).
@@ -251,9 +297,9 @@ async fn main() {
             let bytes = 2 << 30;
             let bd = bulk(direct, bytes).await;
             let bp = bulk(proxied, bytes).await;
-            let bh = match &peer {
-                Some(h) => bulk(h.addr, bytes).await,
-                None => 0.0,
+            let bh = match peer(Phase::Bulk(bytes)).await {
+                Some(Measured::Bulk(b)) => b,
+                _ => 0.0,
             };
             println!(
                 "bulk round {round}: direct {bd:.0} MiB/s, proxy {bp:.0} MiB/s ({:.0}%), HAProxy {bh:.0} MiB/s ({:.0}%)",
@@ -265,31 +311,49 @@ async fn main() {
         backend_runtime.shutdown_background();
         return;
     }
+    if latency_only {
+        // Only one connection, one request at a time, three rounds.
+        requests(direct, 0.3).await;
+        requests(proxied, 0.3).await;
+        for round in 1..=3 {
+            let d = requests_over(direct, secs, 1).await;
+            let p = requests_over(proxied, secs, 1).await;
+            let h = peer(Phase::Requests(secs, 1)).await.map(Measured::rr);
+            let hs = h.map_or("-".to_string(), |h| {
+                format!("{} / {}", us(h.p50), us(h.p99))
+            });
+            println!(
+                "latency round {round}, p50 / p99: direct {} / {}, proxy {} / {} (added {} / {}), HAProxy {hs}",
+                us(d.p50),
+                us(d.p99),
+                us(p.p50),
+                us(p.p99),
+                us(p.p50.saturating_sub(d.p50)),
+                us(p.p99.saturating_sub(d.p99)),
+            );
+        }
+        drop(proxy_plane);
+        backend_runtime.shutdown_background();
+        return;
+    }
     // Warm every path.
     requests(direct, 0.5).await;
     requests(proxied, 0.5).await;
-    if let Some(h) = &peer {
-        requests(h.addr, 0.5).await;
-    }
     let d = requests(direct, secs).await;
     let p = requests(proxied, secs).await;
-    let hp = match &peer {
-        Some(h) => Some(requests(h.addr, secs).await),
-        None => None,
-    };
+    let hp = peer(Phase::Requests(secs, CONNECTIONS))
+        .await
+        .map(Measured::rr);
     // Per-hop latency without queueing: one connection, one request at a time.
     let d1 = requests_over(direct, secs, 1).await;
     let p1 = requests_over(proxied, secs, 1).await;
-    let h1 = match &peer {
-        Some(h) => Some(requests_over(h.addr, secs, 1).await),
-        None => None,
-    };
+    let h1 = peer(Phase::Requests(secs, 1)).await.map(Measured::rr);
     let bytes = 2 << 30;
     let bd = bulk(direct, bytes).await;
     let bp = bulk(proxied, bytes).await;
-    let bh = match &peer {
-        Some(h) => Some(bulk(h.addr, bytes).await),
-        None => None,
+    let bh = match peer(Phase::Bulk(bytes)).await {
+        Some(Measured::Bulk(b)) => Some(b),
+        _ => None,
     };
 
     println!("proxy_bench: {CONNECTIONS} keep-alive connections, {secs} s each, {cores} cores");

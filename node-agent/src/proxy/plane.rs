@@ -149,7 +149,9 @@ pub(crate) fn note_activity() {
 
 /// Yields to the runtime in a loop — a single-threaded runtime with a yielded task
 /// polls its I/O driver with a zero timeout instead of sleeping — until `window`
-/// passes with no event, then sleeps until the next one.
+/// passes with no event, then sleeps until the next one. Each turn also yields the
+/// CPU to any other runnable thread (sched_yield): a poller that kept its CPU for a
+/// whole time slice would delay the very client or server it waits for.
 async fn spin(window: Duration) {
     let mut seen = ACTIVITY.with(Cell::get);
     let mut last = Instant::now();
@@ -170,6 +172,7 @@ async fn spin(window: Duration) {
             .await;
             continue;
         }
+        std::thread::yield_now();
         tokio::task::yield_now().await;
     }
 }
