@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
 //! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
-//! request latency, three rounds; `busy=N`: the proxy busy-polls for
+//! request latency, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
 //! N µs after each thread's last event, and HAProxy runs with `busy-polling`)
 //!
 //! The backend is a minimal HTTP/1.1 server in this process on a tokio runtime of its
@@ -258,6 +258,7 @@ async fn main() {
     let secs: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let bulk_only = args.iter().any(|a| a == "bulk");
     let latency_only = args.iter().any(|a| a == "latency");
+    let requests_only = args.iter().any(|a| a == "requests");
     let busy_poll = args
         .iter()
         .find_map(|a| a.strip_prefix("busy="))
@@ -305,6 +306,28 @@ async fn main() {
                 "bulk round {round}: direct {bd:.0} MiB/s, proxy {bp:.0} MiB/s ({:.0}%), HAProxy {bh:.0} MiB/s ({:.0}%)",
                 100.0 * bp / bd,
                 100.0 * bh / bd
+            );
+        }
+        drop(proxy_plane);
+        backend_runtime.shutdown_background();
+        return;
+    }
+    if requests_only {
+        // Only requests/s over 64 connections, three rounds.
+        requests(direct, 0.3).await;
+        requests(proxied, 0.3).await;
+        for round in 1..=3 {
+            let d = requests(direct, secs).await;
+            let p = requests(proxied, secs).await;
+            let h = peer(Phase::Requests(secs, CONNECTIONS))
+                .await
+                .map(Measured::rr);
+            let hs = h.map_or("-".to_string(), |h| {
+                format!("{:.0} ({:.2}x)", h.rps, p.rps / h.rps)
+            });
+            println!(
+                "requests round {round}, requests/s: direct {:.0}, proxy {:.0}, HAProxy {hs}",
+                d.rps, p.rps
             );
         }
         drop(proxy_plane);
