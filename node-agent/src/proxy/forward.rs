@@ -21,24 +21,40 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Listens on `addr` from every data-plane thread — one socket per thread in a
 /// SO_REUSEPORT group, so the kernel spreads connections and each stays on the thread
-/// that took it — and returns the accept loops. Sockets are bound here, so a taken
-/// port is an error now, not in a task. Port 0: the first socket's port for all.
+/// that took it — and returns the accept loops and the address. Sockets are bound
+/// here, so a taken port is an error now, not in a task. Port 0: one free port for all.
+///
+/// A SO_REUSEPORT group would also take in another process's socket (the proxy of a
+/// second cluster on this machine) and share the connections with it, so the address
+/// is first bound alone: held by anyone else, it fails as without the group. (Two
+/// proxies opening the same address in the same microseconds could still both get
+/// in.)
 pub fn listen_tcp(
     plane: &DataPlane,
     addr: SocketAddr,
     balancer: &Arc<Balancer>,
     metrics: &Arc<PortMetrics>,
 ) -> std::io::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
-    let mut addr = addr;
-    let mut listeners = Vec::with_capacity(plane.len());
-    for rt in plane.handles() {
+    let group = plane.len() > 1;
+    let socket = || -> std::io::Result<TcpSocket> {
         let s = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
         s.set_reuseaddr(true)?;
-        s.set_reuseport(true)?;
+        Ok(s)
+    };
+    let mut addr = addr;
+    if group {
+        let alone = socket()?;
+        alone.bind(addr)?;
+        addr = alone.local_addr()?;
+    }
+    let mut listeners = Vec::with_capacity(plane.len());
+    for rt in plane.handles() {
+        let s = socket()?;
+        s.set_reuseport(group)?;
         s.bind(addr)?;
         addr = s.local_addr()?;
         let _on = rt.enter(); // registered with that thread's reactor
@@ -201,4 +217,79 @@ async fn relay_back(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&peer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::balancer::Backends;
+    use crate::proxy::metrics::Metrics;
+    use crate::proxy::plane::PlaneConfig;
+    use std::io::{Read, Write};
+
+    fn plane() -> DataPlane {
+        DataPlane::start(PlaneConfig {
+            threads: 2,
+            busy_poll: None,
+        })
+        .unwrap()
+    }
+
+    fn balancer(to: SocketAddr) -> Arc<Balancer> {
+        Arc::new(Balancer::new(Backends {
+            addrs: vec![to],
+            affinity: None,
+        }))
+    }
+
+    #[test]
+    fn every_thread_listens_and_forwards() {
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = backend.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in backend.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 || s.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let plane = plane();
+        let m = Metrics::default().port("t", "t");
+        let (addr, tasks) =
+            listen_tcp(&plane, "127.0.0.1:0".parse().unwrap(), &balancer(to), &m).unwrap();
+        assert_eq!(tasks.len(), 2, "one accept loop per thread");
+        for i in 0..20u8 {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(&[i; 3]).unwrap();
+            let mut got = [0u8; 3];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, [i; 3]);
+        }
+        assert_eq!(m.accepted.load(Ordering::Relaxed), 20);
+    }
+
+    #[test]
+    fn an_address_another_process_holds_is_refused_even_to_a_reuseport_group() {
+        let plane = plane();
+        let m = Metrics::default().port("t", "t");
+        let b = balancer("127.0.0.1:9".parse().unwrap());
+        // A plain listener elsewhere.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = other.local_addr().unwrap();
+        let err = listen_tcp(&plane, taken, &b, &m).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        // Another proxy's SO_REUSEPORT group (a second cluster on this machine): it
+        // must not be joined, or connections would be shared between the two.
+        let other_plane = plane();
+        let (theirs, _tasks) =
+            listen_tcp(&other_plane, "127.0.0.1:0".parse().unwrap(), &b, &m).unwrap();
+        let err = listen_tcp(&plane, theirs, &b, &m).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }
