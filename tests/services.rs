@@ -63,15 +63,26 @@ fn endpoint(ip: IpAddr, node: &str, ready: bool) -> String {
 /// and released on deletion; a Service without a selector and a hand-written
 /// EndpointSlice (how any EndpointSlice producer feeds the proxy) are served on the
 /// ClusterIP and the node port, round-robin over ready endpoints only, with ClientIP
-/// affinity, and over UDP.
+/// affinity, and over UDP. The proxy runs two busy-polling threads here (the other
+/// test keeps the defaults).
 #[test]
 fn the_proxy_serves_cluster_ips_and_node_ports_from_endpoint_slices() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
-    let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &[]);
+    let plane = ["--proxy-threads", "2", "--proxy-busy-poll", "200"].map(String::from);
+    let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &plane);
     let node = up.node.clone();
+    let proxy_threads = std::fs::read_dir(format!("/proc/{}/task", up.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("kelp-proxy-"))
+        .count();
+    assert_eq!(
+        proxy_threads, 2,
+        "--proxy-threads 2 gives two forwarding threads"
+    );
 
     let names = ["hello-0", "hello-1", "hello-2"];
     let all: String = names

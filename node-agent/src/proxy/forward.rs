@@ -276,20 +276,20 @@ mod tests {
 
     #[test]
     fn an_address_another_process_holds_is_refused_even_to_a_reuseport_group() {
-        let plane = plane();
+        let ours = plane();
         let m = Metrics::default().port("t", "t");
         let b = balancer("127.0.0.1:9".parse().unwrap());
         // A plain listener elsewhere.
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = other.local_addr().unwrap();
-        let err = listen_tcp(&plane, taken, &b, &m).unwrap_err();
+        let err = listen_tcp(&ours, taken, &b, &m).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         // Another proxy's SO_REUSEPORT group (a second cluster on this machine): it
         // must not be joined, or connections would be shared between the two.
         let other_plane = plane();
         let (theirs, _tasks) =
             listen_tcp(&other_plane, "127.0.0.1:0".parse().unwrap(), &b, &m).unwrap();
-        let err = listen_tcp(&plane, theirs, &b, &m).unwrap_err();
+        let err = listen_tcp(&ours, theirs, &b, &m).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

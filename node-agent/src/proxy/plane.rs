@@ -22,21 +22,12 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// How the data plane runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PlaneConfig {
     /// Threads (0: one per CPU).
     pub threads: usize,
     /// Busy-poll for this long after a thread's last event (None: sleep when idle).
     pub busy_poll: Option<Duration>,
-}
-
-impl Default for PlaneConfig {
-    fn default() -> Self {
-        PlaneConfig {
-            threads: 0,
-            busy_poll: None,
-        }
-    }
 }
 
 struct PlaneThread {
