@@ -5,7 +5,8 @@
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
 //! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
 //! request latency, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
-//! N µs after each thread's last event, and HAProxy runs with `busy-polling`)
+//! N µs after each thread's last event, and HAProxy runs with `busy-polling`;
+//! `threads=N`: the proxy's threads, one per core by default)
 //!
 //! The backend is a minimal HTTP/1.1 server in this process on a tokio runtime of its
 //! own, as a server process would be (until 2026-12-02 it shared the load generator's:
@@ -271,7 +272,11 @@ async fn main() {
         .build()
         .unwrap();
     let direct = backend(&backend_runtime);
-    let (proxied, proxy_plane) = proxy(direct, cores, busy_poll);
+    let threads = args
+        .iter()
+        .find_map(|a| a.strip_prefix("threads="))
+        .map_or(cores, |n| n.parse().expect("threads=N"));
+    let (proxied, proxy_plane) = proxy(direct, threads, busy_poll);
     if let Some(w) = busy_poll {
         println!("busy polling: Kelp for {w:?} after each event, HAProxy `busy-polling`");
     }
