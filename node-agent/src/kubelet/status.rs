@@ -489,19 +489,84 @@ pub fn compute_pod_status(pod: &Pod, state: &RuntimeState, ctx: &StatusContext<'
     }
 }
 
-/// A JSON merge patch turning `old` into `new` at the top level of `status`: every
-/// field of `new`, and `null` for fields only `old` has.
+/// A strategic merge patch turning `old` into `new` (upstream's two-way merge patch,
+/// as its kubelet sends): changed and added fields, `null` for removed ones; the lists
+/// PodStatus merges by key (`conditions` by type, `podIPs`/`hostIPs` by ip) carry only
+/// the entries that changed, so a condition another writer set since our read — a
+/// readiness gate's — is left as they wrote it; other lists go whole.
 pub fn status_patch(old: Option<&PodStatus>, new: &PodStatus) -> serde_json::Value {
-    let new_v = serde_json::to_value(new).unwrap_or_default();
-    let mut obj = new_v.as_object().cloned().unwrap_or_default();
-    if let Some(serde_json::Value::Object(o)) = old.map(serde_json::to_value).and_then(Result::ok) {
-        for k in o.keys() {
-            if !obj.contains_key(k) {
-                obj.insert(k.clone(), serde_json::Value::Null);
-            }
+    let old = old
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let new = serde_json::to_value(new).unwrap_or_else(|_| serde_json::json!({}));
+    serde_json::json!({ "status": diff_object(&old, &new) })
+}
+
+/// PodStatus lists merged by key in a strategic merge patch (`patchMergeKey`).
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "conditions" => Some("type"),
+        "podIPs" | "hostIPs" => Some("ip"),
+        _ => None,
+    }
+}
+
+fn diff_object(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let empty = serde_json::Map::new();
+    let o = old.as_object().unwrap_or(&empty);
+    let n = new.as_object().unwrap_or(&empty);
+    let mut out = serde_json::Map::new();
+    for (k, nv) in n {
+        let d = match (o.get(k), nv) {
+            (Some(ov), _) if ov == nv => continue,
+            (Some(Value::Array(oa)), Value::Array(na)) => match merge_key(k) {
+                Some(key) => match diff_keyed(oa, na, key) {
+                    Some(items) => items,
+                    None => continue,
+                },
+                None => nv.clone(),
+            },
+            (Some(ov @ Value::Object(_)), Value::Object(_)) => diff_object(ov, nv),
+            _ => nv.clone(),
+        };
+        out.insert(k.clone(), d);
+    }
+    for k in o.keys() {
+        if !n.contains_key(k) {
+            out.insert(k.clone(), Value::Null);
         }
     }
-    serde_json::json!({ "status": obj })
+    Value::Object(out)
+}
+
+/// The entries of a keyed list that changed: new ones whole, changed ones as a diff
+/// with their key, gone ones as `$patch: delete` (None: no change).
+fn diff_keyed(
+    old: &[serde_json::Value],
+    new: &[serde_json::Value],
+    key: &str,
+) -> Option<serde_json::Value> {
+    let mut items = Vec::new();
+    for ni in new {
+        match old.iter().find(|oi| oi.get(key) == ni.get(key)) {
+            Some(oi) if oi == ni => {}
+            Some(oi) => {
+                let mut d = diff_object(oi, ni);
+                if let (Some(m), Some(k)) = (d.as_object_mut(), ni.get(key)) {
+                    m.insert(key.to_string(), k.clone());
+                }
+                items.push(d);
+            }
+            None => items.push(ni.clone()),
+        }
+    }
+    for oi in old {
+        if !new.iter().any(|ni| ni.get(key) == oi.get(key)) {
+            items.push(serde_json::json!({ key: oi.get(key), "$patch": "delete" }));
+        }
+    }
+    (!items.is_empty()).then_some(serde_json::Value::Array(items))
 }
 
 /// Whether writing `new` would change what the API holds.
@@ -816,8 +881,66 @@ mod tests {
         assert_eq!(later.start_time, first.start_time);
         assert!(!differs(Some(&first), &later));
         let patch = status_patch(Some(&old), &later);
-        assert!(patch["status"]["reason"].is_null());
-        assert_eq!(patch["status"]["phase"], "Running");
+        assert_eq!(
+            patch,
+            serde_json::json!({"status": {"reason": null}}),
+            "only the removed field, as null"
+        );
+    }
+
+    #[test]
+    fn the_status_patch_sends_what_changed_and_leaves_other_writers_conditions_alone() {
+        use serde_json::json;
+        let old: PodStatus = serde_json::from_value(json!({
+            "phase": "Pending",
+            "reason": "Waiting",
+            "podIPs": [{"ip": "10.0.0.5"}],
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "example.com/gate", "status": "False"},
+                {"type": "Gone", "status": "True"}
+            ],
+            "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]
+        }))
+        .unwrap();
+        // Built from our (by now stale) view: the gate still False here.
+        let new: PodStatus = serde_json::from_value(json!({
+            "phase": "Running",
+            "podIPs": [{"ip": "10.0.0.5"}],
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "example.com/gate", "status": "False"}
+            ],
+            "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]
+        }))
+        .unwrap();
+        let patch = status_patch(Some(&old), &new);
+        assert_eq!(
+            patch,
+            json!({"status": {
+                "phase": "Running",
+                "reason": null,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": null},
+                    {"type": "Gone", "$patch": "delete"}
+                ],
+                "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}}]
+            }}),
+            "unchanged conditions (the gate among them) and podIPs are not sent; the \
+             container statuses, not merged by key upstream, go whole"
+        );
+        assert_eq!(
+            status_patch(None, &new)["status"]["conditions"]
+                .as_array()
+                .map(Vec::len),
+            Some(3),
+            "a first write sends everything"
+        );
     }
 
     #[test]

@@ -1113,7 +1113,7 @@ impl PodWorker {
             .patch_status(
                 spec::name(pod),
                 &PatchParams::default(),
-                &Patch::Merge(&patch),
+                &Patch::Strategic(&patch),
             )
             .await
         {
