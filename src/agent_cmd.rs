@@ -180,6 +180,11 @@ pub struct PlaneArgs {
     /// halt, at the cost of a CPU per busy thread while traffic flows.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     proxy_busy_poll: u64,
+    /// Congestion control for a bulk stream's hop to a peer on this node (an
+    /// endpoint or client on this machine), which shares no network: BBR's pacing there
+    /// only costs wake-ups. Empty: keep the system's (`net.ipv4.tcp_congestion_control`).
+    #[arg(long, default_value = "cubic", value_name = "ALGORITHM")]
+    proxy_local_congestion_control: String,
 }
 
 impl PlaneArgs {
@@ -188,6 +193,8 @@ impl PlaneArgs {
             threads: self.proxy_threads,
             busy_poll: (self.proxy_busy_poll > 0)
                 .then(|| std::time::Duration::from_micros(self.proxy_busy_poll)),
+            local_congestion_control: Some(self.proxy_local_congestion_control.clone())
+                .filter(|cc| !cc.is_empty()),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
 //! request latency, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
 //! N µs after each thread's last event, and HAProxy runs with `busy-polling`;
-//! `threads=N`: the proxy's threads, one per core by default)
+//! `threads=N`: the proxy's threads, one per core by default; `cc=ALGORITHM`: the
+//! congestion control of bulk streams' local hops, cubic by default, `cc=` for the
+//! system's)
 //!
 //! The backend is a minimal HTTP/1.1 server in this process on a tokio runtime of its
 //! own, as a server process would be (until 2026-12-02 it shared the load generator's:
@@ -81,8 +83,8 @@ fn backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
 /// runs in a process of its own with one thread per core): it competes with the load
 /// generator and the backend for the CPUs, not for their runtime's queues. The plane
 /// is returned to be kept alive for the run.
-fn proxy(to: SocketAddr, threads: usize, busy_poll: Option<Duration>) -> (SocketAddr, DataPlane) {
-    let plane = DataPlane::start(PlaneConfig { threads, busy_poll }).unwrap();
+fn proxy(to: SocketAddr, plane: PlaneConfig) -> (SocketAddr, DataPlane) {
+    let plane = DataPlane::start(plane).unwrap();
     let b = Arc::new(Balancer::new(Backends {
         addrs: vec![to],
         affinity: None,
@@ -276,7 +278,28 @@ async fn main() {
         .iter()
         .find_map(|a| a.strip_prefix("threads="))
         .map_or(cores, |n| n.parse().expect("threads=N"));
-    let (proxied, proxy_plane) = proxy(direct, threads, busy_poll);
+    // As agents run it: local hops of bulk streams on cubic unless `cc=ALGORITHM`
+    // (`cc=`: the system's congestion control throughout).
+    let local_congestion_control = args
+        .iter()
+        .find_map(|a| a.strip_prefix("cc="))
+        .map_or(Some("cubic".to_string()), |cc| {
+            Some(cc.to_string()).filter(|c| !c.is_empty())
+        });
+    println!(
+        "proxy: {threads} threads, local hops' congestion control {}",
+        local_congestion_control
+            .as_deref()
+            .unwrap_or("(the system's)")
+    );
+    let (proxied, proxy_plane) = proxy(
+        direct,
+        PlaneConfig {
+            threads,
+            busy_poll,
+            local_congestion_control,
+        },
+    );
     if let Some(w) = busy_poll {
         println!("busy polling: Kelp for {w:?} after each event, HAProxy `busy-polling`");
     }

@@ -62,13 +62,26 @@ pub fn listen_tcp(
     }
     let tasks = listeners
         .into_iter()
-        .map(|(rt, l)| rt.spawn(serve_tcp(l, balancer.clone(), metrics.clone())))
+        .map(|(rt, l)| {
+            rt.spawn(serve_tcp(
+                l,
+                balancer.clone(),
+                metrics.clone(),
+                plane.local_congestion(),
+            ))
+        })
         .collect();
     Ok((addr, tasks))
 }
 
-/// Accepts on `listener` forever, one task per connection.
-pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: Arc<PortMetrics>) {
+/// Accepts on `listener` forever, one task per connection. `local_congestion`: see
+/// [`super::PlaneConfig::local_congestion_control`].
+pub async fn serve_tcp(
+    listener: TcpListener,
+    balancer: Arc<Balancer>,
+    metrics: Arc<PortMetrics>,
+    local_congestion: Option<Arc<str>>,
+) {
     loop {
         let (inbound, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -82,6 +95,7 @@ pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: 
         super::plane::note_activity();
         let balancer = balancer.clone();
         let metrics = metrics.clone();
+        let cc = local_congestion.clone();
         tokio::spawn(async move {
             metrics.accepted.fetch_add(1, Ordering::Relaxed);
             let Some(mut outbound) = connect(&balancer, peer).await else {
@@ -92,8 +106,8 @@ pub async fn serve_tcp(listener: TcpListener, balancer: Arc<Balancer>, metrics: 
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             metrics.active.fetch_add(1, Ordering::Relaxed);
-            if let Ok((up, down)) = super::splice::bidirectional(&mut inbound, &mut outbound).await
-            {
+            let splice = super::splice::bidirectional(&mut inbound, &mut outbound, cc.as_deref());
+            if let Ok((up, down)) = splice.await {
                 metrics.bytes.fetch_add(up + down, Ordering::Relaxed);
             }
             metrics.active.fetch_sub(1, Ordering::Relaxed);
@@ -230,7 +244,7 @@ mod tests {
     fn plane() -> DataPlane {
         DataPlane::start(PlaneConfig {
             threads: 2,
-            busy_poll: None,
+            ..PlaneConfig::default()
         })
         .unwrap()
     }

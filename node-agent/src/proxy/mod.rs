@@ -118,7 +118,7 @@ pub async fn run(
     mode: AddressMode,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ProxyError> {
-    let plane = DataPlane::start(cfg.plane).map_err(ProxyError::Plane)?;
+    let plane = DataPlane::start(cfg.plane.clone()).map_err(ProxyError::Plane)?;
     let metrics = Arc::new(Metrics::default());
     let metrics_task = match cfg.metrics_address {
         Some(addr) => {

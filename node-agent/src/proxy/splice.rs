@@ -49,11 +49,18 @@ const COPY_BUF: usize = 16 * 1024;
 
 /// Moves everything `from` sends to `to` until `from`'s end of stream, then shuts
 /// `to` down for writing. Returns the bytes moved.
-async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<u64> {
+async fn one_way(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    local_congestion: Option<&str>,
+) -> io::Result<u64> {
     let total = copy_until_bulk(from, to).await?;
     let total = match total {
         Copied::Ended(n) => n,
         Copied::Bulk(n) => {
+            if let Some(cc) = local_congestion {
+                tune_local_hop(to.as_ref(), cc);
+            }
             // The pipe is made only now: connections that only ever exchange small
             // messages cost no pipe calls. Without one (EMFILE), keep copying.
             match Pipe::new() {
@@ -134,14 +141,40 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result
 }
 
 /// Forwards both directions between `a` and `b` until both have ended: (bytes a → b,
-/// bytes b → a).
-pub async fn bidirectional(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
+/// bytes b → a). A direction that turns bulk toward a peer on this node switches its
+/// sending socket to `local_congestion` (see
+/// [`super::PlaneConfig::local_congestion_control`]).
+pub async fn bidirectional(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    local_congestion: Option<&str>,
+) -> io::Result<(u64, u64)> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
     tokio::try_join!(
-        one_way(&mut a_read, &mut b_write),
-        one_way(&mut b_read, &mut a_write)
+        one_way(&mut a_read, &mut b_write, local_congestion),
+        one_way(&mut b_read, &mut a_write, local_congestion)
     )
+}
+
+/// Switches `to` to congestion control `cc` when its peer is an address of this
+/// host (loopback, a pod or ClusterIP address on the pod interface): a hop that never
+/// leaves the machine. A peer elsewhere keeps the system's choice.
+fn tune_local_hop(to: &TcpStream, cc: &str) {
+    let Ok(peer) = to.peer_addr() else { return };
+    if !is_local_address(peer.ip()) {
+        return;
+    }
+    if let Err(e) = rustix::net::sockopt::set_tcp_congestion(to, cc) {
+        tracing::debug!(%peer, cc, error = %e, "cannot set the congestion control of a local hop");
+    }
+}
+
+/// Whether `ip` is an address of this host: only those can be bound (one system call,
+/// paid once per bulk stream). With `net.ipv4.ip_nonlocal_bind` set every address
+/// binds, and every hop counts as local.
+pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -163,7 +196,7 @@ mod tests {
         // client ⇄ (p1 | proxy | p2) ⇄ server
         let (mut client, mut p1) = pair().await;
         let (mut p2, mut server) = pair().await;
-        let relay = tokio::spawn(async move { bidirectional(&mut p1, &mut p2).await });
+        let relay = tokio::spawn(async move { bidirectional(&mut p1, &mut p2, None).await });
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = big.clone();
         let writer = tokio::spawn(async move {
@@ -187,11 +220,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bulk_stream_to_a_local_peer_switches_to_the_local_congestion_control() {
+        let (mut client, mut p1) = pair().await;
+        let (mut p2, mut server) = pair().await;
+        let system = rustix::net::sockopt::tcp_congestion(&p1).unwrap();
+        let local = if system == "reno" { "cubic" } else { "reno" };
+        let relay = tokio::spawn(async move {
+            let moved = bidirectional(&mut p1, &mut p2, Some(local)).await.unwrap();
+            (moved, p1, p2)
+        });
+        client.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        drop(server);
+        let ((up, down), p1, p2) = relay.await.unwrap();
+        assert_eq!((up, down), (1 << 20, 0));
+        assert_eq!(
+            rustix::net::sockopt::tcp_congestion(&p2).unwrap(),
+            local,
+            "the bulk direction's sending socket, to a loopback peer"
+        );
+        assert_eq!(
+            rustix::net::sockopt::tcp_congestion(&p1).unwrap(),
+            system,
+            "the direction that carried nothing keeps the system's"
+        );
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(
+            !is_local_address("192.0.2.1".parse().unwrap()),
+            "TEST-NET-1"
+        );
+    }
+
+    #[tokio::test]
     async fn a_slow_receiver_gets_every_byte_in_order() {
         // The pipe fills while the receiver lags: order and count must hold.
         let (mut client, mut p1) = pair().await;
         let (mut p2, mut server) = pair().await;
-        let relay = tokio::spawn(async move { bidirectional(&mut p1, &mut p2).await });
+        let relay =
+            tokio::spawn(async move { bidirectional(&mut p1, &mut p2, Some("cubic")).await });
         let len = 24_000_000u32;
         let writer = tokio::spawn(async move {
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
