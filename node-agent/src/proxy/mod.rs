@@ -6,9 +6,10 @@
 //!
 //! Layout: [`table`] (pure: which listeners, which endpoints), [`balancer`]
 //! (round-robin and ClientIP affinity over a swappable endpoint set), `forward` (the
-//! data path), [`plane`] (the threads the data path runs on), [`metrics`]. Changes swap a listener's endpoint set in place; a
-//! listener is only opened or closed when its address, port or protocol appears or
-//! disappears, and closing it leaves established connections running.
+//! data path), [`plane`] (the threads the data path runs on), [`metrics`]. Changes
+//! swap a listener's endpoint set in place; a listener is only opened or closed when
+//! its address, port or protocol appears or disappears, and closing it leaves
+//! established connections running.
 
 pub mod balancer;
 mod forward;
