@@ -63,15 +63,23 @@ fn endpoint(ip: IpAddr, node: &str, ready: bool) -> String {
 /// and released on deletion; a Service without a selector and a hand-written
 /// EndpointSlice (how any EndpointSlice producer feeds the proxy) are served on the
 /// ClusterIP and the node port, round-robin over ready endpoints only, with ClientIP
-/// affinity, and over UDP. The proxy runs two busy-polling threads here (the other
-/// test keeps the defaults).
+/// affinity, and over UDP. The proxy runs two busy-polling threads here and forwards
+/// TCP in the kernel (the other test keeps the defaults).
 #[test]
 fn the_proxy_serves_cluster_ips_and_node_ports_from_endpoint_slices() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
-    let plane = ["--proxy-threads", "2", "--proxy-busy-poll", "200"].map(String::from);
+    let plane = [
+        "--proxy-threads",
+        "2",
+        "--proxy-busy-poll",
+        "200",
+        "--proxy-kernel-connections",
+        "256",
+    ]
+    .map(String::from);
     let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &plane);
     let node = up.node.clone();
     let proxy_threads = std::fs::read_dir(format!("/proc/{}/task", up.pid()))
@@ -174,6 +182,17 @@ spec:
             "round-robin via {addr}: {counts:?}"
         );
     }
+    // Those connections were forwarded in the kernel: the sockmap loaded, and no
+    // connection fell back to user space.
+    let log = up.log();
+    assert!(
+        log.contains("forwarding TCP connections in the kernel"),
+        "--proxy-kernel-connections: no sockmap\n{log}"
+    );
+    assert!(
+        !log.contains("forwarding this connection in user space"),
+        "a connection could not be paired\n{log}"
+    );
 
     // hello-1 goes unready: no new connections reach it.
     up.apply(&slice([true, false, true]));

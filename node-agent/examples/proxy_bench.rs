@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
 //! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
-//! request latency, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
+//! request latency, the paths taking turns request by request, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
 //! N µs after each thread's last event, and HAProxy runs with `busy-polling`;
 //! `threads=N`: the proxy's threads, one per core by default; `cc=ALGORITHM`: the
 //! congestion control of bulk streams' local hops, cubic by default, `cc=` for the
@@ -143,6 +143,42 @@ async fn requests_over(addr: SocketAddr, secs: f64, connections: usize) -> Rr {
     }
 }
 
+/// One request at a time over one connection per path, the paths taking turns
+/// request by request, so that every path sees the same moments of the machine (a
+/// VM's stalls move p99 more than a hop does; phases run one after another caught
+/// different stalls). (p50, p99) per path.
+async fn interleaved(addrs: &[SocketAddr], secs: f64) -> Vec<(Duration, Duration)> {
+    let mut conns = Vec::new();
+    for a in addrs {
+        let s = TcpStream::connect(a).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        conns.push(s);
+    }
+    let mut lats = vec![Vec::with_capacity(100_000); addrs.len()];
+    let mut buf = [0u8; 512];
+    let end = Instant::now() + Duration::from_secs_f64(secs * addrs.len() as f64);
+    while Instant::now() < end {
+        for (s, lat) in conns.iter_mut().zip(&mut lats) {
+            let t = Instant::now();
+            s.write_all(REQUEST).await.unwrap();
+            let mut got = 0;
+            while got < RESPONSE.len() {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed");
+                got += n;
+            }
+            lat.push(t.elapsed());
+        }
+    }
+    lats.into_iter()
+        .map(|mut l| {
+            l.sort();
+            let q = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+            (q(0.50), q(0.99))
+        })
+        .collect()
+}
+
 /// MiB/s of one stream writing `bytes` to the draining backend.
 async fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -255,6 +291,11 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+/// `a - b` in µs, negative when the path through a proxy was faster.
+fn signed_us(a: Duration, b: Duration) -> String {
+    format!("{:+.0} µs", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -286,8 +327,14 @@ async fn main() {
         .map_or(Some("cubic".to_string()), |cc| {
             Some(cc.to_string()).filter(|c| !c.is_empty())
         });
+    // `kernel=N`: forward up to N connections in the kernel (sockmap), as
+    // `--proxy-kernel-connections` does.
+    let kernel_connections = args
+        .iter()
+        .find_map(|a| a.strip_prefix("kernel="))
+        .map_or(0, |n| n.parse().expect("kernel=CONNECTIONS"));
     println!(
-        "proxy: {threads} threads, local hops' congestion control {}",
+        "proxy: {threads} threads, kernel forwarding for {kernel_connections} connections, local hops' congestion control {}",
         local_congestion_control
             .as_deref()
             .unwrap_or("(the system's)")
@@ -298,6 +345,7 @@ async fn main() {
             threads,
             busy_poll,
             local_congestion_control,
+            kernel_connections,
         },
     );
     if let Some(w) = busy_poll {
@@ -363,26 +411,39 @@ async fn main() {
         return;
     }
     if latency_only {
-        // Only one connection, one request at a time, three rounds.
-        requests(direct, 0.3).await;
-        requests(proxied, 0.3).await;
+        // One connection per path, the paths interleaved request by request; three
+        // rounds. HAProxy runs for the whole of it.
+        let h = if have_peer {
+            haproxy(direct, cores, busy).await
+        } else {
+            None
+        };
+        let mut addrs = vec![direct, proxied];
+        addrs.extend(h.as_ref().map(|h| h.addr));
+        interleaved(&addrs, 0.3).await;
         for round in 1..=3 {
-            let d = requests_over(direct, secs, 1).await;
-            let p = requests_over(proxied, secs, 1).await;
-            let h = peer(Phase::Requests(secs, 1)).await.map(Measured::rr);
-            let hs = h.map_or("-".to_string(), |h| {
-                format!("{} / {}", us(h.p50), us(h.p99))
+            let r = interleaved(&addrs, secs).await;
+            let ((d50, d99), (p50, p99)) = (r[0], r[1]);
+            let hs = r.get(2).map_or("-".to_string(), |&(h50, h99)| {
+                format!(
+                    "{} / {} (added {} / {})",
+                    us(h50),
+                    us(h99),
+                    signed_us(h50, d50),
+                    signed_us(h99, d99)
+                )
             });
             println!(
                 "latency round {round}, p50 / p99: direct {} / {}, proxy {} / {} (added {} / {}), HAProxy {hs}",
-                us(d.p50),
-                us(d.p99),
-                us(p.p50),
-                us(p.p99),
-                us(p.p50.saturating_sub(d.p50)),
-                us(p.p99.saturating_sub(d.p99)),
+                us(d50),
+                us(d99),
+                us(p50),
+                us(p99),
+                signed_us(p50, d50),
+                signed_us(p99, d99),
             );
         }
+        drop(h);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::balancer::Balancer;
 use super::metrics::PortMetrics;
-use super::plane::DataPlane;
+use super::plane::{DataPlane, Forwarding};
 
 /// How long a TCP connect to an endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -67,20 +67,19 @@ pub fn listen_tcp(
                 l,
                 balancer.clone(),
                 metrics.clone(),
-                plane.local_congestion(),
+                plane.forwarding().clone(),
             ))
         })
         .collect();
     Ok((addr, tasks))
 }
 
-/// Accepts on `listener` forever, one task per connection. `local_congestion`: see
-/// [`super::PlaneConfig::local_congestion_control`].
+/// Accepts on `listener` forever, one task per connection.
 pub async fn serve_tcp(
     listener: TcpListener,
     balancer: Arc<Balancer>,
     metrics: Arc<PortMetrics>,
-    local_congestion: Option<Arc<str>>,
+    forwarding: Forwarding,
 ) {
     loop {
         let (inbound, peer) = match listener.accept().await {
@@ -95,7 +94,7 @@ pub async fn serve_tcp(
         super::plane::note_activity();
         let balancer = balancer.clone();
         let metrics = metrics.clone();
-        let cc = local_congestion.clone();
+        let forwarding = forwarding.clone();
         tokio::spawn(async move {
             metrics.accepted.fetch_add(1, Ordering::Relaxed);
             let Some(mut outbound) = connect(&balancer, peer).await else {
@@ -106,13 +105,34 @@ pub async fn serve_tcp(
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             metrics.active.fetch_add(1, Ordering::Relaxed);
-            let splice = super::splice::bidirectional(&mut inbound, &mut outbound, cc.as_deref());
-            if let Ok((up, down)) = splice.await {
+            let forwarded = forward(&forwarding, &metrics, &mut inbound, &mut outbound);
+            if let Ok((up, down)) = forwarded.await {
                 metrics.bytes.fetch_add(up + down, Ordering::Relaxed);
             }
             metrics.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Forwards a connection until both directions end: in the kernel when the plane
+/// can and the sockets pair, else in user space.
+async fn forward(
+    how: &Forwarding,
+    metrics: &PortMetrics,
+    inbound: &mut TcpStream,
+    outbound: &mut TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    if let Some(map) = &how.sockmap {
+        let cc = how.local_congestion.as_deref();
+        match super::sockmap::forward(map, inbound, outbound, cc, &metrics.kernel).await {
+            Ok(moved) => return Ok(moved),
+            Err(super::sockmap::ForwardError::Io(e)) => return Err(e),
+            Err(super::sockmap::ForwardError::NotPaired(e)) => {
+                debug!(error = %e, "forwarding this connection in user space")
+            }
+        }
+    }
+    super::splice::bidirectional(inbound, outbound, how.local_congestion.as_deref()).await
 }
 
 /// Connects to an endpoint for `peer`, trying each endpoint once when connects fail

@@ -16,6 +16,7 @@ mod forward;
 pub use forward::{listen_tcp, serve_tcp};
 pub mod metrics;
 pub mod plane;
+pub mod sockmap;
 mod splice;
 pub mod table;
 

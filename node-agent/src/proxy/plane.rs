@@ -36,6 +36,10 @@ pub struct PlaneConfig {
     /// stream's throughput with cubic on its local hops. One the kernel does not
     /// offer is reported once at start and left unused.
     pub local_congestion_control: Option<String>,
+    /// Forward TCP connections in the kernel (see [`super::sockmap`]), for up to
+    /// this many connections at once (0: in user space only). When the kernel or
+    /// the process's privileges refuse, it is reported once and left unused.
+    pub kernel_connections: u32,
 }
 
 impl Default for PlaneConfig {
@@ -44,6 +48,7 @@ impl Default for PlaneConfig {
             threads: 0,
             busy_poll: None,
             local_congestion_control: Some("cubic".into()),
+            kernel_connections: 0,
         }
     }
 }
@@ -58,7 +63,16 @@ struct PlaneThread {
 pub struct DataPlane {
     threads: Vec<PlaneThread>,
     next: AtomicUsize,
-    local_congestion: Option<Arc<str>>,
+    forwarding: Forwarding,
+}
+
+/// What a connection's forwarding needs from the plane.
+#[derive(Clone, Default)]
+pub struct Forwarding {
+    /// See [`PlaneConfig::local_congestion_control`] (None: the system's).
+    pub local_congestion: Option<Arc<str>>,
+    /// See [`PlaneConfig::kernel_connections`] (None: user space only).
+    pub sockmap: Option<Arc<super::sockmap::Sockmap>>,
 }
 
 impl DataPlane {
@@ -104,10 +118,29 @@ impl DataPlane {
             .local_congestion_control
             .filter(|cc| congestion_control_available(cc))
             .map(Arc::from);
+        let sockmap = match cfg.kernel_connections {
+            0 => None,
+            n => match super::sockmap::Sockmap::load(n) {
+                Ok(map) => {
+                    tracing::info!(
+                        connections = n,
+                        "forwarding TCP connections in the kernel (sockmap)"
+                    );
+                    Some(Arc::new(map))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot forward in the kernel (sockmap); forwarding in user space");
+                    None
+                }
+            },
+        };
         Ok(DataPlane {
             threads,
             next: AtomicUsize::new(0),
-            local_congestion,
+            forwarding: Forwarding {
+                local_congestion,
+                sockmap,
+            },
         })
     }
 
@@ -122,9 +155,9 @@ impl DataPlane {
         &self.threads[i].handle
     }
 
-    /// See [`PlaneConfig::local_congestion_control`].
-    pub fn local_congestion(&self) -> Option<Arc<str>> {
-        self.local_congestion.clone()
+    /// How connections are forwarded.
+    pub fn forwarding(&self) -> &Forwarding {
+        &self.forwarding
     }
 
     pub fn len(&self) -> usize {
@@ -279,7 +312,13 @@ mod tests {
             })
             .unwrap()
         };
-        assert_eq!(plane("reno").local_congestion().as_deref(), Some("reno"));
-        assert_eq!(plane("no-such-algorithm").local_congestion(), None);
+        assert_eq!(
+            plane("reno").forwarding().local_congestion.as_deref(),
+            Some("reno")
+        );
+        assert_eq!(
+            plane("no-such-algorithm").forwarding().local_congestion,
+            None
+        );
     }
 }

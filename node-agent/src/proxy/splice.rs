@@ -45,7 +45,7 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 /// Reads smaller than this are copied through user space; a read that fills it
 /// switches the direction to splice for good (a bulk stream). For small exchanges
 /// (requests and responses) two plain syscalls beat two splices through a pipe.
-const COPY_BUF: usize = 16 * 1024;
+pub(super) const COPY_BUF: usize = 16 * 1024;
 
 /// Moves everything `from` sends to `to` until `from`'s end of stream, then shuts
 /// `to` down for writing. Returns the bytes moved.
@@ -57,17 +57,7 @@ async fn one_way(
     let total = copy_until_bulk(from, to).await?;
     let total = match total {
         Copied::Ended(n) => n,
-        Copied::Bulk(n) => {
-            if let Some(cc) = local_congestion {
-                tune_local_hop(to.as_ref(), cc);
-            }
-            // The pipe is made only now: connections that only ever exchange small
-            // messages cost no pipe calls. Without one (EMFILE), keep copying.
-            match Pipe::new() {
-                Ok(pipe) => n + splice_all(from.as_ref(), to.as_ref(), &pipe).await?,
-                Err(_) => n + copy(from, to).await?,
-            }
-        }
+        Copied::Bulk(n) => n + bulk_to_end(from.as_ref(), to.as_ref(), local_congestion).await?,
     };
     let _ = rustix::net::shutdown(to.as_ref(), rustix::net::Shutdown::Write);
     Ok(total)
@@ -101,14 +91,46 @@ async fn copy_until_bulk(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io:
     }
 }
 
-/// The copy loop to the end of `from` (bulk or not).
-async fn copy(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<u64> {
+/// Moves a direction that turned bulk to `from`'s end of stream (not shutting `to`
+/// down): spliced, on `local_congestion` when `to`'s peer is on this node.
+pub(super) async fn bulk_to_end(
+    from: &TcpStream,
+    to: &TcpStream,
+    local_congestion: Option<&str>,
+) -> io::Result<u64> {
+    if let Some(cc) = local_congestion {
+        tune_local_hop(to, cc);
+    }
+    // The pipe is made only now: connections that only ever exchange small messages
+    // cost no pipe calls. Without one (EMFILE), keep copying.
+    match Pipe::new() {
+        Ok(pipe) => splice_all(from, to, &pipe).await,
+        Err(_) => copy_to_end(from, to).await,
+    }
+}
+
+/// A plain copy loop to the end of `from`.
+async fn copy_to_end(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut buf = vec![0u8; COPY_BUF];
     loop {
-        match copy_until_bulk(from, to).await? {
-            Copied::Ended(n) => return Ok(total + n),
-            Copied::Bulk(n) => total += n,
+        from.readable().await?;
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        while done < n {
+            to.writable().await?;
+            match to.try_write(&buf[done..n]) {
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
+        total += n as u64;
     }
 }
 
