@@ -239,25 +239,19 @@ impl Sockmap {
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 
-    fn remove(map: &OwnedFd, key: u64) {
+    fn remove(map: &OwnedFd, key: u64) -> io::Result<()> {
         let mut attr = MapElemAttr {
             map_fd: map.as_raw_fd() as u32,
             key: &key as *const u64 as u64,
             ..Default::default()
         };
-        let _ = bpf(BPF_MAP_DELETE_ELEM, &mut attr);
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
     }
 
     /// Stops the kernel taking what `socket` receives; later bytes wait in its own
     /// queue, behind everything the kernel already took.
     fn unpair_receiver(&self, socket: &TcpStream) -> io::Result<()> {
-        let key = rustix::net::sockopt::socket_cookie(socket)?;
-        let mut attr = MapElemAttr {
-            map_fd: self.verdict.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+        Self::remove(&self.verdict, rustix::net::sockopt::socket_cookie(socket)?)
     }
 
     /// Pairs `a` and `b`: from here on the kernel sends what either receives on the
@@ -276,7 +270,7 @@ impl Sockmap {
         for (i, (map, key, socket)) in steps.iter().enumerate() {
             if let Err(e) = Self::insert(map, *key, *socket) {
                 for (map, key, _) in steps[..i].iter().rev() {
-                    Self::remove(map, *key);
+                    let _ = Self::remove(map, *key);
                 }
                 return Err(e);
             }
@@ -451,7 +445,7 @@ async fn one_way(
     let moved = if turned_bulk {
         map.unpair_receiver(from)?;
         map.to_user_space.fetch_add(1, Ordering::Relaxed);
-        let handed = wait_handed_on(from, from0, to, to0).await?;
+        let handed = wait_handed_on(from, from0, to, to0, false).await?;
         handed + super::splice::bulk_to_end(from, to, local_congestion).await?
     } else {
         // End of stream or an error: a read tells which.
@@ -466,9 +460,7 @@ async fn one_way(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        wait_handed_on(from, from0, to, to0)
-            .await?
-            .saturating_sub(1) // the FIN
+        wait_handed_on(from, from0, to, to0, true).await?
     };
     let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
     Ok(moved)
@@ -476,23 +468,23 @@ async fn one_way(
 
 /// Waits until `to` holds every byte `from` handed on since the pairing (sent or in
 /// its send queue; the kernel's own queue toward it is not visible otherwise), and
-/// returns that count (a FIN included).
+/// returns that many bytes. `fin`: `from` has received its peer's FIN, which the
+/// byte count includes but nothing writes.
 async fn wait_handed_on(
     from: &TcpStream,
     from0: Counters,
     to: &TcpStream,
     to0: Counters,
+    fin: bool,
 ) -> io::Result<u64> {
-    let handed = counters(from)?.received - from0.received;
+    let handed = (counters(from)?.received - from0.received).saturating_sub(u64::from(fin));
     let mut pause = Duration::from_micros(50);
     loop {
         let now = counters(to)?;
         if now.closed {
             return Err(io::ErrorKind::ConnectionReset.into());
         }
-        let written = now.written - to0.written;
-        // The FIN counts in `handed` but is never written.
-        if written + 1 >= handed {
+        if now.written - to0.written >= handed {
             return Ok(handed);
         }
         tokio::time::sleep(pause).await;
@@ -651,6 +643,35 @@ mod tests {
         let (up, _) = relay.await.unwrap();
         assert_eq!(up, u64::from(len) + 11);
         assert_eq!(map.to_user_space.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_client_already_ended_is_left_to_user_space() {
+        let map = sockmap();
+        let (mut client, mut p1) = pair().await;
+        let (mut p2, mut server) = pair().await;
+        client.write_all(b"all of it").await.unwrap();
+        client.shutdown().await.unwrap();
+        p1.readable().await.unwrap();
+        let refused = forward(&map, &mut p1, &mut p2, None, &AtomicU64::new(0)).await;
+        assert!(
+            matches!(refused, Err(ForwardError::NotPaired(_))),
+            "a socket past its peer's FIN cannot enter a sockmap"
+        );
+        assert_eq!(map.paired.load(Ordering::Relaxed), 0);
+        // Nothing was left half-paired: user space forwards the connection whole.
+        let relay = tokio::spawn(async move {
+            super::super::splice::bidirectional(&mut p1, &mut p2, None).await
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"all of it");
+        server.write_all(b"answer").await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer");
+        assert_eq!(relay.await.unwrap().unwrap(), (9, 6));
     }
 
     #[tokio::test]
