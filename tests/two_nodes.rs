@@ -461,7 +461,8 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
 
     // The control plane in namespace A, short node-monitor grace (as tests/multinode).
     start_server(&mut w, &[]);
-    let agents = start_agents(&mut w, &nodes, &[]);
+    // The proxies forward TCP in the kernel (sockmap), here across the veth pair.
+    let agents = start_agents(&mut w, &nodes, &["--proxy-kernel-connections", "64"]);
     let cidr = wait_nodes(&w, &nodes);
     wait_host_gw_routes(&w, &nodes, &cidr);
 
@@ -600,6 +601,12 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
     assert!(
         ok,
         "GET {svc} (ClusterIP, from namespace A): {last:?}\n{}",
+        w.logs()
+    );
+    assert!(
+        w.logs()
+            .contains("forwarding TCP connections in the kernel"),
+        "--proxy-kernel-connections: no sockmap\n{}",
         w.logs()
     );
 
