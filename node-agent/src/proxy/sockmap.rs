@@ -606,6 +606,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ipv6_connections_pair_too() {
+        let Ok(l) = TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback here: nothing to test");
+            return;
+        };
+        let map = sockmap();
+        let six = async || {
+            let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            (c, l.accept().await.unwrap().0)
+        };
+        let (mut client, mut p1) = six().await;
+        let (mut p2, mut server) = six().await;
+        let m = map.clone();
+        let relay =
+            tokio::spawn(
+                async move { forward(&m, &mut p1, &mut p2, None, &AtomicU64::new(0)).await },
+            );
+        client.write_all(b"over six").await.unwrap();
+        let mut buf = [0u8; 8];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"over six");
+        server.write_all(b"back").await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"back");
+        drop(client);
+        assert_eq!(relay.await.unwrap().unwrap(), (8, 4));
+        assert_eq!(map.paired.load(Ordering::Relaxed), 1, "in the kernel");
+    }
+
+    #[tokio::test]
     async fn a_bulk_stream_to_a_slow_receiver_moves_to_user_space_in_order() {
         let map = sockmap();
         let (mut client, mut server, relay) = relayed(map.clone()).await;
