@@ -105,6 +105,19 @@ async fn requests(addr: SocketAddr, secs: f64) -> Rr {
     requests_over(addr, secs, CONNECTIONS).await
 }
 
+/// One request and its whole response; how long it took.
+async fn exchange(s: &mut TcpStream, buf: &mut [u8]) -> Duration {
+    let t = Instant::now();
+    s.write_all(REQUEST).await.unwrap();
+    let mut got = 0;
+    while got < RESPONSE.len() {
+        let n = s.read(buf).await.unwrap();
+        assert!(n > 0, "connection closed");
+        got += n;
+    }
+    t.elapsed()
+}
+
 async fn requests_over(addr: SocketAddr, secs: f64, connections: usize) -> Rr {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = vec![];
@@ -115,15 +128,7 @@ async fn requests_over(addr: SocketAddr, secs: f64, connections: usize) -> Rr {
             let mut lat = Vec::with_capacity(100_000);
             let mut buf = [0u8; 512];
             while Instant::now() < end {
-                let t = Instant::now();
-                s.write_all(REQUEST).await.unwrap();
-                let mut got = 0;
-                while got < RESPONSE.len() {
-                    let n = s.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "connection closed");
-                    got += n;
-                }
-                lat.push(t.elapsed());
+                lat.push(exchange(&mut s, &mut buf).await);
             }
             lat
         }));
@@ -159,15 +164,7 @@ async fn interleaved(addrs: &[SocketAddr], secs: f64) -> Vec<(Duration, Duration
     let end = Instant::now() + Duration::from_secs_f64(secs * addrs.len() as f64);
     while Instant::now() < end {
         for (s, lat) in conns.iter_mut().zip(&mut lats) {
-            let t = Instant::now();
-            s.write_all(REQUEST).await.unwrap();
-            let mut got = 0;
-            while got < RESPONSE.len() {
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "connection closed");
-                got += n;
-            }
-            lat.push(t.elapsed());
+            lat.push(exchange(s, &mut buf).await);
         }
     }
     lats.into_iter()

@@ -19,6 +19,8 @@ pub mod plane;
 pub mod sockmap;
 mod splice;
 pub mod table;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;

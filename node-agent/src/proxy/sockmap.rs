@@ -517,17 +517,11 @@ fn still_receiving(state: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{assert_ended, pair, read_pattern_slowly, write_pattern};
     use super::*;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     /// client ⇄ (p1 | kernel | p2) ⇄ server, with the relay's result.
     async fn relayed(
@@ -642,34 +636,13 @@ mod tests {
         let map = sockmap();
         let (mut client, mut server, relay) = relayed(map.clone()).await;
         let len = 24_000_000u32;
-        let writer = tokio::spawn(async move {
-            client.write_all(b"small first").await.unwrap();
-            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            for chunk in data.chunks(100_003) {
-                client.write_all(chunk).await.unwrap();
-            }
-            client.shutdown().await.unwrap();
-            client
-        });
+        client.write_all(b"small first").await.unwrap();
+        let writer = write_pattern(client, len);
         let mut head = [0u8; 11];
         server.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"small first");
-        let mut got = 0u32;
-        let mut buf = vec![0u8; 7_919];
-        loop {
-            let n = server.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            for b in &buf[..n] {
-                assert_eq!(*b, (got % 253) as u8, "byte {got}");
-                got += 1;
-            }
-            if got % 1_000_000 < 7_919 {
-                tokio::task::yield_now().await;
-            }
-        }
-        assert_eq!(got, len);
+        read_pattern_slowly(&mut server, len).await;
+        assert_ended(&mut server).await;
         drop(server);
         drop(writer.await.unwrap());
         let (up, _) = relay.await.unwrap();

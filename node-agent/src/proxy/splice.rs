@@ -109,29 +109,16 @@ pub(super) async fn bulk_to_end(
     }
 }
 
-/// A plain copy loop to the end of `from`.
+/// A plain copy loop to the end of `from` (when no pipe can be had).
 async fn copy_to_end(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    let mut total = 0u64;
-    let mut buf = vec![0u8; COPY_BUF];
-    loop {
-        from.readable().await?;
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut done = 0;
-        while done < n {
-            to.writable().await?;
-            match to.try_write(&buf[done..n]) {
-                Ok(m) => done += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        total += n as u64;
-    }
+    pump(
+        from,
+        to,
+        &mut vec![0u8; COPY_BUF],
+        |buf| Ok(rustix::io::read(from, &mut buf[..])?),
+        |buf, done, n| Ok(rustix::io::write(to, &buf[done..n])?),
+    )
+    .await
 }
 
 /// Splices `from` → `to` until `from`'s end of stream: each read fills the empty
@@ -139,11 +126,31 @@ async fn copy_to_end(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
 /// one. (Two pipes, one filling while the other drained, moved 3–5% less in the
 /// bulk benchmark: the select over both sockets costs more than the overlap gives.)
 async fn splice_all(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+    pump(
+        from,
+        to,
+        &mut (),
+        |()| splice(from, &pipe.write, CHUNK),
+        |(), done, n| splice(&pipe.read, to, n - done),
+    )
+    .await
+}
+
+/// Moves `from` → `to` until `from`'s end of stream, on the sockets' readiness:
+/// `fill` takes up to a buffer's worth from `from` (0: end of stream) into `held`,
+/// and `drain(held, done, n)` hands on what is left of it to `to`.
+async fn pump<H: ?Sized>(
+    from: &TcpStream,
+    to: &TcpStream,
+    held: &mut H,
+    mut fill: impl FnMut(&mut H) -> io::Result<usize>,
+    mut drain: impl FnMut(&mut H, usize, usize) -> io::Result<usize>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         from.readable().await?;
         super::plane::note_activity();
-        let n = match from.try_io(Interest::READABLE, || splice(from, &pipe.write, CHUNK)) {
+        let n = match from.try_io(Interest::READABLE, || fill(held)) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -152,7 +159,7 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result
         let mut done = 0;
         while done < n {
             to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, n - done)) {
+            match to.try_io(Interest::WRITABLE, || drain(held, done, n)) {
                 Ok(m) => done += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -201,17 +208,9 @@ pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{assert_ended, pair, read_pattern_slowly, write_pattern};
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A connected pair of sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     #[tokio::test]
     async fn both_directions_with_half_close() {
@@ -277,37 +276,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_copy_loop_without_a_pipe_moves_every_byte_in_order() {
+        let (client, p1) = pair().await;
+        let (p2, mut server) = pair().await;
+        let relay = tokio::spawn(async move { copy_to_end(&p1, &p2).await });
+        let len = 3_000_000u32;
+        let writer = write_pattern(client, len);
+        read_pattern_slowly(&mut server, len).await;
+        assert_eq!(relay.await.unwrap().unwrap(), u64::from(len));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn a_slow_receiver_gets_every_byte_in_order() {
         // The pipe fills while the receiver lags: order and count must hold.
-        let (mut client, mut p1) = pair().await;
+        let (client, mut p1) = pair().await;
         let (mut p2, mut server) = pair().await;
         let relay =
             tokio::spawn(async move { bidirectional(&mut p1, &mut p2, Some("cubic")).await });
         let len = 24_000_000u32;
-        let writer = tokio::spawn(async move {
-            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            for chunk in data.chunks(100_003) {
-                client.write_all(chunk).await.unwrap();
-            }
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = 0u32;
-        let mut buf = vec![0u8; 7_919];
-        loop {
-            let n = server.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            for b in &buf[..n] {
-                assert_eq!(*b, (got % 253) as u8, "byte {got}");
-                got += 1;
-            }
-            if got % 1_000_000 < 7_919 {
-                tokio::task::yield_now().await;
-            }
-        }
-        assert_eq!(got, len);
+        let writer = write_pattern(client, len);
+        read_pattern_slowly(&mut server, len).await;
+        assert_ended(&mut server).await;
         drop(server);
         drop(writer.await.unwrap());
         let (up, _) = relay.await.unwrap().unwrap();
