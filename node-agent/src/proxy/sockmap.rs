@@ -257,8 +257,9 @@ impl Sockmap {
     /// Pairs `a` and `b`: from here on the kernel sends what either receives on the
     /// other, including bytes that arrived before. On an error nothing is left in
     /// the maps and the caller forwards in user space (a socket that has already
-    /// received its peer's FIN cannot enter a sockmap, for one).
-    fn pair(&self, a: &TcpStream, b: &TcpStream) -> io::Result<()> {
+    /// received its peer's FIN cannot enter a sockmap, for one). Else which of `a`
+    /// and `b` the kernel reads.
+    fn pair(&self, a: &TcpStream, b: &TcpStream) -> io::Result<(bool, bool)> {
         let ka = rustix::net::sockopt::socket_cookie(a)?;
         let kb = rustix::net::sockopt::socket_cookie(b)?;
         let steps: [(&OwnedFd, u64, &TcpStream); 4] = [
@@ -268,21 +269,40 @@ impl Sockmap {
             (&self.verdict, kb, b),
         ];
         for (i, (map, key, socket)) in steps.iter().enumerate() {
-            if let Err(e) = Self::insert(map, *key, *socket) {
-                for (map, key, _) in steps[..i].iter().rev() {
-                    let _ = Self::remove(map, *key);
+            match Self::insert(map, *key, *socket) {
+                Ok(()) => {}
+                // `a` already redirects: what the kernel took from it may still be
+                // queued toward `b` (undoing would drop it). `b`, which just received
+                // its peer's FIN, is forwarded from user space.
+                Err(_) if i == 3 => {
+                    kick_pending(a);
+                    self.paired.fetch_add(1, Ordering::Relaxed);
+                    return Ok((true, false));
                 }
-                return Err(e);
+                // Nothing redirects yet: nothing is queued anywhere.
+                Err(e) => {
+                    for (map, key, _) in steps[..i].iter().rev() {
+                        let _ = Self::remove(map, *key);
+                    }
+                    return Err(e);
+                }
             }
         }
-        // Bytes that arrived before the socket entered the map wait in its receive
-        // queue until something calls its data-ready hook; setting SO_RCVLOWAT does
-        // (tcp_set_rcvlowat → tcp_data_ready), and the program sends them on in
-        // order ahead of anything later.
-        kick(a)?;
-        kick(b)?;
+        kick_pending(a);
+        kick_pending(b);
         self.paired.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok((true, true))
+    }
+}
+
+/// Bytes that arrived before a socket entered the verdict map wait in its receive
+/// queue until something calls its data-ready hook; setting SO_RCVLOWAT does
+/// (tcp_set_rcvlowat → tcp_data_ready), and the program sends them on in order ahead
+/// of anything later. (It cannot fail on a TCP socket; should it, those bytes go
+/// with the next segment.)
+fn kick_pending(s: &TcpStream) {
+    if let Err(e) = kick(s) {
+        tracing::warn!(error = %e, "cannot hand a paired socket's early bytes to the kernel");
     }
 }
 
@@ -372,12 +392,12 @@ pub async fn forward(
         (Ok(a0), Ok(b0)) => (a0, b0),
         (Err(e), _) | (_, Err(e)) => return Err(ForwardError::NotPaired(e)),
     };
-    map.pair(a, b).map_err(ForwardError::NotPaired)?;
+    let (a_kernel, b_kernel) = map.pair(a, b).map_err(ForwardError::NotPaired)?;
     paired.fetch_add(1, Ordering::Relaxed);
     let (a, b) = (&*a, &*b);
     let moved = tokio::try_join!(
-        one_way(map, (a, a0), (b, b0), local_congestion),
-        one_way(map, (b, b0), (a, a0), local_congestion)
+        one_way(map, (a, a0, a_kernel), (b, b0), local_congestion),
+        one_way(map, (b, b0, b_kernel), (a, a0), local_congestion)
     );
     moved.map_err(ForwardError::Io)
 }
@@ -400,10 +420,15 @@ pub enum ForwardError {
 /// FINs).
 async fn one_way(
     map: &Sockmap,
-    (from, from0): (&TcpStream, Counters),
+    (from, from0, in_kernel): (&TcpStream, Counters, bool),
     (to, to0): (&TcpStream, Counters),
     local_congestion: Option<&str>,
 ) -> io::Result<u64> {
+    if !in_kernel {
+        let moved = super::splice::bulk_to_end(from, to, local_congestion).await?;
+        let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
+        return Ok(moved);
+    }
     // The kernel moves bytes without waking this task (only end of stream or an
     // error does), so a bulk stream is found by sampling `from`'s byte count: every
     // millisecond at first, half as often after each sample that finds none, up to
