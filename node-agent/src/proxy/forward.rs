@@ -127,6 +127,7 @@ async fn forward(
         match super::sockmap::forward(map, inbound, outbound, cc, &metrics.kernel).await {
             Ok(moved) => return Ok(moved),
             Err(super::sockmap::ForwardError::Io(e)) => return Err(e),
+            Err(super::sockmap::ForwardError::Declined) => {}
             Err(super::sockmap::ForwardError::NotPaired(e)) => {
                 debug!(error = %e, "forwarding this connection in user space")
             }

@@ -124,9 +124,14 @@ impl DataPlane {
                 Ok(map) => {
                     tracing::info!(
                         connections = n,
-                        "forwarding TCP connections in the kernel (sockmap)"
+                        "forwarding TCP connections in the kernel (sockmap) while the CPUs are not contended"
                     );
-                    Some(Arc::new(map))
+                    let map = Arc::new(map);
+                    if let Some(t) = threads.first() {
+                        t.handle
+                            .spawn(super::sockmap::watch_cpu_pressure(map.clone()));
+                    }
+                    Some(map)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot forward in the kernel (sockmap); forwarding in user space");

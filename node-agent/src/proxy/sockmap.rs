@@ -29,7 +29,7 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -171,8 +171,11 @@ pub struct Sockmap {
     _program: OwnedFd,
     /// Connections paired so far.
     pub paired: AtomicU64,
-    /// Directions that turned bulk and moved to user space.
+    /// Directions that moved to user space (a bulk stream, or CPU contention).
     pub to_user_space: AtomicU64,
+    /// The CPUs are contended (see [`watch_cpu_pressure`]): new connections stay in
+    /// user space and paired ones move there.
+    pub contended: AtomicBool,
 }
 
 impl Sockmap {
@@ -224,6 +227,7 @@ impl Sockmap {
             _program: program,
             paired: AtomicU64::new(0),
             to_user_space: AtomicU64::new(0),
+            contended: AtomicBool::new(false),
         })
     }
 
@@ -388,6 +392,9 @@ pub async fn forward(
     local_congestion: Option<&str>,
     paired: &AtomicU64,
 ) -> Result<(u64, u64), ForwardError> {
+    if map.contended.load(Ordering::Relaxed) {
+        return Err(ForwardError::Declined);
+    }
     let (a0, b0) = match (counters(a), counters(b)) {
         (Ok(a0), Ok(b0)) => (a0, b0),
         (Err(e), _) | (_, Err(e)) => return Err(ForwardError::NotPaired(e)),
@@ -406,16 +413,20 @@ pub async fn forward(
 pub enum ForwardError {
     #[error("the sockets cannot be paired in the kernel: {0}")]
     NotPaired(io::Error),
+    /// The CPUs are contended: the connection is better off in user space.
+    #[error("the CPUs are contended")]
+    Declined,
     #[error(transparent)]
     Io(io::Error),
 }
 
 /// One direction: the kernel moves `from`'s bytes to `to` until `from` ends, or
-/// until a burst of at least [`super::splice::COPY_BUF`] bytes arrives between two
-/// of `from`'s wake-ups — a bulk stream, which splice moves faster than the
-/// sockmap's per-segment sends (29–67% of a direct stream against 91–125%, same
-/// run). Then `from` leaves the verdict map, and once `to` has been handed every
-/// byte the kernel took, the rest is spliced. Ends by shutting `to` down for
+/// until it turns into a bulk stream (which splice moves faster than the sockmap's
+/// per-segment sends: 29–67% of a direct stream against 91–125%, same run), or the
+/// CPUs become contended (the per-segment work items then wait for a CPU: 0.57–0.77×
+/// HAProxy's requests/s against ~1.0× in user space). Then `from` leaves the verdict
+/// map, and once `to` has been handed every byte the kernel took, the rest is
+/// spliced. Ends by shutting `to` down for
 /// writing once everything before `from`'s FIN is out (the kernel moves bytes, not
 /// FINs).
 async fn one_way(
@@ -435,7 +446,7 @@ async fn one_way(
     // [`SAMPLE_MAX`]. A sample that finds a stream's rate ([`BULK_RATE`]) moves it.
     let mut seen = from0.received;
     let mut interval = SAMPLE_MIN;
-    let turned_bulk = loop {
+    let leaves = loop {
         let woke = tokio::select! {
             r = from.readable() => { r?; true }
             () = tokio::time::sleep(interval) => false,
@@ -445,7 +456,7 @@ async fn one_way(
             break false;
         }
         let received = info.tcpi_bytes_received;
-        if received - seen >= bulk_bytes(interval) {
+        if received - seen >= bulk_bytes(interval) || map.contended.load(Ordering::Relaxed) {
             break true;
         }
         seen = received;
@@ -467,7 +478,7 @@ async fn one_way(
             interval = (interval * 2).min(SAMPLE_MAX);
         }
     };
-    let moved = if turned_bulk {
+    let moved = if leaves {
         map.unpair_receiver(from)?;
         map.to_user_space.fetch_add(1, Ordering::Relaxed);
         let handed = wait_handed_on(from, from0, to, to0, false).await?;
@@ -515,6 +526,54 @@ async fn wait_handed_on(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(10));
     }
+}
+
+/// Keeps `map.contended` current from the kernel's CPU pressure (PSI): the share of
+/// the last [`PRESSURE_WINDOW`] in which some runnable task waited for a CPU. Above
+/// [`CONTENDED`] the kernel's per-segment work would queue behind the busy tasks;
+/// below [`UNCONTENDED`] it runs at once. Without PSI (`/proc/pressure/cpu`, a
+/// kernel built without it or booted with `psi=0`), nothing changes: every
+/// connection is paired, as asked. Runs until its runtime (the plane's) stops.
+pub async fn watch_cpu_pressure(map: std::sync::Arc<Sockmap>) {
+    let Some(mut last) = cpu_stall_micros() else {
+        tracing::info!("no CPU pressure information (PSI): kernel forwarding regardless of load");
+        return;
+    };
+    let mut at = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(PRESSURE_WINDOW).await;
+        let Some(now) = cpu_stall_micros() else {
+            return;
+        };
+        let wall = at.elapsed().as_micros().max(1) as f64;
+        let share = now.saturating_sub(last) as f64 / wall;
+        (last, at) = (now, std::time::Instant::now());
+        let contended = map.contended.load(Ordering::Relaxed);
+        if !contended && share > CONTENDED {
+            map.contended.store(true, Ordering::Relaxed);
+        } else if contended && share < UNCONTENDED {
+            map.contended.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+const PRESSURE_WINDOW: Duration = Duration::from_millis(100);
+const CONTENDED: f64 = 0.10;
+const UNCONTENDED: f64 = 0.03;
+
+/// The `some` line's `total` of `/proc/pressure/cpu`: µs during which at least one
+/// runnable task waited for a CPU.
+fn cpu_stall_micros() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    parse_stall_micros(&text)
+}
+
+fn parse_stall_micros(text: &str) -> Option<u64> {
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// The first sampling interval of a paired socket's byte count.
@@ -702,6 +761,53 @@ mod tests {
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"answer");
         assert_eq!(relay.await.unwrap().unwrap(), (9, 6));
+    }
+
+    #[tokio::test]
+    async fn contention_keeps_new_connections_out_and_moves_paired_ones_in_order() {
+        let map = sockmap();
+        let (mut client, mut server, relay) = relayed(map.clone()).await;
+        let mut buf = [0u8; 64];
+        for i in 0..100 {
+            let msg = format!("message {i}");
+            client.write_all(msg.as_bytes()).await.unwrap();
+            server.read_exact(&mut buf[..msg.len()]).await.unwrap();
+            assert_eq!(&buf[..msg.len()], msg.as_bytes());
+        }
+        assert_eq!(map.to_user_space.load(Ordering::Relaxed), 0);
+        map.contended.store(true, Ordering::Relaxed);
+        // Both directions leave the kernel at their next sample; messages keep
+        // flowing in order, both ways, throughout.
+        let start = std::time::Instant::now();
+        let mut i = 100;
+        while map.to_user_space.load(Ordering::Relaxed) < 2 || i < 300 {
+            assert!(start.elapsed() < Duration::from_secs(20), "never moved");
+            let msg = format!("message {i}");
+            client.write_all(msg.as_bytes()).await.unwrap();
+            server.read_exact(&mut buf[..msg.len()]).await.unwrap();
+            assert_eq!(&buf[..msg.len()], msg.as_bytes());
+            server.write_all(msg.as_bytes()).await.unwrap();
+            client.read_exact(&mut buf[..msg.len()]).await.unwrap();
+            assert_eq!(&buf[..msg.len()], msg.as_bytes());
+            i += 1;
+        }
+        drop(client);
+        assert_ended(&mut server).await;
+        drop(server);
+        relay.await.unwrap();
+        // A new connection is not paired while the CPUs are contended.
+        let (_c, mut p1) = pair().await;
+        let (mut p2, _s) = pair().await;
+        let declined = forward(&map, &mut p1, &mut p2, None, &AtomicU64::new(0)).await;
+        assert!(matches!(declined, Err(ForwardError::Declined)));
+    }
+
+    #[test]
+    fn cpu_pressure_totals_parse() {
+        let text = "some avg10=4.68 avg60=5.49 avg300=12.23 total=2586885502\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_stall_micros(text), Some(2_586_885_502));
+        assert_eq!(parse_stall_micros("full avg10=0.00 total=5\n"), None);
     }
 
     #[tokio::test]
