@@ -288,6 +288,18 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+/// How many connections the kernel forwarded, and how many directions moved back.
+fn report_kernel(plane: &DataPlane) {
+    if let Some(map) = &plane.forwarding().sockmap {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "kernel forwarding: {} connections paired, {} directions moved to user space",
+            load(&map.paired),
+            load(&map.to_user_space)
+        );
+    }
+}
+
 /// `a - b` in µs, negative when the path through a proxy was faster.
 fn signed_us(a: Duration, b: Duration) -> String {
     format!("{:+.0} µs", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
@@ -381,6 +393,7 @@ async fn main() {
                 100.0 * bh / bd
             );
         }
+        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -403,6 +416,7 @@ async fn main() {
                 d.rps, p.rps
             );
         }
+        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -441,6 +455,7 @@ async fn main() {
             );
         }
         drop(h);
+        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -522,6 +537,7 @@ async fn main() {
             100.0 * bh / bd
         );
     }
+    report_kernel(&proxy_plane);
     drop(proxy_plane);
     backend_runtime.shutdown_background();
 }
