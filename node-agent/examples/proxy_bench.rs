@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p kelp-node-agent --example proxy_bench [-- SECONDS [bulk] [busy=MICROSECONDS]]`
 //! (`bulk`: only the bulk streams, three rounds; `latency`: only one connection's
-//! request latency, the paths taking turns request by request, three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
+//! request latency, the paths taking turns request by request (`latency solo`: each
+//! path in a phase of its own), three rounds; `requests`: only requests/s, three rounds; `busy=N`: the proxy busy-polls for
 //! N µs after each thread's last event, and HAProxy runs with `busy-polling`;
 //! `threads=N`: the proxy's threads, one per core by default; `cc=ALGORITHM`: the
 //! congestion control of bulk streams' local hops, cubic by default, `cc=` for the
@@ -432,8 +433,19 @@ async fn main() {
         let mut addrs = vec![direct, proxied];
         addrs.extend(h.as_ref().map(|h| h.addr));
         interleaved(&addrs, 0.3).await;
+        // `solo`: each path in a phase of its own instead (a lone request on an
+        // otherwise idle machine, as the benchmark measured until 2026-12-02).
+        let solo = args.iter().any(|a| a == "solo");
         for round in 1..=3 {
-            let r = interleaved(&addrs, secs).await;
+            let r = if solo {
+                let mut r = Vec::new();
+                for a in &addrs {
+                    r.push(interleaved(&[*a], secs).await[0]);
+                }
+                r
+            } else {
+                interleaved(&addrs, secs).await
+            };
             let ((d50, d99), (p50, p99)) = (r[0], r[1]);
             let hs = r.get(2).map_or("-".to_string(), |&(h50, h99)| {
                 format!(
