@@ -3,11 +3,12 @@
 //! the other by the kernel (the verdict program in the receiving softirq, the send in
 //! a workqueue item on that CPU), without waking the proxy. A hop through a userspace
 //! proxy otherwise costs two thread wake-ups per exchange, and on a VM whose idle
-//! vCPUs halt each of those costs tens of microseconds: a lone request through the
-//! proxy took 39–41 µs here against 329–660 µs in user space. Under load the
-//! per-segment work item costs more than a user-space thread's batched reads and
-//! writes (0.57–0.77× HAProxy's requests/s against ~1.0×), so it is opt-in
-//! (`--proxy-kernel-connections`), for nodes where latency counts more than load.
+//! vCPUs halt each of those costs tens of microseconds or more: with the host busy, a
+//! lone request through the proxy took 39–41 µs here against 329–660 µs in user
+//! space. Under CPU contention the per-segment work item waits for a CPU (0.57–0.77×
+//! HAProxy's requests/s against ~1.0× in user space), so connections are only paired
+//! while the CPUs are not contended ([`watch_cpu_pressure`]). Opt-in
+//! (`--proxy-kernel-connections`).
 //!
 //! The proxy still owns the connection: it pairs the sockets, watches them for end
 //! of stream and errors, passes a FIN on once the kernel has sent everything before
