@@ -384,7 +384,7 @@ fn counters(s: &TcpStream) -> io::Result<Counters> {
 
 /// Forwards between `a` and `b` until both directions have ended: (bytes a → b,
 /// bytes b → a). Each direction starts in the kernel; one that turns into a bulk
-/// stream moves to user space (see [`one_way`]). `Err(NotPaired)` means nothing
+/// stream moves to user space (see `one_way`). `Err(NotPaired)` means nothing
 /// moved and the caller forwards in user space.
 pub async fn forward(
     map: &Sockmap,
@@ -444,7 +444,7 @@ async fn one_way(
     // The kernel moves bytes without waking this task (only end of stream or an
     // error does), so a bulk stream is found by sampling `from`'s byte count: every
     // millisecond at first, half as often after each sample that finds none, up to
-    // [`SAMPLE_MAX`]. A sample that finds a stream's rate ([`BULK_RATE`]) moves it.
+    // `SAMPLE_MAX`. A sample that finds a stream's rate (`BULK_RATE`) moves it.
     let mut seen = from0.received;
     let mut interval = SAMPLE_MIN;
     let leaves = loop {
@@ -530,9 +530,9 @@ async fn wait_handed_on(
 }
 
 /// Keeps `map.contended` current from the kernel's CPU pressure (PSI): the share of
-/// the last [`PRESSURE_WINDOW`] in which some runnable task waited for a CPU. Above
-/// [`CONTENDED`] the kernel's per-segment work would queue behind the busy tasks;
-/// below [`UNCONTENDED`] it runs at once. Without PSI (`/proc/pressure/cpu`, a
+/// the last `PRESSURE_WINDOW` in which some runnable task waited for a CPU. Above
+/// `CONTENDED` the kernel's per-segment work would queue behind the busy tasks;
+/// below `UNCONTENDED` it runs at once. Without PSI (`/proc/pressure/cpu`, a
 /// kernel built without it or booted with `psi=0`), nothing changes: every
 /// connection is paired, as asked. Runs until its runtime (the plane's) stops.
 pub async fn watch_cpu_pressure(map: std::sync::Arc<Sockmap>) {
