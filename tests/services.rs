@@ -71,15 +71,19 @@ fn the_proxy_serves_cluster_ips_and_node_ports_from_endpoint_slices() {
     let reg = registry::Registry::start();
     let image = format!("{}/kelp/http-hello:v1", reg.addr);
     push(&http_hello(), &image);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
     let plane = [
-        "--proxy-threads",
-        "2",
-        "--proxy-busy-poll",
-        "200",
-        "--proxy-kernel-connections",
-        "256",
-    ]
-    .map(String::from);
+        "--proxy-threads".to_string(),
+        "2".into(),
+        "--proxy-busy-poll".into(),
+        "200".into(),
+        "--proxy-kernel-connections".into(),
+        "256".into(),
+        "--proxy-metrics-address".into(),
+        metrics.to_string(),
+    ];
     let up = Up::start("svc", "info,kelp_node_agent::proxy=debug", &plane);
     let node = up.node.clone();
     let proxy_threads = std::fs::read_dir(format!("/proc/{}/task", up.pid()))
@@ -182,8 +186,9 @@ spec:
             "round-robin via {addr}: {counts:?}"
         );
     }
-    // Those connections were forwarded in the kernel: the sockmap loaded, and no
-    // connection fell back to user space.
+    // Those connections were forwarded in the kernel: the sockmap loaded, no
+    // connection failed to pair, and the proxy counts the paired ones — unless the
+    // CPUs were contended meanwhile, when the proxy pauses pairing and says so.
     let log = up.log();
     assert!(
         log.contains("forwarding TCP connections in the kernel"),
@@ -192,6 +197,20 @@ spec:
     assert!(
         !log.contains("forwarding this connection in user space"),
         "a connection could not be paired\n{log}"
+    );
+    let paired: u64 = get(metrics, "/metrics")
+        .map(|(_, _, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("kelp_proxy_kernel_connections_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or_else(|e| panic!("proxy metrics on {metrics}: {e}"));
+    eprintln!("connections forwarded in the kernel: {paired}");
+    assert!(
+        paired > 0 || up.log().contains("CPUs contended"),
+        "no connection was forwarded in the kernel\n{}",
+        up.log()
     );
 
     // hello-1 goes unready: no new connections reach it.

@@ -23,7 +23,7 @@
 //! Needs CAP_BPF and CAP_NET_ADMIN (root) and a kernel with sockmap
 //! (CONFIG_BPF_STREAM_PARSER); without them the proxy forwards in user space.
 
-// The bpf(2) system call, TCP_INFO and SIOCOUTQ have no safe wrapper in rustix; each
+// The bpf(2) system call, TCP_INFO, SIOCOUTQ and SO_RCVLOWAT have no safe wrapper in rustix; each
 // unsafe block below is one system call on a buffer it sizes itself.
 #![allow(unsafe_code)]
 
@@ -33,6 +33,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -359,10 +360,11 @@ fn tcp_info(s: &TcpStream) -> io::Result<libc::tcp_info> {
     Ok(info)
 }
 
-fn ioctl_int(s: &TcpStream, request: libc::Ioctl) -> io::Result<u64> {
+/// SIOCOUTQ: bytes written to `s` and not yet acknowledged (rustix has no wrapper).
+fn unacked_bytes(s: &TcpStream) -> io::Result<u64> {
     let mut value: libc::c_int = 0;
-    // SAFETY: SIOCINQ and SIOCOUTQ write one c_int.
-    if unsafe { libc::ioctl(s.as_raw_fd(), request, &mut value) } < 0 {
+    // SAFETY: SIOCOUTQ writes one c_int.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut value) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(value.max(0) as u64)
@@ -371,10 +373,10 @@ fn ioctl_int(s: &TcpStream, request: libc::Ioctl) -> io::Result<u64> {
 fn counters(s: &TcpStream) -> io::Result<Counters> {
     let info = tcp_info(s)?;
     // Read after TCP_INFO: an ACK between the two calls only makes the sum smaller.
-    let queued = ioctl_int(s, libc::TIOCOUTQ)?;
+    let queued = unacked_bytes(s)?;
     // Bytes received but still in the socket's own queue (before the pairing, or
     // after leaving the verdict map) are not handed on yet.
-    let unread = ioctl_int(s, libc::FIONREAD)?;
+    let unread = rustix::io::ioctl_fionread(s)?;
     Ok(Counters {
         received: info.tcpi_bytes_received - unread,
         written: info.tcpi_bytes_acked + queued,
@@ -402,10 +404,21 @@ pub async fn forward(
     };
     let (a_kernel, b_kernel) = map.pair(a, b).map_err(ForwardError::NotPaired)?;
     paired.fetch_add(1, Ordering::Relaxed);
-    let (a, b) = (&*a, &*b);
+    let (mut a_read, mut a_write) = a.split();
+    let (mut b_read, mut b_write) = b.split();
     let moved = tokio::try_join!(
-        one_way(map, (a, a0, a_kernel), (b, b0), local_congestion),
-        one_way(map, (b, b0, b_kernel), (a, a0), local_congestion)
+        one_way(
+            map,
+            (&mut a_read, a0, a_kernel),
+            (&mut b_write, b0),
+            local_congestion
+        ),
+        one_way(
+            map,
+            (&mut b_read, b0, b_kernel),
+            (&mut a_write, a0),
+            local_congestion
+        )
     );
     moved.map_err(ForwardError::Io)
 }
@@ -426,81 +439,95 @@ pub enum ForwardError {
 /// per-segment sends: 29–67% of a direct stream against 91–125%, same run), or the
 /// CPUs become contended (the per-segment work items then wait for a CPU: 0.57–0.77×
 /// HAProxy's requests/s against ~1.0× in user space). Then `from` leaves the verdict
-/// map, and once `to` has been handed every byte the kernel took, the rest is
-/// spliced. Ends by shutting `to` down for
-/// writing once everything before `from`'s FIN is out (the kernel moves bytes, not
-/// FINs).
+/// map, and once `to` has been handed every byte the kernel took, the direction goes
+/// on as the user-space path forwards ([`super::splice::forward_to_end`]). Ends by
+/// shutting `to` down for writing once everything before `from`'s FIN is out (the
+/// kernel moves bytes, not FINs).
 async fn one_way(
     map: &Sockmap,
-    (from, from0, in_kernel): (&TcpStream, Counters, bool),
-    (to, to0): (&TcpStream, Counters),
+    (from_half, from0, in_kernel): (&mut ReadHalf<'_>, Counters, bool),
+    (to_half, to0): (&mut WriteHalf<'_>, Counters),
     local_congestion: Option<&str>,
 ) -> io::Result<u64> {
-    if !in_kernel {
-        let moved = super::splice::bulk_to_end(from, to, local_congestion).await?;
-        let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
-        return Ok(moved);
-    }
-    // The kernel moves bytes without waking this task (only end of stream or an
-    // error does), so a bulk stream is found by sampling `from`'s byte count: every
-    // millisecond at first, half as often after each sample that finds none, up to
-    // `SAMPLE_MAX`. A sample that finds a stream's rate (`BULK_RATE`) moves it.
+    let moved = if in_kernel {
+        let (from, to) = (from_half.as_ref(), to_half.as_ref());
+        match in_kernel_until_leaving(map, from, from0).await? {
+            Left::Ended => wait_handed_on(from, from0, to, to0, true).await?,
+            Left::ToUserSpace => {
+                map.unpair_receiver(from)?;
+                map.to_user_space.fetch_add(1, Ordering::Relaxed);
+                let handed = wait_handed_on(from, from0, to, to0, false).await?;
+                let rest = super::splice::forward_to_end(from_half, to_half, local_congestion);
+                handed + rest.await?
+            }
+        }
+    } else {
+        super::splice::forward_to_end(from_half, to_half, local_congestion).await?
+    };
+    let _ = rustix::net::shutdown(to_half.as_ref(), rustix::net::Shutdown::Write);
+    Ok(moved)
+}
+
+/// Why a paired direction stopped waiting.
+enum Left {
+    /// `from` received its peer's FIN.
+    Ended,
+    /// A bulk stream, or contended CPUs.
+    ToUserSpace,
+}
+
+/// Watches a paired `from` until its end of stream, or until its direction should
+/// leave the kernel. The kernel moves bytes without waking this task (only end of
+/// stream or an error does), so a bulk stream is found by sampling `from`'s byte
+/// count: every millisecond at first, half as often after each sample that finds
+/// none, up to `SAMPLE_MAX`. A sample that finds a stream's rate (`BULK_RATE`), or
+/// contended CPUs, moves it.
+async fn in_kernel_until_leaving(
+    map: &Sockmap,
+    from: &TcpStream,
+    from0: Counters,
+) -> io::Result<Left> {
     let mut seen = from0.received;
     let mut interval = SAMPLE_MIN;
-    let leaves = loop {
+    loop {
         let woke = tokio::select! {
             r = from.readable() => { r?; true }
             () = tokio::time::sleep(interval) => false,
         };
         let info = tcp_info(from)?;
         if !still_receiving(info.tcpi_state) {
-            break false;
+            // End of stream, or a reset: a read tells which.
+            return read_end(from).map(|_| Left::Ended);
         }
         let received = info.tcpi_bytes_received;
         if received - seen >= bulk_bytes(interval) || map.contended.load(Ordering::Relaxed) {
-            break true;
+            return Ok(Left::ToUserSpace);
         }
         seen = received;
         if woke {
-            // Nothing for this socket's own queue: clear the readiness (a read says
-            // WouldBlock) so the next wait sleeps.
-            let mut scratch = [0u8; 64];
-            match from.try_read(&mut scratch) {
-                Ok(0) => break false,
-                Ok(n) => {
-                    return Err(io::Error::other(format!(
-                        "{n} bytes reached a paired socket's own queue"
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            // Nothing for this socket's own queue: the read says WouldBlock, which
+            // clears the readiness so the next wait sleeps.
+            if read_end(from)? {
+                return Ok(Left::Ended);
             }
         } else {
             interval = (interval * 2).min(SAMPLE_MAX);
         }
-    };
-    let moved = if leaves {
-        map.unpair_receiver(from)?;
-        map.to_user_space.fetch_add(1, Ordering::Relaxed);
-        let handed = wait_handed_on(from, from0, to, to0, false).await?;
-        handed + super::splice::bulk_to_end(from, to, local_congestion).await?
-    } else {
-        // End of stream or an error: a read tells which.
-        let mut scratch = [0u8; 64];
-        match from.try_read(&mut scratch) {
-            Ok(0) => {}
-            Ok(n) => {
-                return Err(io::Error::other(format!(
-                    "{n} bytes reached a paired socket's own queue"
-                )))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        wait_handed_on(from, from0, to, to0, true).await?
-    };
-    let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
-    Ok(moved)
+    }
+}
+
+/// Reads a paired socket's own queue, which only ever holds an end of stream
+/// (`true`) or an error: every byte goes to the program.
+fn read_end(from: &TcpStream) -> io::Result<bool> {
+    let mut scratch = [0u8; 64];
+    match from.try_read(&mut scratch) {
+        Ok(0) => Ok(true),
+        Ok(n) => Err(io::Error::other(format!(
+            "{n} bytes reached a paired socket's own queue"
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits until `to` holds every byte `from` handed on since the pairing (sent or in
@@ -552,8 +579,16 @@ pub async fn watch_cpu_pressure(map: std::sync::Arc<Sockmap>) {
         let contended = map.contended.load(Ordering::Relaxed);
         if !contended && share > CONTENDED {
             map.contended.store(true, Ordering::Relaxed);
+            tracing::info!(
+                stall = format!("{:.0}%", share * 100.0),
+                "CPUs contended: kernel forwarding paused"
+            );
         } else if contended && share < UNCONTENDED {
             map.contended.store(false, Ordering::Relaxed);
+            tracing::info!(
+                stall = format!("{:.0}%", share * 100.0),
+                "CPUs free again: kernel forwarding resumed"
+            );
         }
     }
 }
@@ -615,14 +650,23 @@ mod tests {
     async fn relayed(
         map: Arc<Sockmap>,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<(u64, u64)>) {
-        let (client, mut p1) = pair().await;
-        let (mut p2, server) = pair().await;
-        let relay = tokio::spawn(async move {
-            forward(&map, &mut p1, &mut p2, Some("cubic"), &AtomicU64::new(0))
-                .await
-                .expect("paired and forwarded")
-        });
+        let (client, p1) = pair().await;
+        let (p2, server) = pair().await;
+        let relay = spawn_relay(map, p1, p2);
+        let relay =
+            tokio::spawn(async move { relay.await.unwrap().expect("paired and forwarded") });
         (client, server, relay)
+    }
+
+    /// `forward` between the proxy's two sockets, in a task.
+    fn spawn_relay(
+        map: Arc<Sockmap>,
+        mut p1: TcpStream,
+        mut p2: TcpStream,
+    ) -> tokio::task::JoinHandle<Result<(u64, u64), ForwardError>> {
+        tokio::spawn(async move {
+            forward(&map, &mut p1, &mut p2, Some("cubic"), &AtomicU64::new(0)).await
+        })
     }
 
     fn sockmap() -> Arc<Sockmap> {
@@ -632,19 +676,14 @@ mod tests {
     #[tokio::test]
     async fn bytes_sent_before_the_pairing_come_first_and_a_half_close_passes() {
         let map = sockmap();
-        let (mut client, mut p1) = pair().await;
-        let (mut p2, mut server) = pair().await;
+        let (mut client, p1) = pair().await;
+        let (p2, mut server) = pair().await;
         client.write_all(b"early ").await.unwrap();
         server.write_all(b"banner ").await.unwrap();
         // Both wait in the proxy's sockets' own queues when the pairing happens.
         p1.readable().await.unwrap();
         p2.readable().await.unwrap();
-        let m = map.clone();
-        let relay = tokio::spawn(async move {
-            forward(&m, &mut p1, &mut p2, None, &AtomicU64::new(0))
-                .await
-                .unwrap()
-        });
+        let relay = spawn_relay(map.clone(), p1, p2);
         let mut banner = [0u8; 7];
         client.read_exact(&mut banner).await.unwrap();
         assert_eq!(&banner, b"banner ");
@@ -658,7 +697,7 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"reply after half-close");
-        assert_eq!(relay.await.unwrap(), (13, 29));
+        assert_eq!(relay.await.unwrap().unwrap(), (13, 29));
         assert_eq!(map.paired.load(Ordering::Relaxed), 1);
         assert_eq!(map.to_user_space.load(Ordering::Relaxed), 0, "no bulk here");
     }
@@ -698,13 +737,9 @@ mod tests {
             let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
             (c, l.accept().await.unwrap().0)
         };
-        let (mut client, mut p1) = six().await;
-        let (mut p2, mut server) = six().await;
-        let m = map.clone();
-        let relay =
-            tokio::spawn(
-                async move { forward(&m, &mut p1, &mut p2, None, &AtomicU64::new(0)).await },
-            );
+        let (mut client, p1) = six().await;
+        let (p2, mut server) = six().await;
+        let relay = spawn_relay(map.clone(), p1, p2);
         client.write_all(b"over six").await.unwrap();
         let mut buf = [0u8; 8];
         server.read_exact(&mut buf).await.unwrap();
@@ -817,13 +852,9 @@ mod tests {
     #[tokio::test]
     async fn a_client_reset_ends_the_connection() {
         let map = sockmap();
-        let (mut client, mut p1) = pair().await;
-        let (mut p2, mut server) = pair().await;
-        let m = map.clone();
-        let relay =
-            tokio::spawn(
-                async move { forward(&m, &mut p1, &mut p2, None, &AtomicU64::new(0)).await },
-            );
+        let (mut client, p1) = pair().await;
+        let (p2, mut server) = pair().await;
+        let relay = spawn_relay(map.clone(), p1, p2);
         client.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         server.read_exact(&mut buf).await.unwrap();

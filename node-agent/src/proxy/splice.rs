@@ -54,13 +54,22 @@ async fn one_way(
     to: &mut WriteHalf<'_>,
     local_congestion: Option<&str>,
 ) -> io::Result<u64> {
-    let total = copy_until_bulk(from, to).await?;
-    let total = match total {
-        Copied::Ended(n) => n,
-        Copied::Bulk(n) => n + bulk_to_end(from.as_ref(), to.as_ref(), local_congestion).await?,
-    };
+    let total = forward_to_end(from, to, local_congestion).await?;
     let _ = rustix::net::shutdown(to.as_ref(), rustix::net::Shutdown::Write);
     Ok(total)
+}
+
+/// [`one_way`] without the shutdown: small exchanges copied, a bulk stream spliced,
+/// to `from`'s end of stream. Returns the bytes moved.
+pub(super) async fn forward_to_end(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    local_congestion: Option<&str>,
+) -> io::Result<u64> {
+    Ok(match copy_until_bulk(from, to).await? {
+        Copied::Ended(n) => n,
+        Copied::Bulk(n) => n + bulk_to_end(from.as_ref(), to.as_ref(), local_congestion).await?,
+    })
 }
 
 enum Copied {
@@ -93,7 +102,7 @@ async fn copy_until_bulk(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io:
 
 /// Moves a direction that turned bulk to `from`'s end of stream (not shutting `to`
 /// down): spliced, on `local_congestion` when `to`'s peer is on this node.
-pub(super) async fn bulk_to_end(
+async fn bulk_to_end(
     from: &TcpStream,
     to: &TcpStream,
     local_congestion: Option<&str>,
