@@ -185,11 +185,6 @@ pub struct PlaneArgs {
     /// only costs wake-ups. Empty: keep the system's (`net.ipv4.tcp_congestion_control`).
     #[arg(long, default_value = "cubic", value_name = "ALGORITHM")]
     proxy_local_congestion_control: String,
-    /// Forward up to this many TCP connections at once in the kernel (a BPF
-    /// sockmap pairs each connection's two sockets; needs root and
-    /// CONFIG_BPF_STREAM_PARSER), the rest in user space. 0: user space only.
-    #[arg(long, default_value_t = 0, value_name = "CONNECTIONS")]
-    proxy_kernel_connections: u32,
 }
 
 impl PlaneArgs {
@@ -200,7 +195,6 @@ impl PlaneArgs {
                 .then(|| std::time::Duration::from_micros(self.proxy_busy_poll)),
             local_congestion_control: Some(self.proxy_local_congestion_control.clone())
                 .filter(|cc| !cc.is_empty()),
-            kernel_connections: self.proxy_kernel_connections,
         }
     }
 }

@@ -461,8 +461,7 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
 
     // The control plane in namespace A, short node-monitor grace (as tests/multinode).
     start_server(&mut w, &[]);
-    // The proxies forward TCP in the kernel (sockmap), here across the veth pair.
-    let agents = start_agents(&mut w, &nodes, &["--proxy-kernel-connections", "64"]);
+    let agents = start_agents(&mut w, &nodes, &[]);
     let cidr = wait_nodes(&w, &nodes);
     wait_host_gw_routes(&w, &nodes, &cidr);
 
@@ -601,12 +600,6 @@ fn pods_and_services_reach_across_nodes_in_network_namespaces() {
     assert!(
         ok,
         "GET {svc} (ClusterIP, from namespace A): {last:?}\n{}",
-        w.logs()
-    );
-    assert!(
-        w.logs()
-            .contains("forwarding TCP connections in the kernel"),
-        "--proxy-kernel-connections: no sockmap\n{}",
         w.logs()
     );
 

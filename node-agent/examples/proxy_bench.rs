@@ -289,18 +289,6 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// How many connections the kernel forwarded, and how many directions moved back.
-fn report_kernel(plane: &DataPlane) {
-    if let Some(map) = &plane.forwarding().sockmap {
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        println!(
-            "kernel forwarding: {} connections paired, {} directions moved to user space",
-            load(&map.paired),
-            load(&map.to_user_space)
-        );
-    }
-}
-
 /// `a - b` in µs, negative when the path through a proxy was faster.
 fn signed_us(a: Duration, b: Duration) -> String {
     format!("{:+.0} µs", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
@@ -337,14 +325,8 @@ async fn main() {
         .map_or(Some("cubic".to_string()), |cc| {
             Some(cc.to_string()).filter(|c| !c.is_empty())
         });
-    // `kernel=N`: forward up to N connections in the kernel (sockmap), as
-    // `--proxy-kernel-connections` does.
-    let kernel_connections = args
-        .iter()
-        .find_map(|a| a.strip_prefix("kernel="))
-        .map_or(0, |n| n.parse().expect("kernel=CONNECTIONS"));
     println!(
-        "proxy: {threads} threads, kernel forwarding for {kernel_connections} connections, local hops' congestion control {}",
+        "proxy: {threads} threads, local hops' congestion control {}",
         local_congestion_control
             .as_deref()
             .unwrap_or("(the system's)")
@@ -355,7 +337,6 @@ async fn main() {
             threads,
             busy_poll,
             local_congestion_control,
-            kernel_connections,
         },
     );
     if let Some(w) = busy_poll {
@@ -394,7 +375,6 @@ async fn main() {
                 100.0 * bh / bd
             );
         }
-        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -417,7 +397,6 @@ async fn main() {
                 d.rps, p.rps
             );
         }
-        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -467,7 +446,6 @@ async fn main() {
             );
         }
         drop(h);
-        report_kernel(&proxy_plane);
         drop(proxy_plane);
         backend_runtime.shutdown_background();
         return;
@@ -549,7 +527,6 @@ async fn main() {
             100.0 * bh / bd
         );
     }
-    report_kernel(&proxy_plane);
     drop(proxy_plane);
     backend_runtime.shutdown_background();
 }

@@ -5,8 +5,7 @@
 //! API, not the server), wasmtime or `kelp-runtime-wasm` (the binary wires the Wasm
 //! runtime in through [`cri::CriRuntime`]).
 
-// Denied, not forbidden: `proxy::sockmap` makes bpf(2) calls, which need it.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod cri;

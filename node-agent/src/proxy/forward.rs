@@ -105,35 +105,14 @@ pub async fn serve_tcp(
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             metrics.active.fetch_add(1, Ordering::Relaxed);
-            let forwarded = forward(&forwarding, &metrics, &mut inbound, &mut outbound);
+            let cc = forwarding.local_congestion.as_deref();
+            let forwarded = super::splice::bidirectional(&mut inbound, &mut outbound, cc);
             if let Ok((up, down)) = forwarded.await {
                 metrics.bytes.fetch_add(up + down, Ordering::Relaxed);
             }
             metrics.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
-}
-
-/// Forwards a connection until both directions end: in the kernel when the plane
-/// can and the sockets pair, else in user space.
-async fn forward(
-    how: &Forwarding,
-    metrics: &PortMetrics,
-    inbound: &mut TcpStream,
-    outbound: &mut TcpStream,
-) -> std::io::Result<(u64, u64)> {
-    if let Some(map) = &how.sockmap {
-        let cc = how.local_congestion.as_deref();
-        match super::sockmap::forward(map, inbound, outbound, cc, &metrics.kernel).await {
-            Ok(moved) => return Ok(moved),
-            Err(super::sockmap::ForwardError::Io(e)) => return Err(e),
-            Err(super::sockmap::ForwardError::Declined) => {}
-            Err(super::sockmap::ForwardError::NotPaired(e)) => {
-                debug!(error = %e, "forwarding this connection in user space")
-            }
-        }
-    }
-    super::splice::bidirectional(inbound, outbound, how.local_congestion.as_deref()).await
 }
 
 /// Connects to an endpoint for `peer`, trying each endpoint once when connects fail

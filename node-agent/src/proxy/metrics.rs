@@ -17,8 +17,6 @@ pub struct PortMetrics {
     pub failed: AtomicU64,
     pub active: AtomicU64,
     pub bytes: AtomicU64,
-    /// TCP connections forwarded in the kernel (sockmap).
-    pub kernel: AtomicU64,
 }
 
 /// Counters by (service port, listener address).
@@ -55,11 +53,6 @@ impl Metrics {
                 "kelp_proxy_active_connections",
                 "TCP connections being forwarded.",
                 |m| m.active.load(Ordering::Relaxed),
-            ),
-            (
-                "kelp_proxy_kernel_connections_total",
-                "TCP connections forwarded in the kernel (--proxy-kernel-connections).",
-                |m| m.kernel.load(Ordering::Relaxed),
             ),
             (
                 "kelp_proxy_bytes_total",

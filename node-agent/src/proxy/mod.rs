@@ -16,7 +16,6 @@ mod forward;
 pub use forward::{listen_tcp, serve_tcp};
 pub mod metrics;
 pub mod plane;
-pub mod sockmap;
 mod splice;
 pub mod table;
 #[cfg(test)]

@@ -36,10 +36,6 @@ pub struct PlaneConfig {
     /// stream's throughput with cubic on its local hops. One the kernel does not
     /// offer is reported once at start and left unused.
     pub local_congestion_control: Option<String>,
-    /// Forward TCP connections in the kernel (see [`super::sockmap`]), for up to
-    /// this many connections at once (0: in user space only). When the kernel or
-    /// the process's privileges refuse, it is reported once and left unused.
-    pub kernel_connections: u32,
 }
 
 impl Default for PlaneConfig {
@@ -48,7 +44,6 @@ impl Default for PlaneConfig {
             threads: 0,
             busy_poll: None,
             local_congestion_control: Some("cubic".into()),
-            kernel_connections: 0,
         }
     }
 }
@@ -71,8 +66,6 @@ pub struct DataPlane {
 pub struct Forwarding {
     /// See [`PlaneConfig::local_congestion_control`] (None: the system's).
     pub local_congestion: Option<Arc<str>>,
-    /// See [`PlaneConfig::kernel_connections`] (None: user space only).
-    pub sockmap: Option<Arc<super::sockmap::Sockmap>>,
 }
 
 impl DataPlane {
@@ -118,34 +111,10 @@ impl DataPlane {
             .local_congestion_control
             .filter(|cc| congestion_control_available(cc))
             .map(Arc::from);
-        let sockmap = match cfg.kernel_connections {
-            0 => None,
-            n => match super::sockmap::Sockmap::load(n) {
-                Ok(map) => {
-                    tracing::info!(
-                        connections = n,
-                        "forwarding TCP connections in the kernel (sockmap) while the CPUs are not contended"
-                    );
-                    let map = Arc::new(map);
-                    if let Some(t) = threads.first() {
-                        t.handle
-                            .spawn(super::sockmap::watch_cpu_pressure(map.clone()));
-                    }
-                    Some(map)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot forward in the kernel (sockmap); forwarding in user space");
-                    None
-                }
-            },
-        };
         Ok(DataPlane {
             threads,
             next: AtomicUsize::new(0),
-            forwarding: Forwarding {
-                local_congestion,
-                sockmap,
-            },
+            forwarding: Forwarding { local_congestion },
         })
     }
 
