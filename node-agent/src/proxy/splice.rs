@@ -45,7 +45,7 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 /// Reads smaller than this are copied through user space; a read that fills it
 /// switches the direction to splice for good (a bulk stream). For small exchanges
 /// (requests and responses) two plain syscalls beat two splices through a pipe.
-pub(super) const COPY_BUF: usize = 16 * 1024;
+const COPY_BUF: usize = 16 * 1024;
 
 /// Moves everything `from` sends to `to` until `from`'s end of stream, then shuts
 /// `to` down for writing. Returns the bytes moved.
@@ -54,22 +54,12 @@ async fn one_way(
     to: &mut WriteHalf<'_>,
     local_congestion: Option<&str>,
 ) -> io::Result<u64> {
-    let total = forward_to_end(from, to, local_congestion).await?;
-    let _ = rustix::net::shutdown(to.as_ref(), rustix::net::Shutdown::Write);
-    Ok(total)
-}
-
-/// [`one_way`] without the shutdown: small exchanges copied, a bulk stream spliced,
-/// to `from`'s end of stream. Returns the bytes moved.
-pub(super) async fn forward_to_end(
-    from: &mut ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
-    local_congestion: Option<&str>,
-) -> io::Result<u64> {
-    Ok(match copy_until_bulk(from, to).await? {
+    let total = match copy_until_bulk(from, to).await? {
         Copied::Ended(n) => n,
         Copied::Bulk(n) => n + bulk_to_end(from.as_ref(), to.as_ref(), local_congestion).await?,
-    })
+    };
+    let _ = rustix::net::shutdown(to.as_ref(), rustix::net::Shutdown::Write);
+    Ok(total)
 }
 
 enum Copied {
